@@ -1,1 +1,222 @@
-fn main(){}
+//! SAD inbound lookup cost against the structures it could have been.
+//!
+//! For N live SAs (1, 1Ki, 64Ki, 1Mi) every case resolves the same precomputed random order
+//! of SPIs, 1024 per iteration (`Throughput::Elements(1024)`: criterion's time per element is
+//! the cost of one lookup). The order is 4x longer than the table (at least 4096 SPIs), and
+//! each iteration takes the next window, so at 1Mi SAs the working set does not stay cached.
+//! Lookups are independent of each other, so the CPU may overlap their cache misses.
+//!
+//! * `sad_reader`: `SadReader::lookup`, the snapshot check included in every lookup.
+//! * `sad_view`: `SadView::lookup`, snapshot taken once per 1024 lookups.
+//! * `sad_batch32`: `SadReader::lookup_batch` on 32 SPIs at a time.
+//! * `vec_index`: `vec[spi & mask]`, no verification at all: the physical floor.
+//! * `vec_batch32`: the same with the two-pass (touch, then use) batching of `sad_batch32`.
+//! * `std_hashmap`: `std::collections::HashMap<u32, usize>` (SipHash-1-3, random key).
+//! * `foldhash_map`: `hashbrown::HashMap` with `foldhash::fast::RandomState`.
+//! * `linear_scan`: compare every entry of an array, as a list-based userspace SAD does
+//!   (contiguous here, so a lower bound for a list walk); N <= 1024 only.
+//!
+//! `sad_miss` uses uniformly random SPIs (practically all unknown); `sad_miss_foreign` adds 64
+//! foreign SAs so misses also pass the foreign-map filter.
+//!
+//! Run: `cargo bench --bench sad`. Results: `docs/sad.md`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use esplab_sad::{Lookup, Sad, SadConfig, BATCH};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const SIZES: [usize; 4] = [1, 1 << 10, 1 << 16, 1 << 20];
+const WINDOW: usize = 1024;
+
+/// What the SAD stores per SA in this bench (never dereferenced by the lookups).
+struct BenchSa {
+    #[allow(dead_code)]
+    spi: u32,
+}
+
+struct Fixture {
+    sad: Sad<BenchSa>,
+    /// Live SPIs, index = SA number.
+    spis: Vec<u32>,
+    slots: usize,
+}
+
+fn fixture(n: usize, rng: &mut StdRng) -> Fixture {
+    let sad = Sad::new(SadConfig {
+        initial_capacity: n,
+        rng_seed: Some(rng.gen()),
+        ..SadConfig::default()
+    });
+    let spis = sad.update(|t| {
+        (0..n)
+            .map(|_| {
+                let spi = t.reserve_spi().unwrap();
+                t.install(spi, BenchSa { spi }).unwrap();
+                spi
+            })
+            .collect()
+    });
+    let slots = sad.stats().slots;
+    Fixture { sad, spis, slots }
+}
+
+/// A cyclic source of 1024-SPI windows.
+struct Order {
+    spis: Vec<u32>,
+    pos: usize,
+}
+
+impl Order {
+    fn new(len: usize, mut gen: impl FnMut() -> u32) -> Self {
+        Self {
+            spis: (0..len).map(|_| gen()).collect(),
+            pos: 0,
+        }
+    }
+
+    #[inline]
+    fn next(&mut self) -> &[u32] {
+        let w = &self.spis[self.pos..self.pos + WINDOW];
+        self.pos = (self.pos + WINDOW) % self.spis.len();
+        w
+    }
+}
+
+fn order_len(n: usize) -> usize {
+    (4 * n).max(4 * WINDOW)
+}
+
+/// Run `f` on successive windows of `order` under `name`/`n`.
+fn case(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    order: &mut Order,
+    mut f: impl FnMut(&[u32]),
+) {
+    order.pos = 0;
+    g.bench_function(BenchmarkId::new(name, n), |b| b.iter(|| f(order.next())));
+}
+
+/// All cases for one SPI order (hits or misses).
+fn cases(g: &mut BenchmarkGroup<'_, WallTime>, fx: &Fixture, order: &mut Order, misses: bool) {
+    let n = fx.spis.len();
+    let mut reader = fx.sad.reader();
+    case(g, "sad_reader", n, order, |w| {
+        for &spi in w {
+            black_box(reader.lookup(spi));
+        }
+    });
+    case(g, "sad_view", n, order, |w| {
+        let view = reader.view();
+        for &spi in w {
+            black_box(view.lookup(spi));
+        }
+    });
+    case(g, "sad_batch32", n, order, |w| {
+        for spis in w.chunks(BATCH) {
+            let mut out = [Lookup::Unknown; BATCH];
+            reader.lookup_batch(spis, &mut out);
+            black_box(&out);
+        }
+    });
+    if misses && n < (1 << 20) {
+        // Misses cost the same as hits for the unverified index; measured once at 1Mi.
+    } else {
+        let mask = fx.slots - 1;
+        let mut vec = vec![usize::MAX; fx.slots];
+        for (i, &spi) in fx.spis.iter().enumerate() {
+            vec[spi as usize & mask] = i;
+        }
+        case(g, "vec_index", n, order, |w| {
+            for &spi in w {
+                black_box(vec[spi as usize & mask]);
+            }
+        });
+        case(g, "vec_batch32", n, order, |w| {
+            for spis in w.chunks(BATCH) {
+                let mut idx = [0usize; BATCH];
+                for (o, &spi) in idx.iter_mut().zip(spis) {
+                    *o = vec[spi as usize & mask];
+                }
+                black_box(&idx);
+            }
+        });
+    }
+    let std_map: HashMap<u32, usize> = fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    case(g, "std_hashmap", n, order, |w| {
+        for spi in w {
+            black_box(std_map.get(spi));
+        }
+    });
+    drop(std_map);
+    let fast: hashbrown::HashMap<u32, usize, foldhash::fast::RandomState> =
+        fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    case(g, "foldhash_map", n, order, |w| {
+        for spi in w {
+            black_box(fast.get(spi));
+        }
+    });
+    drop(fast);
+    if n <= 1024 {
+        let list: Vec<(u32, usize)> = fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+        case(g, "linear_scan", n, order, |w| {
+            for &spi in w {
+                black_box(list.iter().find(|e| e.0 == spi).map(|e| e.1));
+            }
+        });
+    }
+}
+
+fn bench_sad(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(0x5ad);
+    for n in SIZES {
+        let fx = fixture(n, &mut rng);
+        let len = order_len(n);
+
+        let mut g = c.benchmark_group("sad_hit");
+        g.throughput(Throughput::Elements(WINDOW as u64));
+        let mut hits = Order::new(len, || fx.spis[rng.gen_range(0..n)]);
+        cases(&mut g, &fx, &mut hits, false);
+        g.finish();
+        drop(hits);
+
+        let mut g = c.benchmark_group("sad_miss");
+        g.throughput(Throughput::Elements(WINDOW as u64));
+        let mut misses = Order::new(len, || rng.gen());
+        cases(&mut g, &fx, &mut misses, true);
+        g.finish();
+
+        // The same misses with a few manually keyed (foreign) SAs present.
+        fx.sad.update(|t| {
+            for k in 0..64u32 {
+                let _ = t.insert_foreign(0x8000_0000 | (k * 0x0101_0101), BenchSa { spi: k });
+            }
+        });
+        let mut g = c.benchmark_group("sad_miss_foreign");
+        g.throughput(Throughput::Elements(WINDOW as u64));
+        let mut reader = fx.sad.reader();
+        case(&mut g, "sad_reader", n, &mut misses, |w| {
+            for &spi in w {
+                black_box(reader.lookup(spi));
+            }
+        });
+        g.finish();
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .configure_from_args();
+    bench_sad(&mut c);
+    c.final_summary();
+}

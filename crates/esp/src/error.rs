@@ -9,6 +9,7 @@ use core::fmt;
 /// Why an ESP packet was dropped (or could not be built). Stable names: see [`DropReason::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
+#[repr(u8)]
 pub enum DropReason {
     /// Shorter than the smallest packet this SA can produce (header, IV, trailer and ICV).
     TooShort,
@@ -42,11 +43,18 @@ pub enum DropReason {
     BadOuterHeader,
     /// The buffer has no room for the ESP header before, or the trailer after, the payload.
     NoRoom,
+    /// A decrypted inner packet whose addresses are outside the SA's traffic selectors
+    /// (RFC 4301 §5.2, step 4: the receiver checks the inner header against the SA).
+    PolicyMismatch,
+    /// Outbound: no policy/SA covers the packet's addresses.
+    NoOutboundSa,
+    /// An RFC 4303 §2.6 dummy packet (next header 59): discarded by design.
+    DummyPacket,
 }
 
 impl DropReason {
     /// Every reason, in declaration order (for counters and docs).
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::TooShort,
         DropReason::BadSpi,
         DropReason::UnknownSpi,
@@ -63,7 +71,15 @@ impl DropReason {
         DropReason::NotEsp,
         DropReason::BadOuterHeader,
         DropReason::NoRoom,
+        DropReason::PolicyMismatch,
+        DropReason::NoOutboundSa,
+        DropReason::DummyPacket,
     ];
+
+    /// Position in [`DropReason::ALL`] (counter arrays index by it).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 
     /// The stable kebab-case name used in JSON output and counters.
     pub const fn as_str(self) -> &'static str {
@@ -84,6 +100,9 @@ impl DropReason {
             DropReason::NotEsp => "not-esp",
             DropReason::BadOuterHeader => "bad-outer-header",
             DropReason::NoRoom => "no-room",
+            DropReason::PolicyMismatch => "policy-mismatch",
+            DropReason::NoOutboundSa => "no-outbound-sa",
+            DropReason::DummyPacket => "dummy-packet",
         }
     }
 }

@@ -176,6 +176,14 @@ impl ReplayWindow {
         self.bits[(bit / WORD_BITS) as usize] & (1 << (bit % WORD_BITS)) != 0
     }
 
+    /// Forgets everything received: right edge 0, empty bitmap (no allocation; benchmarks
+    /// replay the same packet through it).
+    pub fn reset(&mut self) {
+        self.top = 0;
+        self.fresh = Some(0);
+        self.bits.iter_mut().for_each(|w| *w = 0);
+    }
+
     /// The lowest sequence number still inside the window (for `show sa`).
     pub fn left_edge(&self) -> u64 {
         (self.top + 1).saturating_sub(self.size as u64).max(1)

@@ -349,9 +349,17 @@ pub fn decap(
     let seq = replay
         .infer(seq_lo)
         .ok_or(EspError::ReplayTooOld { seq: seq_lo as u64 })?;
-    replay.check(seq)?;
+    // Sequence number 0 is never sent (§3.3.3), but a packet carrying it is first held to
+    // its ICV: a corrupted sequence field (or a wrong ESN high half) is an integrity failure,
+    // and only an authentic 0 is a replay-window matter.
+    if seq != 0 {
+        replay.check(seq)?;
+    }
     let hi = replay.esn().then_some((seq >> 32) as u32);
     cipher.open(esp, hi)?;
+    if seq == 0 {
+        return Err(EspError::ReplayTooOld { seq });
+    }
     let text_start = ESP_HEADER_LEN + cipher.iv_len();
     let text_end = esp.len() - cipher.icv_len();
     let pad_len = esp[text_end - 2];

@@ -168,9 +168,18 @@ pub trait AeadBackend: Send + Sync {
     /// Encrypts `text` in place and returns the tag.
     fn seal(&self, nonce: &[u8; 12], aad: &[u8], text: &mut [u8]) -> [u8; 16];
     /// Verifies `tag` and decrypts `text` in place. On failure `text` is unspecified.
-    fn open(&self, nonce: &[u8; 12], aad: &[u8], text: &mut [u8], tag: &[u8; 16])
-        -> Result<(), ()>;
+    fn open(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        text: &mut [u8],
+        tag: &[u8; 16],
+    ) -> Result<(), TagMismatch>;
 }
+
+/// The AEAD tag did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TagMismatch;
 
 struct RingGcm(ring::aead::LessSafeKey);
 
@@ -196,7 +205,7 @@ impl AeadBackend for RingGcm {
         aad: &[u8],
         text: &mut [u8],
         tag: &[u8; 16],
-    ) -> Result<(), ()> {
+    ) -> Result<(), TagMismatch> {
         let tag = ring::aead::Tag::from(*tag);
         self.0
             .open_in_place_separate_tag(
@@ -207,7 +216,7 @@ impl AeadBackend for RingGcm {
                 0..,
             )
             .map(|_| ())
-            .map_err(|_| ())
+            .map_err(|_| TagMismatch)
     }
 }
 
@@ -234,7 +243,7 @@ impl AeadBackend for RustCryptoGcm {
         aad: &[u8],
         text: &mut [u8],
         tag: &[u8; 16],
-    ) -> Result<(), ()> {
+    ) -> Result<(), TagMismatch> {
         use aes_gcm::aead::AeadInPlace;
         let n = aes_gcm::Nonce::from_slice(nonce);
         let t = aes_gcm::Tag::from_slice(tag);
@@ -242,7 +251,7 @@ impl AeadBackend for RustCryptoGcm {
             RustCryptoGcm::Aes128(c) => c.decrypt_in_place_detached(n, aad, text, t),
             RustCryptoGcm::Aes256(c) => c.decrypt_in_place_detached(n, aad, text, t),
         }
-        .map_err(|_| ())
+        .map_err(|_| TagMismatch)
     }
 }
 
@@ -270,7 +279,7 @@ impl AesKey {
     /// CBC-encrypts whole blocks in place (the caller padded to the block, RFC 3602 §2.4;
     /// `NoPadding` only tells the `cbc` crate not to add its own PKCS#7 padding).
     fn cbc_encrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
-        debug_assert_eq!(data.len() % AES_BLOCK, 0);
+        debug_assert!(data.len().is_multiple_of(AES_BLOCK));
         let len = data.len();
         let r = match self {
             AesKey::Aes128(k) => {
@@ -289,7 +298,7 @@ impl AesKey {
 
     /// CBC-decrypts whole blocks in place.
     fn cbc_decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
-        debug_assert_eq!(data.len() % AES_BLOCK, 0);
+        debug_assert!(data.len().is_multiple_of(AES_BLOCK));
         let r = match self {
             AesKey::Aes128(k) => {
                 cbc::Decryptor::<aes::Aes128>::inner_iv_init((**k).clone(), iv.into())
@@ -529,11 +538,11 @@ impl Cipher {
                 let mut tag = [0u8; 16];
                 tag.copy_from_slice(&esp[text_end..]);
                 aead.open(&nonce, &aad[..aad_len], &mut esp[8 + iv_len..text_end], &tag)
-                    .map_err(|()| EspError::IcvMismatch)
+                    .map_err(|TagMismatch| EspError::IcvMismatch)
             }
             Kind::Cbc { aes, mac } => {
                 let ct_len = text_end - 8 - iv_len;
-                if ct_len == 0 || ct_len % AES_BLOCK != 0 {
+                if ct_len == 0 || !ct_len.is_multiple_of(AES_BLOCK) {
                     return Err(EspError::BadBlockLength {
                         len: ct_len,
                         block: AES_BLOCK,
@@ -593,7 +602,7 @@ fn hmac_icv(mac: &Hmac<Sha256>, covered: &[u8], seq_hi: Option<u32>) -> [u8; 16]
 /// Raw AES-CBC (no ESP framing), for the RFC 3602 §4 vectors and tools.
 pub fn aes_cbc_encrypt(key: &[u8], iv: &[u8; 16], data: &mut [u8]) -> Result<(), KeyError> {
     check_aes_key(key)?;
-    if data.len() % AES_BLOCK != 0 {
+    if !data.len().is_multiple_of(AES_BLOCK) {
         return Err(KeyError::IvLength {
             expected: AES_BLOCK,
             got: data.len() % AES_BLOCK,
@@ -606,7 +615,7 @@ pub fn aes_cbc_encrypt(key: &[u8], iv: &[u8; 16], data: &mut [u8]) -> Result<(),
 /// Raw AES-CBC decryption, see [`aes_cbc_encrypt`].
 pub fn aes_cbc_decrypt(key: &[u8], iv: &[u8; 16], data: &mut [u8]) -> Result<(), KeyError> {
     check_aes_key(key)?;
-    if data.len() % AES_BLOCK != 0 {
+    if !data.len().is_multiple_of(AES_BLOCK) {
         return Err(KeyError::IvLength {
             expected: AES_BLOCK,
             got: data.len() % AES_BLOCK,

@@ -1,0 +1,743 @@
+//! The peer daemon's TOML configuration.
+//!
+//! Errors name the file, the line and the key (`a.toml:14: peer[0].sa[1].key: ...`), because
+//! a network engineer editing a config at 2 a.m. wants to be told where, not just what.
+//! Secrets can live in separate files (`key_file`, `integ_key_file`), with a warning when such
+//! a file is readable by group or others.
+
+use esplab_esp::{Algorithm, Backend, SaParams};
+use esplab_node::{LogLimits, NodeConfig, PeerConfig, UnderlayEncap};
+use esplab_sad::TrafficSelector;
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration error with its location.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {msg}")]
+pub struct ConfigError {
+    /// The config file (or secret file) at fault.
+    pub file: String,
+    /// 1-based line (0 when the whole file is at fault).
+    pub line: usize,
+    /// What is wrong, starting with the key.
+    pub msg: String,
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: Option<String>,
+    underlay: RawUnderlay,
+    tun: RawTun,
+    control: Option<RawControl>,
+    log: Option<RawLog>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnderlay {
+    local: Spanned<String>,
+    encap: Option<Spanned<String>>,
+    port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTun {
+    name: Option<String>,
+    address: Option<Spanned<String>>,
+    mtu: Option<u32>,
+    routes: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    file: Option<String>,
+    events_file: Option<String>,
+    invalid_spi_flow_interval: Option<Spanned<String>>,
+    invalid_spi_global_max: Option<u32>,
+    invalid_spi_global_window: Option<Spanned<String>>,
+    max_tracked_flows: Option<usize>,
+    event_queue: Option<usize>,
+    retired_spi_grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    encap: Option<Spanned<String>>,
+    #[serde(default)]
+    local_ts: Vec<Spanned<String>>,
+    #[serde(default)]
+    remote_ts: Vec<Spanned<String>>,
+    #[serde(default)]
+    sa: Vec<RawSa>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSa {
+    direction: Spanned<String>,
+    spi: Spanned<SpiValue>,
+    alg: Spanned<String>,
+    key: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    integ_key: Option<Spanned<String>>,
+    integ_key_file: Option<Spanned<String>>,
+    esn: Option<bool>,
+    replay_window: Option<Spanned<u32>>,
+    backend: Option<Spanned<String>>,
+}
+
+/// SPI written as `0xc0de0001` (string) or a plain integer.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SpiValue {
+    Int(i64),
+    Str(String),
+}
+
+/// Direction of a manually keyed SA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaDirection {
+    /// We receive on it (its SPI is looked up in our SAD).
+    In,
+    /// We send on it.
+    Out,
+}
+
+/// A manually keyed SA (like `ip xfrm state add`).
+#[derive(Debug, Clone)]
+pub struct ManualSa {
+    /// Index of the peer in [`Config::node`]`.peers`.
+    pub peer: usize,
+    /// Direction.
+    pub direction: SaDirection,
+    /// Keys and options.
+    pub params: SaParams,
+}
+
+/// The TUN device settings.
+#[derive(Debug, Clone)]
+pub struct TunConfig {
+    /// Interface name.
+    pub name: String,
+    /// Address and prefix length given to the interface, if any.
+    pub address: Option<(IpAddr, u8)>,
+    /// MTU.
+    pub mtu: u32,
+    /// Whether the daemon routes every peer's `remote_ts` through the device (default true;
+    /// false leaves routing to the operator).
+    pub routes: bool,
+}
+
+/// Everything `esplab peer` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The node's settings (sans-IO part).
+    pub node: NodeConfig,
+    /// Manually keyed SAs.
+    pub sas: Vec<ManualSa>,
+    /// TUN device.
+    pub tun: TunConfig,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// Log file (in addition to stderr).
+    pub log_file: Option<PathBuf>,
+    /// JSON-lines event file.
+    pub events_file: Option<PathBuf>,
+    /// Warnings found while loading (e.g. secret files readable by others).
+    pub warnings: Vec<String>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn err(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        msg: impl std::fmt::Display,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: self.line_of(span.start),
+            msg: format!("{key}: {msg}"),
+        }
+    }
+}
+
+/// Parses a duration like `60s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 500ms, 10s, 2m)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        u => {
+            return Err(format!(
+                "unknown duration unit {u:?} in {s:?} (use ms, s, m, h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_encap(s: &str) -> Result<UnderlayEncap, String> {
+    match s {
+        "udp" | "udp4500" | "nat-t" => Ok(UnderlayEncap::Udp),
+        "esp" | "raw" => Ok(UnderlayEncap::Raw),
+        _ => Err(format!(
+            "unknown encapsulation {s:?} (expected \"udp\" for RFC 3948 UDP 4500, or \"esp\" for IP protocol 50)"
+        )),
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected ADDRESS/PREFIX, got {s:?}"))?;
+    let addr: IpAddr = a.parse().map_err(|_| format!("invalid address {a:?}"))?;
+    let len: u8 = l
+        .parse()
+        .map_err(|_| format!("invalid prefix length {l:?}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(format!("prefix length {len} too long"));
+    }
+    Ok((addr, len))
+}
+
+fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
+    let t: String = s
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
+    hex::decode(&t).map_err(|e| format!("invalid hex ({e})"))
+}
+
+/// Reads a secret (hex) from a file, relative to the config's directory; warns when the file
+/// is readable by group or others.
+fn read_secret(base: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Vec<u8>, String> {
+    let p = base.join(name);
+    let text = std::fs::read_to_string(&p)
+        .map_err(|e| format!("cannot read secret file {}: {e}", p.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(md) = std::fs::metadata(&p) {
+            if md.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "secret file {} is readable by group or others (chmod 600 it)",
+                    p.display()
+                ));
+            }
+        }
+    }
+    decode_hex(text.trim()).map_err(|e| format!("secret file {}: {e}", p.display()))
+}
+
+impl Config {
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            msg: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses config text (`path` names it in errors and anchors relative secret files).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let cx = Ctx { file: &file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| cx.line_of(s.start)).unwrap_or(0);
+            ConfigError {
+                file: file.clone(),
+                line,
+                msg: e.message().trim().to_string(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut warnings = Vec::new();
+
+        let local: IpAddr = raw.underlay.local.get_ref().parse().map_err(|_| {
+            cx.err(
+                raw.underlay.local.span(),
+                "underlay.local",
+                "not an IP address",
+            )
+        })?;
+        let default_encap = match &raw.underlay.encap {
+            Some(e) => {
+                parse_encap(e.get_ref()).map_err(|m| cx.err(e.span(), "underlay.encap", m))?
+            }
+            None => UnderlayEncap::Udp,
+        };
+        let port = raw.underlay.port.unwrap_or(esplab_esp::wire::NAT_T_PORT);
+
+        let tun = TunConfig {
+            name: raw.tun.name.clone().unwrap_or_else(|| "esplab0".into()),
+            address: match &raw.tun.address {
+                Some(a) => Some(
+                    parse_prefix(a.get_ref()).map_err(|m| cx.err(a.span(), "tun.address", m))?,
+                ),
+                None => None,
+            },
+            mtu: raw.tun.mtu.unwrap_or(1400),
+            routes: raw.tun.routes.unwrap_or(true),
+        };
+        if !(576..=9000).contains(&tun.mtu) {
+            return Err(ConfigError {
+                file,
+                line: 0,
+                msg: format!("tun.mtu: {} out of range 576..=9000", tun.mtu),
+            });
+        }
+
+        let mut limits = LogLimits::default();
+        let mut event_queue = 1024;
+        let mut grace = Duration::from_secs(5);
+        let (mut log_file, mut events_file) = (None, None);
+        if let Some(l) = &raw.log {
+            let dur =
+                |v: &Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+                    match v {
+                        Some(s) => parse_duration(s.get_ref())
+                            .map(Some)
+                            .map_err(|m| cx.err(s.span(), key, m)),
+                        None => Ok(None),
+                    }
+                };
+            if let Some(d) = dur(
+                &l.invalid_spi_flow_interval,
+                "log.invalid_spi_flow_interval",
+            )? {
+                limits.per_flow_interval = d;
+            }
+            if let Some(d) = dur(
+                &l.invalid_spi_global_window,
+                "log.invalid_spi_global_window",
+            )? {
+                limits.global_window = d;
+            }
+            if let Some(d) = dur(&l.retired_spi_grace, "log.retired_spi_grace")? {
+                grace = d;
+            }
+            if let Some(n) = l.invalid_spi_global_max {
+                limits.global_max = n;
+            }
+            if let Some(n) = l.max_tracked_flows {
+                limits.max_flows = n.max(1);
+            }
+            if let Some(n) = l.event_queue {
+                event_queue = n.max(1);
+            }
+            log_file = l.file.as_ref().map(|f| base.join(f));
+            events_file = l.events_file.as_ref().map(|f| base.join(f));
+        }
+
+        let mut peers = Vec::new();
+        let mut sas = Vec::new();
+        let mut seen_spis = std::collections::HashSet::new();
+        for (pi, p) in raw.peer.iter().enumerate() {
+            let key = |k: &str| format!("peer[{pi}].{k}");
+            let address: IpAddr = p
+                .address
+                .get_ref()
+                .parse()
+                .map_err(|_| cx.err(p.address.span(), &key("address"), "not an IP address"))?;
+            if address.is_ipv4() != local.is_ipv4() {
+                return Err(cx.err(
+                    p.address.span(),
+                    &key("address"),
+                    "address family differs from underlay.local",
+                ));
+            }
+            let encap = match &p.encap {
+                Some(e) => {
+                    parse_encap(e.get_ref()).map_err(|m| cx.err(e.span(), &key("encap"), m))?
+                }
+                None => default_encap,
+            };
+            let ts =
+                |v: &Vec<Spanned<String>>, k: &str| -> Result<Vec<TrafficSelector>, ConfigError> {
+                    v.iter()
+                        .map(|s| {
+                            s.get_ref()
+                                .parse::<TrafficSelector>()
+                                .map_err(|e| cx.err(s.span(), &key(k), e))
+                        })
+                        .collect()
+                };
+            let local_ts = ts(&p.local_ts, "local_ts")?;
+            let remote_ts = ts(&p.remote_ts, "remote_ts")?;
+            if local_ts.is_empty() || remote_ts.is_empty() {
+                return Err(cx.err(
+                    p.name.span(),
+                    &key("local_ts/remote_ts"),
+                    "both local_ts and remote_ts need at least one selector (e.g. \"198.19.1.0/24\")",
+                ));
+            }
+            for (si, s) in p.sa.iter().enumerate() {
+                let skey = |k: &str| format!("peer[{pi}].sa[{si}].{k}");
+                let direction = match s.direction.get_ref().as_str() {
+                    "in" | "inbound" => SaDirection::In,
+                    "out" | "outbound" => SaDirection::Out,
+                    d => {
+                        return Err(cx.err(
+                            s.direction.span(),
+                            &skey("direction"),
+                            format!("expected \"in\" or \"out\", got {d:?}"),
+                        ))
+                    }
+                };
+                let spi = match s.spi.get_ref() {
+                    SpiValue::Int(i) => u32::try_from(*i).ok(),
+                    SpiValue::Str(t) => {
+                        let t = t.trim();
+                        match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                            Some(h) => u32::from_str_radix(h, 16).ok(),
+                            None => t.parse().ok(),
+                        }
+                    }
+                }
+                .ok_or_else(|| cx.err(s.spi.span(), &skey("spi"), "not a 32-bit SPI"))?;
+                // RFC 4303 §2.1: 1..=255 are reserved by IANA and 0 is for local use only.
+                if spi <= 255 {
+                    return Err(cx.err(
+                        s.spi.span(),
+                        &skey("spi"),
+                        "SPIs 0..=255 are reserved (RFC 4303 §2.1)",
+                    ));
+                }
+                // Inbound SPIs name SAs node-wide (they are what the SAD is keyed on);
+                // outbound SPIs only need to be unique towards one peer.
+                let scope = match direction {
+                    SaDirection::In => None,
+                    SaDirection::Out => Some(pi),
+                };
+                if !seen_spis.insert((spi, scope)) {
+                    return Err(cx.err(
+                        s.spi.span(),
+                        &skey("spi"),
+                        format!("duplicate SPI 0x{spi:08x}"),
+                    ));
+                }
+                let alg = Algorithm::from_name(s.alg.get_ref())
+                    .map_err(|e| cx.err(s.alg.span(), &skey("alg"), e))?;
+                let secret = |inline: &Option<Spanned<String>>,
+                              file: &Option<Spanned<String>>,
+                              k: &str,
+                              warnings: &mut Vec<String>|
+                 -> Result<Vec<u8>, ConfigError> {
+                    match (inline, file) {
+                        (Some(_), Some(f)) => Err(cx.err(
+                            f.span(),
+                            &skey(k),
+                            "give the key inline or in a file, not both",
+                        )),
+                        (Some(v), None) => {
+                            decode_hex(v.get_ref()).map_err(|m| cx.err(v.span(), &skey(k), m))
+                        }
+                        (None, Some(f)) => read_secret(&base, f.get_ref(), warnings)
+                            .map_err(|m| cx.err(f.span(), &skey(&format!("{k}_file")), m)),
+                        (None, None) => Ok(Vec::new()),
+                    }
+                };
+                let enc_key = secret(&s.key, &s.key_file, "key", &mut warnings)?;
+                let integ_key =
+                    secret(&s.integ_key, &s.integ_key_file, "integ_key", &mut warnings)?;
+                let mut params = SaParams::new(spi, alg, &enc_key, &integ_key);
+                params.esn = s.esn.unwrap_or(false);
+                if let Some(w) = &s.replay_window {
+                    params.replay_window = *w.get_ref();
+                }
+                if let Some(b) = &s.backend {
+                    params.backend = match b.get_ref().as_str() {
+                        "ring" => Backend::Ring,
+                        "rustcrypto" | "aes-gcm" => Backend::RustCrypto,
+                        o => {
+                            return Err(cx.err(
+                                b.span(),
+                                &skey("backend"),
+                                format!("expected \"ring\" or \"rustcrypto\", got {o:?}"),
+                            ))
+                        }
+                    };
+                }
+                // Key the SA once now so a bad key length is reported with its line.
+                esplab_esp::Cipher::new(alg, params.backend, &params.enc_key, &params.integ_key)
+                    .map_err(|e| {
+                        let span = s
+                            .key
+                            .as_ref()
+                            .map(|k| k.span())
+                            .or(s.key_file.as_ref().map(|k| k.span()))
+                            .unwrap_or(s.alg.span());
+                        cx.err(span, &skey("key"), e)
+                    })?;
+                esplab_esp::ReplayWindow::new(params.replay_window, params.esn).map_err(|e| {
+                    cx.err(
+                        s.replay_window
+                            .as_ref()
+                            .map(|w| w.span())
+                            .unwrap_or(s.alg.span()),
+                        &skey("replay_window"),
+                        e,
+                    )
+                })?;
+                sas.push(ManualSa {
+                    peer: pi,
+                    direction,
+                    params,
+                });
+            }
+            peers.push(PeerConfig {
+                name: p.name.get_ref().clone(),
+                address,
+                encap,
+                port,
+                local_ts,
+                remote_ts,
+            });
+        }
+        let name = raw.name.clone().unwrap_or_else(|| "esplab".into());
+        let control_socket = socket_path(
+            &name,
+            raw.control.as_ref().and_then(|c| c.socket.as_deref()),
+        );
+        Ok(Config {
+            path: path.to_path_buf(),
+            node: NodeConfig {
+                name,
+                local,
+                peers,
+                log_limits: limits,
+                event_queue,
+                retired_grace: grace,
+            },
+            sas,
+            tun,
+            control_socket,
+            log_file,
+            events_file,
+            warnings,
+        })
+    }
+}
+
+/// The control socket a config names: `control.socket`, else `/run/esplab/NAME.sock`.
+fn socket_path(name: &str, socket: Option<&str>) -> PathBuf {
+    socket
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/run/esplab/{name}.sock")))
+}
+
+/// Only the control socket path of a config file, for `esplab show --config FILE`.
+///
+/// Reads just `name` and `control.socket`, so a client can reach a daemon whose config holds
+/// secrets it cannot read (key files) or that is otherwise invalid.
+pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 0,
+        msg: format!("cannot read: {e}"),
+    })?;
+    let cx = Ctx {
+        file: &file,
+        text: &text,
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: e.span().map(|s| cx.line_of(s.start)).unwrap_or(0),
+        msg: e.message().trim().to_string(),
+    })?;
+    let field = |v: Option<&toml::Value>, key: &str| -> Result<Option<String>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ConfigError {
+                file: file.clone(),
+                line: 0,
+                msg: format!("{key}: expected a string"),
+            }),
+        }
+    };
+    let name = field(table.get("name"), "name")?.unwrap_or_else(|| "esplab".into());
+    let socket = field(
+        table
+            .get("control")
+            .and_then(|c| c.as_table())
+            .and_then(|c| c.get("socket")),
+        "control.socket",
+    )?;
+    Ok(socket_path(&name, socket.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "a"
+[underlay]
+local = "198.18.0.1"
+encap = "udp"
+[tun]
+name = "esplab-a"
+mtu = 1400
+[control]
+socket = "/tmp/esplab-test-a.sock"
+[[peer]]
+name = "b"
+address = "198.18.0.2"
+local_ts = ["198.19.1.0/24"]
+remote_ts = ["198.19.2.0/24"]
+[[peer.sa]]
+direction = "out"
+spi = "0xc0de0001"
+alg = "aes-gcm-128"
+key = "000102030405060708090a0b0c0d0e0f10111213"
+[[peer.sa]]
+direction = "in"
+spi = 3235775490
+alg = "aes-cbc-128-hmac-sha256"
+key = "000102030405060708090a0b0c0d0e0f"
+integ_key = "000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f"
+replay_window = 1024
+"#;
+
+    #[test]
+    fn good_config() {
+        let c = Config::parse(Path::new("a.toml"), GOOD).unwrap();
+        assert_eq!(c.node.name, "a");
+        assert_eq!(c.node.peers.len(), 1);
+        assert_eq!(c.sas.len(), 2);
+        assert_eq!(c.sas[0].params.spi, 0xc0de0001);
+        assert_eq!(c.sas[1].params.spi, 3235775490);
+        assert_eq!(c.sas[1].params.replay_window, 1024);
+        assert_eq!(c.tun.name, "esplab-a");
+        assert!(c.tun.routes);
+    }
+
+    #[test]
+    fn control_socket_only() {
+        let dir = std::env::temp_dir().join(format!("esplab-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.toml");
+        // A bad key does not stop a client from finding the socket.
+        let bad = GOOD.replace("000102030405060708090a0b0c0d0e0f10111213", "zz");
+        assert!(Config::parse(&p, &bad).is_err());
+        std::fs::write(&p, bad).unwrap();
+        assert_eq!(
+            control_socket_of(&p).unwrap(),
+            PathBuf::from("/tmp/esplab-test-a.sock")
+        );
+        std::fs::write(&p, "name = \"b\"\n").unwrap();
+        assert_eq!(
+            control_socket_of(&p).unwrap(),
+            PathBuf::from("/run/esplab/b.sock")
+        );
+        std::fs::write(&p, "name = 3\n").unwrap();
+        assert!(control_socket_of(&p).unwrap_err().to_string().contains("name"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::parse(Path::new("a.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let bad = GOOD.replace(
+            "key = \"000102030405060708090a0b0c0d0e0f10111213\"",
+            "key = \"0001\"",
+        );
+        let e = err_of(&bad);
+        assert!(e.starts_with("a.toml:20: peer[0].sa[0].key:"), "{e}");
+        assert!(e.contains("20 bytes"), "{e}");
+
+        let bad = GOOD.replace("local = \"198.18.0.1\"", "local = \"198.18.0\"");
+        assert!(
+            err_of(&bad).starts_with("a.toml:4: underlay.local:"),
+            "{}",
+            err_of(&bad)
+        );
+
+        let bad = GOOD.replace("mtu = 1400", "mtu = 1400\ncolour = \"blue\"");
+        let e = err_of(&bad);
+        assert!(e.starts_with("a.toml:9:") && e.contains("colour"), "{e}");
+
+        let bad = GOOD.replace("spi = \"0xc0de0001\"", "spi = \"0x10\"");
+        assert!(err_of(&bad).contains("reserved"), "{}", err_of(&bad));
+
+        let bad = GOOD.replace("alg = \"aes-gcm-128\"", "alg = \"des\"");
+        assert!(
+            err_of(&bad).starts_with("a.toml:19: peer[0].sa[0].alg:"),
+            "{}",
+            err_of(&bad)
+        );
+
+        let bad = GOOD.replace(
+            "[[peer]]\nname = \"b\"",
+            "[[peer]]\nname = \"b\"\nname = \"c\"",
+        );
+        assert!(err_of(&bad).starts_with("a.toml:"), "{}", err_of(&bad));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

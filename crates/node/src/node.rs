@@ -1,0 +1,628 @@
+//! One peer's datapath: SAD + policies + per-SA state + counters + events + rate limits.
+//!
+//! Fast-path calls take `now` and a buffer and return a verdict; nothing here touches a
+//! socket, a TUN device, a clock or a thread, so the daemon and the simulator drive the same
+//! code. The node owns its mutable per-SA state (replay windows, counters) in a slab indexed
+//! by the value the SAD returns, so a packet costs one SAD lookup, one slab index and one
+//! cipher call.
+
+use crate::counters::{Counters, Dir};
+use crate::event::{Event, EventQueue, InvalidSpi};
+use crate::rate_limit::{Decision, LogLimiter, LogLimits};
+use esplab_esp::wire::{self, ESP_HEADER_LEN, NEXT_HEADER_NONE};
+use esplab_esp::{
+    DropReason, Encap, EspError, Family, InboundSa, KeyError, OutboundSa, SaParams, Underlay,
+};
+use esplab_sad::{Lookup, Sad, SadConfig, SadError, SadReader, TrafficSelector};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// How ESP travels to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnderlayEncap {
+    /// UDP-encapsulated ESP, RFC 3948 (port 4500 by default).
+    Udp,
+    /// Raw ESP, IP protocol 50.
+    Raw,
+}
+
+/// A statically configured peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Name used in commands and output.
+    pub name: String,
+    /// Underlay address.
+    pub address: IpAddr,
+    /// How ESP is carried to it.
+    pub encap: UnderlayEncap,
+    /// UDP port for encapsulated ESP.
+    pub port: u16,
+    /// Our protected networks (inner source of what we send to this peer).
+    pub local_ts: Vec<TrafficSelector>,
+    /// The peer's protected networks.
+    pub remote_ts: Vec<TrafficSelector>,
+}
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Name (for logs).
+    pub name: String,
+    /// Our underlay address.
+    pub local: IpAddr,
+    /// Configured peers.
+    pub peers: Vec<PeerConfig>,
+    /// Invalid-SPI log limits.
+    pub log_limits: LogLimits,
+    /// Capacity of the event queue.
+    pub event_queue: usize,
+    /// How long a removed SPI is classified `retired` rather than `unknown`.
+    pub retired_grace: Duration,
+}
+
+/// Why a control-plane request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Bad keys or parameters.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The SAD refused (duplicate SPI, full, ...).
+    #[error(transparent)]
+    Sad(#[from] SadError),
+    /// No such peer.
+    #[error("no peer {0}")]
+    NoPeer(usize),
+}
+
+/// What to do with an underlay datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Write `buf[range]` (the inner IP packet) to the TUN device.
+    Deliver(Range<usize>),
+    /// An IKE message at `buf[range]` for the control plane.
+    Ike(Range<usize>),
+    /// A NAT-keepalive; nothing to do.
+    Keepalive,
+    /// Dropped (already counted).
+    Drop(DropReason),
+}
+
+/// What to do with a packet read from the TUN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Send `buf[esp]` to the peer.
+    Send {
+        /// The ESP packet in the buffer.
+        esp: Range<usize>,
+        /// Peer underlay address.
+        dst: IpAddr,
+        /// UDP port (for `UnderlayEncap::Udp`).
+        port: u16,
+        /// Raw or UDP.
+        encap: UnderlayEncap,
+    },
+    /// Dropped (already counted).
+    Drop(DropReason),
+}
+
+/// Headroom an outbound buffer should leave before the inner packet: outer IPv6 + UDP +
+/// ESP header + the largest IV.
+pub const HEADROOM: usize = 40 + 8 + ESP_HEADER_LEN + 16;
+/// Tailroom an outbound buffer should leave after the inner packet.
+pub const TAILROOM: usize = 15 + 2 + 16;
+
+struct InSa {
+    sa: InboundSa,
+    peer: usize,
+    created: Instant,
+    last: Option<Instant>,
+    packets: u64,
+    bytes: u64,
+}
+
+struct OutSa {
+    sa: OutboundSa,
+    created: Instant,
+    last: Option<Instant>,
+    packets: u64,
+    bytes: u64,
+}
+
+/// One SA as `show sa` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SaInfo {
+    /// Peer name.
+    pub peer: String,
+    /// `in` or `out`.
+    pub direction: &'static str,
+    /// SPI.
+    pub spi: u32,
+    /// Algorithm name.
+    pub alg: &'static str,
+    /// ESN on?
+    pub esn: bool,
+    /// Packets through this SA.
+    pub packets: u64,
+    /// Inner bytes through this SA.
+    pub bytes: u64,
+    /// Inbound: replay window size; outbound: 0.
+    pub replay_window: u32,
+    /// Inbound: right edge of the replay window; outbound: last sequence number sent.
+    pub seq: u64,
+    /// Seconds since installed.
+    pub age_secs: f64,
+    /// Seconds since last used (None: never).
+    pub idle_secs: Option<f64>,
+}
+
+/// A peer's datapath state.
+pub struct Node {
+    cfg: NodeConfig,
+    sad: Sad<u32>,
+    reader: SadReader<u32>,
+    in_sas: Vec<Option<InSa>>,
+    /// Current outbound SA per peer.
+    out_sas: Vec<Option<OutSa>>,
+    counters: Counters,
+    events: EventQueue,
+    limiter: LogLimiter<(IpAddr, IpAddr, u32)>,
+    last_summary: Option<Instant>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.cfg.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn family_of(a: IpAddr) -> Family {
+    match a {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
+}
+
+/// Inner packet addresses (src, dst, family) of an IPv4 or IPv6 packet, if it is one.
+fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match p.first()? >> 4 {
+        4 if p.len() >= 20 => Some((
+            IpAddr::from(<[u8; 4]>::try_from(&p[12..16]).ok()?),
+            IpAddr::from(<[u8; 4]>::try_from(&p[16..20]).ok()?),
+        )),
+        6 if p.len() >= 40 => Some((
+            IpAddr::from(<[u8; 16]>::try_from(&p[8..24]).ok()?),
+            IpAddr::from(<[u8; 16]>::try_from(&p[24..40]).ok()?),
+        )),
+        _ => None,
+    }
+}
+
+fn covers(ts: &[TrafficSelector], a: IpAddr) -> bool {
+    ts.iter().any(|t| t.contains_addr(a))
+}
+
+impl Node {
+    /// A node with no SAs. `seed` makes SPI allocation reproducible (simulator).
+    pub fn new(cfg: NodeConfig, seed: Option<u64>) -> Self {
+        let sad = Sad::new(SadConfig {
+            grace_period: cfg.retired_grace,
+            rng_seed: seed,
+            ..SadConfig::default()
+        });
+        let reader = sad.reader();
+        let npeers = cfg.peers.len();
+        Self {
+            limiter: LogLimiter::new(cfg.log_limits),
+            events: EventQueue::new(cfg.event_queue),
+            sad,
+            reader,
+            in_sas: Vec::new(),
+            out_sas: (0..npeers).map(|_| None).collect(),
+            counters: Counters::default(),
+            last_summary: None,
+            cfg,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Installs an inbound SA for `peer` under the SPI in `params` (manual keying: the SPI
+    /// was chosen by the config, so it goes to the SAD's fallback map).
+    pub fn install_inbound(
+        &mut self,
+        peer: usize,
+        params: &SaParams,
+        now: Instant,
+    ) -> Result<(), NodeError> {
+        if peer >= self.cfg.peers.len() {
+            return Err(NodeError::NoPeer(peer));
+        }
+        let sa = InboundSa::new(params)?;
+        let idx = match self.in_sas.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.in_sas.push(None);
+                self.in_sas.len() - 1
+            }
+        };
+        self.sad.insert_foreign(params.spi, idx as u32)?;
+        self.in_sas[idx] = Some(InSa {
+            sa,
+            peer,
+            created: now,
+            last: None,
+            packets: 0,
+            bytes: 0,
+        });
+        Ok(())
+    }
+
+    /// Installs (or replaces) the outbound SA towards `peer`.
+    pub fn install_outbound(
+        &mut self,
+        peer: usize,
+        params: &SaParams,
+        now: Instant,
+    ) -> Result<(), NodeError> {
+        if peer >= self.cfg.peers.len() {
+            return Err(NodeError::NoPeer(peer));
+        }
+        self.out_sas[peer] = Some(OutSa {
+            sa: OutboundSa::new(params)?,
+            created: now,
+            last: None,
+            packets: 0,
+            bytes: 0,
+        });
+        Ok(())
+    }
+
+    /// Removes every SA (inbound or outbound) with this SPI, without telling anyone — the
+    /// way to cause a desync on purpose. Returns how many were removed.
+    pub fn remove_spi(&mut self, spi: u32, now: Instant) -> usize {
+        let mut n = 0;
+        if let Some(idx) = self.sad.remove(spi, now) {
+            self.in_sas[*idx as usize] = None;
+            n += 1;
+        }
+        for o in self.out_sas.iter_mut() {
+            if o.as_ref().is_some_and(|s| s.sa.spi() == spi) {
+                *o = None;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes every SA. Returns how many were removed.
+    pub fn remove_all(&mut self, now: Instant) -> usize {
+        let spis: Vec<u32> = self
+            .in_sas
+            .iter()
+            .flatten()
+            .map(|s| s.sa.spi())
+            .chain(self.out_sas.iter().flatten().map(|s| s.sa.spi()))
+            .collect();
+        spis.into_iter().map(|s| self.remove_spi(s, now)).sum()
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Zeroes the counters (node-wide and per SA).
+    pub fn clear_counters(&mut self) {
+        self.counters = Counters::default();
+        for s in self.in_sas.iter_mut().flatten() {
+            s.packets = 0;
+            s.bytes = 0;
+        }
+        for s in self.out_sas.iter_mut().flatten() {
+            s.packets = 0;
+            s.bytes = 0;
+        }
+    }
+
+    /// Takes the next event for the control side.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop()
+    }
+
+    /// Periodic work (call about once a second): forget retired SPIs past their grace
+    /// period, forget stale rate-limit flows, and emit the "N messages suppressed" summary
+    /// once per global window.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.sad.purge(now);
+        let window = self.cfg.log_limits.global_window;
+        let due = match self.last_summary {
+            None => {
+                self.last_summary = Some(now);
+                false
+            }
+            Some(t) => now.saturating_duration_since(t) >= window,
+        };
+        if due {
+            self.last_summary = Some(now);
+            self.limiter.evict(now);
+            let n = self.limiter.take_suppressed();
+            if n > 0 {
+                self.push_event(Event::InvalidSpiSuppressed {
+                    at: now,
+                    count: n,
+                    window,
+                });
+            }
+        }
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if !self.events.push(e) {
+            self.counters.events_dropped += 1;
+        }
+    }
+
+    /// A whole underlay IP datagram (as a raw IPv4 socket or a capture gives it).
+    pub fn inbound_ip(&mut self, now: Instant, buf: &mut [u8]) -> Inbound {
+        match wire::parse_underlay(buf) {
+            Ok(Underlay::Esp(o)) => self.inbound_esp(now, o.src, o.dst, o.encap, buf, o.payload),
+            Ok(Underlay::Ike(o)) => {
+                self.counters.ike_in += 1;
+                Inbound::Ike(o.payload)
+            }
+            Ok(Underlay::Keepalive(_)) => {
+                self.counters.keepalives += 1;
+                Inbound::Keepalive
+            }
+            Err(e) => {
+                let fam = match buf.first().map(|b| b >> 4) {
+                    Some(6) => Family::V6,
+                    _ => Family::V4,
+                };
+                self.counters.drop(Dir::In, e.reason(), fam);
+                Inbound::Drop(e.reason())
+            }
+        }
+    }
+
+    /// The payload of a UDP datagram received on the NAT-T port (RFC 3948 §2): ESP, an IKE
+    /// message behind the non-ESP marker, or a keepalive.
+    #[allow(clippy::too_many_arguments)]
+    pub fn inbound_udp(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        sport: u16,
+        dst: IpAddr,
+        dport: u16,
+        buf: &mut [u8],
+        payload: Range<usize>,
+    ) -> Inbound {
+        match wire::classify_udp_encap(&buf[payload.clone()]) {
+            Ok(wire::UdpKind::Esp) => {
+                self.inbound_esp(now, src, dst, Encap::Udp { sport, dport }, buf, payload)
+            }
+            Ok(wire::UdpKind::Ike) => {
+                self.counters.ike_in += 1;
+                Inbound::Ike(payload.start + 4..payload.end)
+            }
+            Ok(wire::UdpKind::Keepalive) => {
+                self.counters.keepalives += 1;
+                Inbound::Keepalive
+            }
+            Err(e) => {
+                self.counters.drop(Dir::In, e.reason(), family_of(src));
+                Inbound::Drop(e.reason())
+            }
+        }
+    }
+
+    /// An ESP packet at `buf[esp]` (SPI to ICV), received from `src` for `dst`.
+    pub fn inbound_esp(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        dst: IpAddr,
+        encap: Encap,
+        buf: &mut [u8],
+        esp: Range<usize>,
+    ) -> Inbound {
+        let fam = family_of(src);
+        let pkt = &mut buf[esp.clone()];
+        if pkt.len() < ESP_HEADER_LEN {
+            return self.drop_in(DropReason::TooShort, fam);
+        }
+        let spi = u32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]);
+        // RFC 4303 §2.1: SPIs 1..=255 are reserved and 0 is for local use; none can name an SA.
+        if spi <= 255 {
+            return self.drop_in(DropReason::ReservedSpi, fam);
+        }
+        let idx = match self.reader.lookup(spi) {
+            Lookup::Hit(i) => *i as usize,
+            Lookup::Retired => return self.drop_in(DropReason::RetiredSpi, fam),
+            Lookup::Unknown => {
+                let seq = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+                let len = pkt.len();
+                return self.unknown_spi(now, spi, seq, src, dst, encap, len);
+            }
+        };
+        let Some(s) = self.in_sas.get_mut(idx).and_then(Option::as_mut) else {
+            return self.drop_in(DropReason::UnknownSpi, fam);
+        };
+        let d = match s.sa.decap(pkt) {
+            Ok(d) => d,
+            Err(e) => return self.drop_in(e.reason(), fam),
+        };
+        if d.next_header == NEXT_HEADER_NONE {
+            // RFC 4303 §2.6: dummy packets are discarded silently.
+            return self.drop_in(DropReason::DummyPacket, fam);
+        }
+        if d.next_header != wire::NEXT_HEADER_IPV4 && d.next_header != wire::NEXT_HEADER_IPV6 {
+            return self.drop_in(EspError::UnsupportedNextHeader(d.next_header).reason(), fam);
+        }
+        let inner = &pkt[d.payload.clone()];
+        // RFC 4301 §5.2 step 4: the decrypted packet's addresses must match the SA's selectors.
+        let peer = &self.cfg.peers[s.peer];
+        match inner_addrs(inner) {
+            Some((isrc, idst)) if covers(&peer.remote_ts, isrc) && covers(&peer.local_ts, idst) => {
+            }
+            _ => return self.drop_in(DropReason::PolicyMismatch, fam),
+        }
+        let n = d.payload.len() as u64;
+        s.packets += 1;
+        s.bytes += n;
+        s.last = Some(now);
+        self.counters.in_packets += 1;
+        self.counters.in_bytes += n;
+        Inbound::Deliver(esp.start + d.payload.start..esp.start + d.payload.end)
+    }
+
+    fn drop_in(&mut self, r: DropReason, fam: Family) -> Inbound {
+        self.counters.drop(Dir::In, r, fam);
+        Inbound::Drop(r)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn unknown_spi(
+        &mut self,
+        now: Instant,
+        spi: u32,
+        seq: u32,
+        src: IpAddr,
+        dst: IpAddr,
+        encap: Encap,
+        len: usize,
+    ) -> Inbound {
+        let fam = family_of(src);
+        self.counters.drop(Dir::In, DropReason::UnknownSpi, fam);
+        let logged = match self.limiter.check(now, &(src, dst, spi)) {
+            Decision::Log => {
+                self.counters.invalid_spi_logged += 1;
+                true
+            }
+            _ => {
+                self.counters.invalid_spi_suppressed += 1;
+                false
+            }
+        };
+        self.push_event(Event::InvalidSpi(InvalidSpi {
+            at: now,
+            spi,
+            src,
+            dst,
+            seq,
+            family: fam,
+            encap,
+            flow_label: 0,
+            len,
+            logged,
+        }));
+        Inbound::Drop(DropReason::UnknownSpi)
+    }
+
+    /// An inner packet at `buf[payload]` read from the TUN device. `buf` must have
+    /// [`HEADROOM`] bytes before and [`TAILROOM`] after the payload.
+    pub fn outbound(&mut self, now: Instant, buf: &mut [u8], payload: Range<usize>) -> Outbound {
+        let Some((src, dst)) = inner_addrs(&buf[payload.clone()]) else {
+            self.counters.drop(Dir::Out, DropReason::NotEsp, Family::V4);
+            return Outbound::Drop(DropReason::NotEsp);
+        };
+        let fam = family_of(dst);
+        let nh = match fam {
+            Family::V4 => wire::NEXT_HEADER_IPV4,
+            Family::V6 => wire::NEXT_HEADER_IPV6,
+        };
+        let Some(pi) = self
+            .cfg
+            .peers
+            .iter()
+            .position(|p| covers(&p.local_ts, src) && covers(&p.remote_ts, dst))
+        else {
+            self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
+            return Outbound::Drop(DropReason::NoOutboundSa);
+        };
+        let Some(s) = self.out_sas[pi].as_mut() else {
+            self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
+            return Outbound::Drop(DropReason::NoOutboundSa);
+        };
+        let n = payload.len() as u64;
+        match s.sa.encap_slice(buf, payload, nh, None) {
+            Ok(e) => {
+                s.packets += 1;
+                s.bytes += n;
+                s.last = Some(now);
+                self.counters.out_packets += 1;
+                self.counters.out_bytes += n;
+                let p = &self.cfg.peers[pi];
+                Outbound::Send {
+                    esp: e.esp,
+                    dst: p.address,
+                    port: p.port,
+                    encap: p.encap,
+                }
+            }
+            Err(e) => {
+                let r = e.reason();
+                self.counters.drop(Dir::Out, r, fam);
+                if r == DropReason::SequenceExhausted {
+                    let spi = s.sa.spi();
+                    self.push_event(Event::SequenceExhausted { at: now, spi });
+                }
+                Outbound::Drop(r)
+            }
+        }
+    }
+
+    /// Every SA, for `show sa`.
+    pub fn sa_info(&self, now: Instant) -> Vec<SaInfo> {
+        let secs = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+        let mut v = Vec::new();
+        for (pi, p) in self.cfg.peers.iter().enumerate() {
+            for s in self.in_sas.iter().flatten().filter(|s| s.peer == pi) {
+                v.push(SaInfo {
+                    peer: p.name.clone(),
+                    direction: "in",
+                    spi: s.sa.spi(),
+                    alg: s.sa.cipher().algorithm().name(),
+                    esn: s.sa.replay().esn(),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    replay_window: s.sa.replay().size(),
+                    seq: s.sa.replay().right_edge(),
+                    age_secs: secs(s.created),
+                    idle_secs: s.last.map(secs),
+                });
+            }
+            if let Some(s) = &self.out_sas[pi] {
+                v.push(SaInfo {
+                    peer: p.name.clone(),
+                    direction: "out",
+                    spi: s.sa.spi(),
+                    alg: s.sa.cipher().algorithm().name(),
+                    esn: s.sa.esn(),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    replay_window: 0,
+                    seq: s.sa.last_seq(),
+                    age_secs: secs(s.created),
+                    idle_secs: s.last.map(secs),
+                });
+            }
+        }
+        v
+    }
+
+    /// Flows tracked by the invalid-SPI rate limiter (bounded).
+    pub fn tracked_flows(&self) -> usize {
+        self.limiter.tracked_flows()
+    }
+}

@@ -1,0 +1,291 @@
+//! An immutable snapshot of the whole SAD: what readers look SPIs up in.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::foreign::{Foreign, ForeignTable};
+use crate::selector::{FlowKey, SelectorPair};
+use crate::table::{Slot, SlotTable};
+use crate::Lookup;
+
+/// Most SPIs [`SadView::lookup_batch`] resolves per prefetch round.
+pub const BATCH: usize = 32;
+
+/// An outbound SA with the peer and selectors it was installed for.
+#[derive(Debug)]
+pub struct OutboundEntry<O> {
+    /// The peer's (tunnel endpoint) address.
+    pub peer: IpAddr,
+    /// The CHILD SA's selectors.
+    pub selectors: SelectorPair,
+    /// The SA.
+    pub sa: Arc<O>,
+}
+
+impl<O> Clone for OutboundEntry<O> {
+    fn clone(&self) -> Self {
+        Self {
+            peer: self.peer,
+            selectors: self.selectors,
+            sa: Arc::clone(&self.sa),
+        }
+    }
+}
+
+/// State of an inbound entry, for listing (`show sa`).
+#[derive(Debug)]
+pub enum EntryState<'a, V> {
+    /// SPI handed out, SA not installed yet.
+    Reserved,
+    /// Live SA.
+    Live(&'a Arc<V>),
+    /// Removed or rekeyed, inside its grace period.
+    Retired,
+}
+
+/// One inbound entry, for listing.
+#[derive(Debug)]
+pub struct InboundEntry<'a, V> {
+    /// The SPI.
+    pub spi: u32,
+    /// Its state.
+    pub state: EntryState<'a, V>,
+    /// `true` if the SPI was chosen outside this SAD (`insert_foreign`).
+    pub foreign: bool,
+}
+
+/// Entry counts of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SadStats {
+    /// Live inbound SAs with an SPI this SAD allocated.
+    pub live: usize,
+    /// Allocated SPIs reserved but not installed.
+    pub reserved: usize,
+    /// Allocated SPIs inside their grace period.
+    pub retired: usize,
+    /// Live inbound SAs with a foreign SPI.
+    pub foreign_live: usize,
+    /// Foreign SPIs inside their grace period.
+    pub foreign_retired: usize,
+    /// Slots in the direct-index table.
+    pub slots: usize,
+    /// Outbound SAs.
+    pub outbound: usize,
+}
+
+/// Live/reserved/retired counts of the slot table.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SlotCounts {
+    pub(crate) live: usize,
+    pub(crate) reserved: usize,
+    pub(crate) retired: usize,
+}
+
+impl SlotCounts {
+    /// Slots not `Empty`: what the load factor counts.
+    pub(crate) fn occupied(&self) -> usize {
+        self.live + self.reserved + self.retired
+    }
+}
+
+/// One published, immutable version of the SAD.
+///
+/// Obtained from [`crate::SadReader::view`] (datapath) or [`crate::Sad::snapshot`] (control
+/// plane). Everything here is read-only and lock-free; a snapshot never changes, so results
+/// borrowed from it stay consistent for as long as it is held.
+pub struct SadView<V, O = V> {
+    pub(crate) table: SlotTable<V>,
+    pub(crate) foreign: Option<Arc<ForeignTable<V>>>,
+    pub(crate) outbound: Arc<Vec<OutboundEntry<O>>>,
+    pub(crate) counts: SlotCounts,
+}
+
+impl<V, O> Clone for SadView<V, O> {
+    /// Shallow: clones the chunk pointer array and bumps `Arc`s; O(slots / 1024).
+    fn clone(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+            foreign: self.foreign.clone(),
+            outbound: Arc::clone(&self.outbound),
+            counts: self.counts,
+        }
+    }
+}
+
+impl<V, O> fmt::Debug for SadView<V, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SadView")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<V, O> SadView<V, O> {
+    pub(crate) fn with_slots(slots: usize) -> Self {
+        Self {
+            table: SlotTable::with_slots(slots),
+            foreign: None,
+            outbound: Arc::new(Vec::new()),
+            counts: SlotCounts::default(),
+        }
+    }
+
+    /// Classify an inbound SPI (RFC 4303 §3.4.2: the SPI, with the destination, selects the
+    /// SA; for a unicast SA the SPI alone suffices and is what we key on).
+    #[inline]
+    pub fn lookup(&self, spi: u32) -> Lookup<'_, V> {
+        let (chunk, i) = self.table.locate(spi);
+        if chunk.tags[i] == spi {
+            Self::classify(&chunk.slots[i])
+        } else {
+            self.lookup_foreign(spi)
+        }
+    }
+
+    #[inline(always)]
+    fn classify(slot: &Slot<V>) -> Lookup<'_, V> {
+        match slot {
+            Slot::Live(v) => Lookup::Hit(v),
+            Slot::Retired => Lookup::Retired,
+            // Empty only matches SPI 0 (tag 0), which is never valid; Reserved has no keys.
+            Slot::Empty | Slot::Reserved => Lookup::Unknown,
+        }
+    }
+
+    #[inline]
+    fn lookup_foreign(&self, spi: u32) -> Lookup<'_, V> {
+        match &self.foreign {
+            None => Lookup::Unknown,
+            Some(f) => f.lookup(spi),
+        }
+    }
+
+    /// Classify `spis[k]` into `out[k]` for every `k`.
+    ///
+    /// Works in rounds of [`BATCH`]: the first pass reads every SPI's tag, so the (independent)
+    /// cache misses of the round overlap instead of queueing behind each other; the second pass
+    /// compares and reads the slot states, now mostly cached.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `spis`.
+    #[inline]
+    pub fn lookup_batch<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
+        assert!(
+            out.len() >= spis.len(),
+            "lookup_batch: out shorter than spis"
+        );
+        for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+            let mut tags = [0u32; BATCH];
+            for (t, &spi) in tags.iter_mut().zip(spis) {
+                *t = self.table.tag(spi);
+            }
+            for ((o, &spi), &tag) in out.iter_mut().zip(spis).zip(tags.iter()) {
+                *o = if tag == spi {
+                    let (chunk, i) = self.table.locate(spi);
+                    Self::classify(&chunk.slots[i])
+                } else {
+                    self.lookup_foreign(spi)
+                };
+            }
+        }
+    }
+
+    /// The live inbound SA with this SPI.
+    pub fn get(&self, spi: u32) -> Option<&Arc<V>> {
+        match self.table.get(spi) {
+            Some(Slot::Live(v)) => Some(v),
+            Some(_) => None,
+            None => match self.foreign.as_deref()?.map.get(&spi)? {
+                Foreign::Live(v) => Some(v),
+                Foreign::Retired { .. } => None,
+            },
+        }
+    }
+
+    /// Number of live inbound SAs (allocated and foreign).
+    pub fn len(&self) -> usize {
+        self.counts.live + self.foreign.as_deref().map_or(0, |f| f.live)
+    }
+
+    /// `true` if there is no live inbound SA.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entry counts.
+    pub fn stats(&self) -> SadStats {
+        let (foreign_live, foreign_all) = self
+            .foreign
+            .as_deref()
+            .map_or((0, 0), |f| (f.live, f.map.len()));
+        SadStats {
+            live: self.counts.live,
+            reserved: self.counts.reserved,
+            retired: self.counts.retired,
+            foreign_live,
+            foreign_retired: foreign_all - foreign_live,
+            slots: self.table.slots(),
+            outbound: self.outbound.len(),
+        }
+    }
+
+    /// Live inbound SAs as `(spi, sa)`: allocated ones in slot order, then foreign ones in
+    /// map order. O(slots); meant for the control plane (`show sa`).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Arc<V>)> + '_ {
+        self.entries().filter_map(|e| match e.state {
+            EntryState::Live(v) => Some((e.spi, v)),
+            _ => None,
+        })
+    }
+
+    /// Every inbound entry, including reserved and retired SPIs.
+    pub fn entries(&self) -> impl Iterator<Item = InboundEntry<'_, V>> + '_ {
+        let slots = self.table.occupied().map(|(spi, s)| InboundEntry {
+            spi,
+            state: match s {
+                Slot::Live(v) => EntryState::Live(v),
+                Slot::Retired => EntryState::Retired,
+                Slot::Reserved | Slot::Empty => EntryState::Reserved,
+            },
+            foreign: false,
+        });
+        let foreign = self.foreign.iter().flat_map(|f| {
+            f.map.iter().map(|(&spi, e)| InboundEntry {
+                spi,
+                state: match e {
+                    Foreign::Live(v) => EntryState::Live(v),
+                    Foreign::Retired { .. } => EntryState::Retired,
+                },
+                foreign: true,
+            })
+        });
+        slots.chain(foreign)
+    }
+
+    /// The outbound SA installed for exactly this peer and selector pair.
+    pub fn outbound_get(&self, peer: IpAddr, selectors: &SelectorPair) -> Option<&Arc<O>> {
+        self.outbound
+            .iter()
+            .find(|e| e.peer == peer && e.selectors == *selectors)
+            .map(|e| &e.sa)
+    }
+
+    /// The outbound SA for a cleartext packet: the first entry, in installation order, whose
+    /// selectors cover the flow (the SPD is ordered and first match wins, RFC 4301 §4.4.1).
+    ///
+    /// A linear scan: outbound policies number in the tens to hundreds, where a scan over a
+    /// contiguous array beats any index; revisit if that stops being true.
+    #[inline]
+    pub fn outbound_match(&self, flow: &FlowKey) -> Option<&O> {
+        self.outbound
+            .iter()
+            .find(|e| e.selectors.matches(flow))
+            .map(|e| &*e.sa)
+    }
+
+    /// Outbound entries in installation (= match priority) order.
+    pub fn outbound(&self) -> &[OutboundEntry<O>] {
+        &self.outbound
+    }
+}

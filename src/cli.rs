@@ -1,0 +1,125 @@
+//! The command line: top-level subcommands, the error every subcommand returns, and the
+//! exit status rule. Each subcommand lives in its own module and only adds a variant here.
+
+use crate::esp_cmd::{self, EspCommand};
+use crate::hexin::{HexError, Spi};
+use crate::pcap_io::CaptureError;
+use crate::sa_spec::SpecError;
+use clap::{Parser, Subcommand};
+use esplab_esp::EspError;
+use std::io::Write;
+
+/// Userspace IPsec ESP datapath emulator with invalid-SPI recovery.
+#[derive(Debug, Parser)]
+#[command(name = "esplab", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Encrypt or decrypt ESP packets (hex or pcap) with SAs given on the command line.
+    #[command(subcommand)]
+    Esp(EspCommand),
+}
+
+impl Command {
+    /// Runs the subcommand, writing its results to `out`.
+    pub fn run(self, out: &mut dyn Write) -> Result<Status, CliError> {
+        match self {
+            Command::Esp(c) => esp_cmd::run(c, out),
+        }
+    }
+}
+
+/// How a command that ran to the end went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Every packet went through (exit status 0).
+    Success,
+    /// At least one packet was dropped (exit status 2, like a bad input).
+    Failed,
+}
+
+impl Status {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Status::Success => 0,
+            Status::Failed => EXIT_FAILURE,
+        }
+    }
+}
+
+/// Exit status of a failed run: clap uses 2 for usage errors, and everything else that goes
+/// wrong (bad input or a dropped packet) uses it too.
+pub const EXIT_FAILURE: u8 = 2;
+
+/// Why a command stopped. Printed as one line after `esplab: `.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A `--sa` SPEC was refused.
+    #[error("--sa: {0}")]
+    Spec(#[from] SpecError),
+    /// Two `--sa` with one SPI.
+    #[error("--sa: two SAs with SPI {0}")]
+    DuplicateSpi(Spi),
+    /// Malformed hex in an option.
+    #[error("{flag}: {source}")]
+    Hex {
+        /// The option (with its position when repeated).
+        flag: String,
+        /// What is wrong with the hex.
+        source: HexError,
+    },
+    /// A file could not be read.
+    #[error("{flag} {path}: {source}")]
+    Read {
+        /// The option naming the file.
+        flag: &'static str,
+        /// The path as given.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A capture file could not be parsed or written.
+    #[error("{flag} {path}: {source}")]
+    Capture {
+        /// The option naming the file.
+        flag: &'static str,
+        /// The path as given.
+        path: String,
+        /// What is wrong.
+        source: CaptureError,
+    },
+    /// Options that do not fit together, or a bad option value.
+    #[error("{0}")]
+    Usage(String),
+    /// The engine refused to build a packet.
+    #[error("packet {index}: {reason}: {source}", reason = source.reason())]
+    Encap {
+        /// 1-based packet number.
+        index: usize,
+        /// The engine's error.
+        source: EspError,
+    },
+    /// Writing results failed (a closed pipe ends the run quietly).
+    #[error("writing results: {0}")]
+    Stdout(std::io::Error),
+}
+
+impl CliError {
+    /// True when the reader of our output went away (`esplab ... | head`): nothing to report.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// A remark on stderr that does not change the outcome (skipped packets and the like).
+/// Losing it when stderr is closed is fine, so its write error is ignored.
+pub fn note(msg: core::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "esplab: {msg}");
+}
