@@ -167,7 +167,10 @@ fn encap_path(c: &mut Criterion) {
 /// so the ratio is trustworthy even when absolute numbers drift.
 fn interleaved() {
     println!("\ninterleaved AES-128-GCM open, ring vs rustcrypto (median of 15 rounds)");
-    println!("{:>6} {:>12} {:>12} {:>8}", "bytes", "ring ns", "rustcrypto", "ratio");
+    println!(
+        "{:>6} {:>12} {:>12} {:>8}",
+        "bytes", "ring ns", "rustcrypto", "ratio"
+    );
     for size in SIZES {
         let r = bare_ring();
         let rc = bare_rustcrypto();

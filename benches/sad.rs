@@ -19,6 +19,14 @@
 //! `sad_miss` uses uniformly random SPIs (practically all unknown); `sad_miss_foreign` adds 64
 //! foreign SAs so misses also pass the foreign-map filter.
 //!
+//! `sad_write` is the control plane at 1Ki and 1Mi SAs: `replace` swaps one SA's value, `rekey`
+//! installs a fresh SPI, retires the old one and purges it, each as one published snapshot.
+//!
+//! `sad_hit_work` is the datapath's shape: look up, read the SA, then do ~50 ns of dependent
+//! per-packet work (`packet_work`) before the next packet; `work_only` is that work alone.
+//! Here single lookups can no longer overlap, and batching (all tags first, SA lines warmed)
+//! shows what it is for.
+//!
 //! Run: `cargo bench --bench sad`. Results: `docs/sad.md`.
 
 use std::collections::HashMap;
@@ -34,10 +42,20 @@ use rand::{Rng, SeedableRng};
 const SIZES: [usize; 4] = [1, 1 << 10, 1 << 16, 1 << 20];
 const WINDOW: usize = 1024;
 
-/// What the SAD stores per SA in this bench (never dereferenced by the lookups).
+/// What the SAD stores per SA in this bench (only the `sad_hit_work` cases read it).
 struct BenchSa {
-    #[allow(dead_code)]
     spi: u32,
+}
+
+/// Stand-in for per-packet processing between lookups (~160 dependent cycles): a chain of
+/// multiply-rotates seeded with what the packet's SA holds, so the SA must be read first.
+#[inline(always)]
+fn packet_work(acc: u64, sa_word: u32) -> u64 {
+    let mut h = acc ^ u64::from(sa_word);
+    for _ in 0..40 {
+        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7);
+    }
+    h
 }
 
 struct Fixture {
@@ -174,6 +192,49 @@ fn cases(g: &mut BenchmarkGroup<'_, WallTime>, fx: &Fixture, order: &mut Order, 
     }
 }
 
+/// Control-plane cost at `n` SAs: each iteration is one published transaction.
+fn write_cases(c: &mut Criterion, n: usize, rng: &mut StdRng) {
+    // Grace 0 so that the rekey loop purges what it retires and the table stays at `n`.
+    let sad: Sad<BenchSa> = Sad::new(SadConfig {
+        initial_capacity: n,
+        grace_period: Duration::ZERO,
+        rng_seed: Some(rng.gen()),
+        ..SadConfig::default()
+    });
+    let mut spis: Vec<u32> = sad.update(|t| {
+        (0..n)
+            .map(|_| {
+                let spi = t.reserve_spi().unwrap();
+                t.install(spi, BenchSa { spi }).unwrap();
+                spi
+            })
+            .collect()
+    });
+    let mut g = c.benchmark_group("sad_write");
+    let now = std::time::Instant::now();
+    let mut k = 0usize;
+    g.bench_function(BenchmarkId::new("replace", n), |b| {
+        b.iter(|| {
+            k = (k + 1) % n;
+            let spi = spis[k];
+            sad.replace(spi, BenchSa { spi }).unwrap()
+        })
+    });
+    g.bench_function(BenchmarkId::new("rekey", n), |b| {
+        b.iter(|| {
+            k = (k + 1) % n;
+            let old = spis[k];
+            spis[k] = sad.update(|t| {
+                let new = t.reserve_spi().unwrap();
+                t.rekey(old, new, BenchSa { spi: new }, now).unwrap();
+                t.purge(now);
+                new
+            });
+        })
+    });
+    g.finish();
+}
+
 fn bench_sad(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(0x5ad);
     for n in SIZES {
@@ -185,6 +246,39 @@ fn bench_sad(c: &mut Criterion) {
         let mut hits = Order::new(len, || fx.spis[rng.gen_range(0..n)]);
         cases(&mut g, &fx, &mut hits, false);
         g.finish();
+
+        if n >= 1024 {
+            let mut g = c.benchmark_group("sad_hit_work");
+            g.throughput(Throughput::Elements(WINDOW as u64));
+            let mut reader = fx.sad.reader();
+            case(&mut g, "work_only", n, &mut hits, |w| {
+                let mut acc = 0;
+                for &spi in w {
+                    acc = packet_work(acc, spi);
+                }
+                black_box(acc);
+            });
+            case(&mut g, "sad_reader", n, &mut hits, |w| {
+                let mut acc = 0;
+                for &spi in w {
+                    let word = reader.lookup(spi).hit().map_or(0, |sa| sa.spi);
+                    acc = packet_work(acc, word);
+                }
+                black_box(acc);
+            });
+            case(&mut g, "sad_batch32", n, &mut hits, |w| {
+                let mut acc = 0;
+                for spis in w.chunks(BATCH) {
+                    let mut out = [Lookup::Unknown; BATCH];
+                    reader.lookup_batch(spis, &mut out);
+                    for l in &out {
+                        acc = packet_work(acc, l.hit().map_or(0, |sa| sa.spi));
+                    }
+                }
+                black_box(acc);
+            });
+            g.finish();
+        }
         drop(hits);
 
         let mut g = c.benchmark_group("sad_miss");
@@ -192,6 +286,10 @@ fn bench_sad(c: &mut Criterion) {
         let mut misses = Order::new(len, || rng.gen());
         cases(&mut g, &fx, &mut misses, true);
         g.finish();
+
+        if n >= 1024 {
+            write_cases(c, n, &mut rng);
+        }
 
         // The same misses with a few manually keyed (foreign) SAs present.
         fx.sad.update(|t| {

@@ -24,6 +24,12 @@ pub enum Command {
     /// Encrypt or decrypt ESP packets (hex or pcap) with SAs given on the command line.
     #[command(subcommand)]
     Esp(EspCommand),
+    /// Run one IPsec peer (TUN device + underlay sockets + control socket) until SIGINT/SIGTERM.
+    Peer(crate::peer_cmd::PeerArgs),
+    /// Show a running peer's SAs, counters or events (over its control socket).
+    Show(crate::ctl_cmd::ShowArgs),
+    /// Clear a running peer's SAs (without telling the other side) or counters.
+    Clear(crate::ctl_cmd::ClearArgs),
 }
 
 impl Command {
@@ -31,6 +37,15 @@ impl Command {
     pub fn run(self, out: &mut dyn Write) -> Result<Status, CliError> {
         match self {
             Command::Esp(c) => esp_cmd::run(c, out),
+            Command::Peer(a) => crate::peer_cmd::run(a)
+                .map(|()| Status::Success)
+                .map_err(CliError::from),
+            Command::Show(a) => crate::ctl_cmd::run_show(a, out)
+                .map(|()| Status::Success)
+                .map_err(CliError::from),
+            Command::Clear(a) => crate::ctl_cmd::run_clear(a, out)
+                .map(|()| Status::Success)
+                .map_err(CliError::from),
         }
     }
 }
@@ -98,6 +113,12 @@ pub enum CliError {
     /// Options that do not fit together, or a bad option value.
     #[error("{0}")]
     Usage(String),
+    /// `esplab peer` could not start (config error: `a.toml:14: key: ...`) or failed.
+    #[error(transparent)]
+    Peer(#[from] crate::peer_cmd::PeerError),
+    /// `esplab show|clear` could not reach the daemon, or it refused.
+    #[error(transparent)]
+    Ctl(#[from] crate::ctl_cmd::CtlError),
     /// The engine refused to build a packet.
     #[error("packet {index}: {reason}: {source}", reason = source.reason())]
     Encap {
@@ -114,7 +135,11 @@ pub enum CliError {
 impl CliError {
     /// True when the reader of our output went away (`esplab ... | head`): nothing to report.
     pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, CliError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+        match self {
+            CliError::Stdout(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+            CliError::Ctl(e) => e.is_broken_pipe(),
+            _ => false,
+        }
     }
 }
 

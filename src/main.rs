@@ -6,9 +6,11 @@
 #![warn(missing_docs)]
 
 mod cli;
+mod ctl_cmd;
 mod esp_cmd;
 mod hexin;
 mod pcap_io;
+mod peer_cmd;
 mod sa_spec;
 
 use clap::Parser;

@@ -376,8 +376,8 @@ impl Cipher {
                     } else {
                         &ring::aead::AES_256_GCM
                     };
-                    let unbound = ring::aead::UnboundKey::new(algo, key)
-                        .expect("key length checked above");
+                    let unbound =
+                        ring::aead::UnboundKey::new(algo, key).expect("key length checked above");
                     Box::new(RingGcm(ring::aead::LessSafeKey::new(unbound)))
                 }
                 Backend::RustCrypto => {
@@ -537,8 +537,13 @@ impl Cipher {
                 let (nonce, aad, aad_len) = gcm_nonce_aad(esp, salt, seq_hi);
                 let mut tag = [0u8; 16];
                 tag.copy_from_slice(&esp[text_end..]);
-                aead.open(&nonce, &aad[..aad_len], &mut esp[8 + iv_len..text_end], &tag)
-                    .map_err(|TagMismatch| EspError::IcvMismatch)
+                aead.open(
+                    &nonce,
+                    &aad[..aad_len],
+                    &mut esp[8 + iv_len..text_end],
+                    &tag,
+                )
+                .map_err(|TagMismatch| EspError::IcvMismatch)
             }
             Kind::Cbc { aes, mac } => {
                 let ct_len = text_end - 8 - iv_len;

@@ -284,7 +284,9 @@ pub fn parse_ip(d: &[u8]) -> Result<(IpAddr, IpAddr, u8, Range<usize>), EspError
             let ihl = (first & 0x0f) as usize * 4;
             let total = u16::from_be_bytes([d[2], d[3]]) as usize;
             if ihl < IPV4_HEADER_LEN || total < ihl || total > d.len() {
-                return Err(EspError::BadOuterHeader("IPv4 header/total length out of range"));
+                return Err(EspError::BadOuterHeader(
+                    "IPv4 header/total length out of range",
+                ));
             }
             let frag = u16::from_be_bytes([d[6], d[7]]);
             if frag & 0x3fff != 0 {
@@ -368,7 +370,11 @@ impl OuterParams {
             IpAddr::V4(_) => IPV4_HEADER_LEN,
             IpAddr::V6(_) => IPV6_HEADER_LEN,
         };
-        ip + if self.udp.is_some() { UDP_HEADER_LEN } else { 0 }
+        ip + if self.udp.is_some() {
+            UDP_HEADER_LEN
+        } else {
+            0
+        }
     }
 }
 
@@ -464,7 +470,10 @@ mod tests {
     fn classify() {
         assert_eq!(classify_udp_encap(&[0xff]), Ok(UdpKind::Keepalive));
         assert_eq!(classify_udp_encap(&[0, 0, 0, 0, 1]), Ok(UdpKind::Ike));
-        assert_eq!(classify_udp_encap(&[1, 2, 3, 4, 0, 0, 0, 1]), Ok(UdpKind::Esp));
+        assert_eq!(
+            classify_udp_encap(&[1, 2, 3, 4, 0, 0, 0, 1]),
+            Ok(UdpKind::Esp)
+        );
         assert!(classify_udp_encap(&[1, 2, 3]).is_err());
     }
 
@@ -484,7 +493,13 @@ mod tests {
         match parse_underlay(&buf).unwrap() {
             Underlay::Esp(o) => {
                 assert_eq!(o.payload, 28..44);
-                assert_eq!(o.encap, Encap::Udp { sport: 4500, dport: 4500 });
+                assert_eq!(
+                    o.encap,
+                    Encap::Udp {
+                        sport: 4500,
+                        dport: 4500
+                    }
+                );
                 assert_eq!(o.family(), Family::V4);
             }
             other => panic!("{other:?}"),

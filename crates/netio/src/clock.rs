@@ -105,10 +105,29 @@ mod tests {
             } else {
                 (prev.0, prev.1 + 1, 1)
             };
-            assert!(cur == next_in_month || cur == next_month, "{prev:?} -> {cur:?}");
+            assert!(
+                cur == next_in_month || cur == next_month,
+                "{prev:?} -> {cur:?}"
+            );
             if cur == next_month {
-                let leap = prev.0 % 4 == 0 && (prev.0 % 100 != 0 || prev.0 % 400 == 0);
-                let len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+                let leap = matches!(
+                    (prev.0 % 4, prev.0 % 100, prev.0 % 400),
+                    (0, 1.., _) | (0, 0, 0)
+                );
+                let len = [
+                    31,
+                    if leap { 29 } else { 28 },
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                    31,
+                    30,
+                    31,
+                    30,
+                    31,
+                ];
                 assert_eq!(prev.2, len[(prev.1 - 1) as usize], "{prev:?}");
             }
             prev = cur;

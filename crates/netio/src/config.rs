@@ -684,7 +684,10 @@ replay_window = 1024
             PathBuf::from("/run/esplab/b.sock")
         );
         std::fs::write(&p, "name = 3\n").unwrap();
-        assert!(control_socket_of(&p).unwrap_err().to_string().contains("name"));
+        assert!(control_socket_of(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("name"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

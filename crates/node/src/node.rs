@@ -303,6 +303,25 @@ impl Node {
         n
     }
 
+    /// Like [`remove_spi`](Self::remove_spi) but with no grace period: the SPI is unknown
+    /// at once, as after a vendor's `clear crypto sa`, so the very next packet for it is an
+    /// invalid-SPI event. This is what `esplab clear sa` does to provoke a desync.
+    pub fn clear_spi(&mut self, spi: u32, now: Instant) -> usize {
+        // Retire it with a deadline that has already passed, then purge.
+        let past = now.checked_sub(self.cfg.retired_grace).unwrap_or(now);
+        let n = self.remove_spi(spi, past);
+        self.sad.purge(now);
+        n
+    }
+
+    /// [`clear_spi`](Self::clear_spi) for every SA. Returns how many were removed.
+    pub fn clear_all(&mut self, now: Instant) -> usize {
+        let past = now.checked_sub(self.cfg.retired_grace).unwrap_or(now);
+        let n = self.remove_all(past);
+        self.sad.purge(now);
+        n
+    }
+
     /// Removes every SA. Returns how many were removed.
     pub fn remove_all(&mut self, now: Instant) -> usize {
         let spis: Vec<u32> = self

@@ -190,6 +190,17 @@ fn cleared_sa_gives_invalid_spi_events_and_one_log_line_per_minute() {
             send(&mut p.a, &mut p.b, now, ua, ub, &pa),
             Inbound::Deliver(_)
         ));
+        // `clear sa` forgets at once: the next packet is an invalid SPI, not a late one.
+        assert_eq!(p.b.clear_spi(A_TO_B, now), 1);
+        assert_eq!(
+            send(&mut p.a, &mut p.b, now, ua, ub, &pa),
+            Inbound::Drop(DropReason::UnknownSpi)
+        );
+        p.b.install_inbound(0, &params(A_TO_B), now).unwrap();
+        assert!(matches!(
+            send(&mut p.a, &mut p.b, now, ua, ub, &pa),
+            Inbound::Deliver(_)
+        ));
     }
 }
 

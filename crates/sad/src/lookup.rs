@@ -5,8 +5,9 @@ use std::fmt;
 /// What an inbound SPI names, as seen by the datapath.
 ///
 /// Distinguishing `Retired` from `Unknown` lets the caller treat a late packet for an SA that
-/// was just rekeyed or deleted as expected noise, while a truly unknown SPI may trigger
-/// invalid-SPI handling (RFC 4303 §3.4.2: no valid SA → discard, audit, optionally notify).
+/// was just rekeyed or deleted as expected noise, while a truly unknown SPI gets invalid-SPI
+/// handling (RFC 4303 §3.4.2: no valid SA means discard, an auditable event; an IKEv2 peer
+/// may be told with an INVALID_SPI notification, RFC 7296 §1.5).
 pub enum Lookup<'a, V> {
     /// A live SA with exactly this SPI.
     Hit(&'a V),

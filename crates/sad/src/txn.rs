@@ -14,7 +14,7 @@ use rand::Rng;
 
 use crate::foreign::{Foreign, ForeignTable};
 use crate::selector::SelectorPair;
-use crate::table::Slot;
+use crate::table::{Slot, SlotRef};
 use crate::view::{OutboundEntry, SadView};
 use crate::{Lookup, SadError};
 
@@ -125,14 +125,14 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         let slots = table.slots();
         for _ in 0..RANDOM_PROBES {
             let idx = self.rng.gen_range(0..slots);
-            if table.at(idx).0 == 0 {
+            if table.tag_at(idx) == 0 {
                 return idx;
             }
         }
         let start = self.rng.gen_range(0..slots);
         (0..slots)
             .map(|k| (start + k) & (slots - 1))
-            .find(|&idx| table.at(idx).0 == 0)
+            .find(|&idx| table.tag_at(idx) == 0)
             .expect("load factor <= 1/2 leaves free slots")
     }
 
@@ -159,9 +159,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
             }
             if let Some(spi) = found {
                 let work = self.work();
-                let (tag, slot) = work.table.at_mut(idx);
-                *tag = spi;
-                *slot = Slot::Reserved;
+                work.table.replace(idx, spi, Slot::Reserved);
                 work.counts.reserved += 1;
                 return Ok(spi);
             }
@@ -173,12 +171,12 @@ impl<'w, V, O> SadTxn<'w, V, O> {
 
     /// Install the SA for an SPI obtained from [`Self::reserve_spi`].
     pub fn install(&mut self, spi: u32, sa: V) -> Result<(), SadError> {
-        if !matches!(self.view().table.get(spi), Some(Slot::Reserved)) {
+        if !matches!(self.view().table.get(spi), Some(SlotRef::Reserved)) {
             return Err(SadError::NotReserved(spi));
         }
         let work = self.work();
-        let (_, slot) = work.table.at_mut((spi & work.table.mask) as usize);
-        *slot = Slot::Live(Arc::new(sa));
+        let idx = work.table.index(spi);
+        work.table.replace(idx, spi, Slot::Live(Arc::new(sa)));
         work.counts.reserved -= 1;
         work.counts.live += 1;
         Ok(())
@@ -222,12 +220,12 @@ impl<'w, V, O> SadTxn<'w, V, O> {
     pub fn replace(&mut self, spi: u32, sa: V) -> Result<Arc<V>, SadError> {
         let view = self.view();
         if let Some(slot) = view.table.get(spi) {
-            if !matches!(slot, Slot::Live(_)) {
+            if !matches!(slot, SlotRef::Live(_)) {
                 return Err(SadError::NotFound(spi));
             }
             let work = self.work();
-            let (_, slot) = work.table.at_mut((spi & work.table.mask) as usize);
-            match std::mem::replace(slot, Slot::Live(Arc::new(sa))) {
+            let idx = work.table.index(spi);
+            match work.table.replace(idx, spi, Slot::Live(Arc::new(sa))) {
                 Slot::Live(old) => return Ok(old),
                 _ => unreachable!("checked live above"),
             }
@@ -253,12 +251,12 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         let until = now.checked_add(self.grace);
         let view = self.view();
         if let Some(slot) = view.table.get(spi) {
-            if !matches!(slot, Slot::Live(_) | Slot::Reserved) {
+            if !matches!(slot, SlotRef::Live(_) | SlotRef::Reserved) {
                 return None;
             }
             let work = self.work();
-            let (_, slot) = work.table.at_mut((spi & work.table.mask) as usize);
-            let old = std::mem::replace(slot, Slot::Retired);
+            let idx = work.table.index(spi);
+            let old = work.table.replace(idx, spi, Slot::Retired);
             work.counts.retired += 1;
             let out = match old {
                 Slot::Live(v) => {
@@ -294,8 +292,9 @@ impl<'w, V, O> SadTxn<'w, V, O> {
     }
 
     /// Rekey: install `sa` under `new_spi` (from [`Self::reserve_spi`]) and retire `old_spi`,
-    /// returning the old SA. Both checks happen before any change (RFC 7296 §2.8: the old SA
-    /// keeps receiving until deleted; the grace period covers packets still in flight).
+    /// returning the old SA, in one snapshot. Both checks happen before any change. The peer
+    /// may still have packets for the old SA in flight when it is deleted (RFC 7296 §2.8), so
+    /// the old SPI stays [`Lookup::Retired`] for the grace period rather than turning unknown.
     pub fn rekey(
         &mut self,
         old_spi: u32,
@@ -337,10 +336,9 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         let work = self.work();
         let mut foreign_changed = false;
         for (until, spi) in due {
-            if matches!(work.table.get(spi), Some(Slot::Retired)) {
-                let (tag, slot) = work.table.at_mut((spi & work.table.mask) as usize);
-                *tag = 0;
-                *slot = Slot::Empty;
+            if matches!(work.table.get(spi), Some(SlotRef::Retired)) {
+                let idx = work.table.index(spi);
+                work.table.replace(idx, 0, Slot::Empty);
                 work.counts.retired -= 1;
                 freed += 1;
                 continue;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::foreign::{Foreign, ForeignTable};
 use crate::selector::{FlowKey, SelectorPair};
-use crate::table::{Slot, SlotTable};
+use crate::table::{Chunk, SlotRef, SlotTable};
 use crate::Lookup;
 
 /// Most SPIs [`SadView::lookup_batch`] resolves per prefetch round.
@@ -136,20 +136,22 @@ impl<V, O> SadView<V, O> {
     #[inline]
     pub fn lookup(&self, spi: u32) -> Lookup<'_, V> {
         let (chunk, i) = self.table.locate(spi);
-        if chunk.tags[i] == spi {
-            Self::classify(&chunk.slots[i])
+        if chunk.tag(i) == spi {
+            Self::classify(chunk, i)
         } else {
             self.lookup_foreign(spi)
         }
     }
 
+    /// Classify slot `i` of `chunk`, whose tag matched.
     #[inline(always)]
-    fn classify(slot: &Slot<V>) -> Lookup<'_, V> {
-        match slot {
-            Slot::Live(v) => Lookup::Hit(v),
-            Slot::Retired => Lookup::Retired,
-            // Empty only matches SPI 0 (tag 0), which is never valid; Reserved has no keys.
-            Slot::Empty | Slot::Reserved => Lookup::Unknown,
+    fn classify(chunk: &Chunk<V>, i: usize) -> Lookup<'_, V> {
+        match chunk.value(i) {
+            Some(v) => Lookup::Hit(v),
+            // Empty slots (tag 0, matched only by the invalid SPI 0) and reserved ones (no keys
+            // yet) have no retired bit, so they come out Unknown.
+            None if chunk.is_retired(i) => Lookup::Retired,
+            None => Lookup::Unknown,
         }
     }
 
@@ -161,11 +163,17 @@ impl<V, O> SadView<V, O> {
         }
     }
 
-    /// Classify `spis[k]` into `out[k]` for every `k`.
+    /// Classify `spis[k]` into `out[k]` for every `k` (a receive burst).
     ///
-    /// Works in rounds of [`BATCH`]: the first pass reads every SPI's tag, so the (independent)
-    /// cache misses of the round overlap instead of queueing behind each other; the second pass
-    /// compares and reads the slot states, now mostly cached.
+    /// Works in rounds of [`BATCH`]. The first pass reads every SPI's tag, so the round's
+    /// independent cache misses overlap instead of each waiting behind the packet work that
+    /// separates single lookups. The second pass classifies, and for each hit also reads the
+    /// SA's reference count: that load brings the first cache line of the SA (the `Arc` header
+    /// sits just before the value) into the cache, because the caller's next step is to use it.
+    ///
+    /// In a loop doing nothing but lookups a CPU with deep out-of-order execution overlaps
+    /// single lookups by itself, and this extra SA line makes a batch look slower; with real
+    /// per-packet work between lookups the batch is several times faster (see `docs/sad.md`).
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
@@ -180,21 +188,30 @@ impl<V, O> SadView<V, O> {
             for (t, &spi) in tags.iter_mut().zip(spis) {
                 *t = self.table.tag(spi);
             }
+            let mut warm = 0usize;
             for ((o, &spi), &tag) in out.iter_mut().zip(spis).zip(tags.iter()) {
                 *o = if tag == spi {
                     let (chunk, i) = self.table.locate(spi);
-                    Self::classify(&chunk.slots[i])
+                    match chunk.value(i) {
+                        Some(v) => {
+                            warm = warm.wrapping_add(Arc::strong_count(v));
+                            Lookup::Hit(v)
+                        }
+                        None => Self::classify(chunk, i),
+                    }
                 } else {
                     self.lookup_foreign(spi)
                 };
             }
+            // Keeps the warming loads from being optimised away; costs one register store.
+            std::hint::black_box(warm);
         }
     }
 
     /// The live inbound SA with this SPI.
     pub fn get(&self, spi: u32) -> Option<&Arc<V>> {
         match self.table.get(spi) {
-            Some(Slot::Live(v)) => Some(v),
+            Some(SlotRef::Live(v)) => Some(v),
             Some(_) => None,
             None => match self.foreign.as_deref()?.map.get(&spi)? {
                 Foreign::Live(v) => Some(v),
@@ -244,9 +261,9 @@ impl<V, O> SadView<V, O> {
         let slots = self.table.occupied().map(|(spi, s)| InboundEntry {
             spi,
             state: match s {
-                Slot::Live(v) => EntryState::Live(v),
-                Slot::Retired => EntryState::Retired,
-                Slot::Reserved | Slot::Empty => EntryState::Reserved,
+                SlotRef::Live(v) => EntryState::Live(v),
+                SlotRef::Retired => EntryState::Retired,
+                SlotRef::Reserved | SlotRef::Empty => EntryState::Reserved,
             },
             foreign: false,
         });

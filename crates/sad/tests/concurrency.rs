@@ -139,3 +139,12 @@ fn readers_never_see_torn_state() {
     );
     assert_eq!(sad.len(), installed.len() * 2 + sad.stats().foreign_live);
 }
+
+#[test]
+fn handles_are_thread_safe() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Sad<Sa>>();
+    send::<esplab_sad::SadReader<Sa>>();
+    send_sync::<esplab_sad::SadView<Sa>>();
+}

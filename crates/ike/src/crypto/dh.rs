@@ -15,7 +15,9 @@ pub fn x25519(scalar: [u8; 32], u: [u8; 32]) -> [u8; 32] {
 }
 
 /// Our half of one Diffie-Hellman exchange. The private value is zeroized on drop and
-/// never printed.
+/// never printed. Cloning copies the private value (the exchange layer snapshots whole
+/// endpoints in tests and simulations).
+#[derive(Clone)]
 pub struct KeyExchange {
     group: DhGroup,
     secret: StaticSecret,

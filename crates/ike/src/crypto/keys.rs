@@ -7,7 +7,8 @@ use crate::transform::{EspSuite, IkeSuite, Prf};
 
 /// A side of the IKE SA. For SK_e*/SK_a*/SK_p* this is the *original* initiator or
 /// responder of the IKE SA (RFC 7296 §2.14), whoever starts a later exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The original initiator.
     Initiator,

@@ -1,0 +1,585 @@
+//! `esplab peer`: one node on a TUN device and the underlay sockets.
+//!
+//! Runtime: tokio current-thread. The node is a single piece of mutable state and a
+//! packet's work is a short burst of crypto, so one task owns it and runs the whole
+//! datapath: no locks, no `Sync` node, no cross-thread wakeups. The control connections are
+//! other tasks on the same thread; they only run between packet batches and reach the node
+//! through a bounded channel. A multi-thread runtime would add wakeup latency without
+//! parallelising anything (the datapath would still be one task); spreading packets over
+//! cores needs per-queue nodes or SA sharding, which is a later step.
+//!
+//! Loop: wait until the TUN device, a socket, the control channel, the 1 s tick or a
+//! signal is ready; drain up to [`BATCH`] packets from the ready source with non-blocking
+//! reads into one reused buffer per direction; then hand the node's events to the log, the
+//! ring, followers and the events file.
+
+use crate::clock::WallClock;
+use crate::config::{Config, SaDirection};
+use crate::control::{CounterRow, EventRecord, Request, Response, SaRow};
+use crate::events::EventSink;
+use crate::log::Logger;
+use crate::route::{self, RouteError, Routes};
+use crate::server::{self, ControlError, Ctl};
+use crate::tun::{self, TunError};
+use crate::underlay::{Underlay, UnderlayError};
+use esplab_esp::Encap;
+use esplab_node::{Inbound, Node, NodeError, Outbound, UnderlayEncap, HEADROOM, TAILROOM};
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tun_rs::AsyncDevice;
+
+/// Packets taken from one source per wakeup before the others get a turn.
+pub const BATCH: usize = 64;
+
+/// Room past the MTU in the TUN read buffer, so an oversized read is seen, not truncated.
+const TUN_SLACK: usize = 64;
+
+/// Underlay receive buffer: the largest IP datagram. A peer with a larger MTU than ours
+/// still gets its packets decrypted (they may then be too big for our TUN, which says so).
+const UNDERLAY_BUF: usize = 65_535;
+
+/// Why the daemon could not start, or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The node refused a configured SA.
+    #[error("installing {dir} SA 0x{spi:08x} for peer {peer}: {source}")]
+    Install {
+        /// `inbound` or `outbound`.
+        dir: &'static str,
+        /// The SPI.
+        spi: u32,
+        /// Peer name.
+        peer: String,
+        /// Why.
+        source: NodeError,
+    },
+    /// The TUN device.
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    /// Reading the TUN device failed (it was removed under us?).
+    #[error("reading from TUN device {name}: {source}")]
+    TunIo {
+        /// Device name.
+        name: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// An underlay socket.
+    #[error(transparent)]
+    Underlay(#[from] UnderlayError),
+    /// Routing.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The control socket.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A log or events file.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// `log.file` or `log.events_file`.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The async runtime or signal handlers could not be set up.
+    #[error("cannot start: {0}")]
+    Runtime(io::Error),
+}
+
+/// Runs the daemon until SIGINT or SIGTERM (then returns `Ok`), or until a fatal error.
+/// Everything it set up (routes, TUN device, control socket) is undone before it returns.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    rt.block_on(serve(config))
+}
+
+fn encap_name(e: UnderlayEncap, port: u16) -> String {
+    match e {
+        UnderlayEncap::Udp => format!("udp/{port}"),
+        UnderlayEncap::Raw => "esp".into(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), DaemonError> {
+    // Refuse first if another daemon answers on the control socket: it most likely owns
+    // this TUN device and these addresses too.
+    if std::os::unix::net::UnixStream::connect(&config.control_socket).is_ok() {
+        return Err(ControlError::AlreadyRunning(config.control_socket.clone()).into());
+    }
+    let name = config.node.name.clone();
+    let mut log =
+        Logger::new(&name, config.log_file.as_deref()).map_err(|source| DaemonError::File {
+            what: "log.file",
+            path: config.log_file.clone().unwrap_or_default(),
+            source,
+        })?;
+    let clock = WallClock::new();
+    let events = EventSink::new(&name, clock, config.events_file.as_deref()).map_err(|source| {
+        DaemonError::File {
+            what: "log.events_file",
+            path: config.events_file.clone().unwrap_or_default(),
+            source,
+        }
+    })?;
+    for w in &config.warnings {
+        log.line(&format!("warning: {w}"));
+    }
+
+    // The node first: a bad SA stops us before anything on the host changes.
+    let now = Instant::now();
+    let mut node = Node::new(config.node.clone(), None);
+    let peers = &config.node.peers;
+    for sa in &config.sas {
+        let p = &peers[sa.peer];
+        let spi = sa.params.spi;
+        let (dir, r) = match sa.direction {
+            SaDirection::In => ("inbound", node.install_inbound(sa.peer, &sa.params, now)),
+            SaDirection::Out => ("outbound", node.install_outbound(sa.peer, &sa.params, now)),
+        };
+        r.map_err(|source| DaemonError::Install {
+            dir,
+            spi,
+            peer: p.name.clone(),
+            source,
+        })?;
+        let esn = if sa.params.esn { ", esn" } else { "" };
+        let what = match sa.direction {
+            SaDirection::In => format!(
+                "from peer {} ({} {}), replay window {}{esn}",
+                p.name,
+                p.address,
+                encap_name(p.encap, p.port),
+                sa.params.replay_window
+            ),
+            SaDirection::Out => format!(
+                "to peer {} ({} {}){esn}",
+                p.name,
+                p.address,
+                encap_name(p.encap, p.port)
+            ),
+        };
+        log.line(&format!(
+            "SA installed: {dir} spi 0x{spi:08x} {} {what}",
+            sa.params.alg.name()
+        ));
+    }
+
+    let v6 = matches!(config.tun.address, Some((IpAddr::V6(_), _)))
+        || peers
+            .iter()
+            .flat_map(|p| p.local_ts.iter().chain(&p.remote_ts))
+            .any(|t| t.start_addr().is_ipv6());
+    let tun = tun::open(&config.tun, v6)?;
+    let local = config.node.local;
+    let port = peers
+        .first()
+        .map(|p| p.port)
+        .unwrap_or(esplab_esp::wire::NAT_T_PORT);
+    let underlay = Underlay::open(
+        local,
+        port,
+        peers.iter().any(|p| p.encap == UnderlayEncap::Udp),
+        peers.iter().any(|p| p.encap == UnderlayEncap::Raw),
+    )?;
+    let routes = if config.tun.routes {
+        let plan = route::plan(peers, &route::host_addresses()?);
+        Routes::add(&config.tun.name, &plan)?
+    } else {
+        Routes::add(&config.tun.name, &[])?
+    };
+    let (listener, socket_file) = server::bind(&config.control_socket)?;
+    let (ctl_tx, ctl_rx) = mpsc::channel(16);
+    let server = tokio::spawn(server::serve(listener, ctl_tx, name.clone()));
+
+    let mut encaps: Vec<String> = Vec::new();
+    if underlay.udp.is_some() {
+        encaps.push(format!("udp/{port}"));
+    }
+    if underlay.raw.is_some() {
+        encaps.push("esp".into());
+    }
+    let route_list: Vec<String> = routes.routes().iter().map(|r| r.to_string()).collect();
+    log.line(&format!(
+        "up: tun {} mtu {}{}, underlay {local} {}, routes [{}], control {}",
+        config.tun.name,
+        config.tun.mtu,
+        config
+            .tun
+            .address
+            .map(|(a, l)| format!(" address {a}/{l}"))
+            .unwrap_or_default(),
+        encaps.join("+"),
+        route_list.join(", "),
+        config.control_socket.display()
+    ));
+
+    let mtu = config.tun.mtu as usize;
+    let mut dp = Datapath {
+        node,
+        tun,
+        tun_name: config.tun.name.clone(),
+        underlay,
+        log,
+        events,
+        io: IoCounters::default(),
+        io_note: None,
+        to_net: vec![0; HEADROOM + mtu + TUN_SLACK + TAILROOM],
+        to_tun: vec![0; UNDERLAY_BUF],
+    };
+    let result = dp.run(ctl_rx).await;
+    server.abort();
+    let _ = server.await;
+    let msg = match &result {
+        Ok(sig) => format!("{sig}: stopping"),
+        Err(e) => format!("stopping on error: {e}"),
+    };
+    dp.log.line(&msg);
+    let Datapath { tun, mut log, .. } = dp;
+    drop(routes);
+    drop(tun);
+    drop(socket_file);
+    log.line(&format!(
+        "stopped: routes removed, tun {} closed, control socket removed",
+        config.tun.name
+    ));
+    result.map(|_| ())
+}
+
+/// I/O failures the node cannot see (it only returns verdicts).
+#[derive(Debug, Default, Clone, Copy)]
+struct IoCounters {
+    underlay_tx_errors: u64,
+    underlay_rx_errors: u64,
+    tun_tx_errors: u64,
+}
+
+impl IoCounters {
+    fn named(&self) -> [CounterRow; 3] {
+        let c = |name: &str, value| CounterRow {
+            name: name.into(),
+            value,
+        };
+        [
+            c("UNDERLAY_TX_ERRORS", self.underlay_tx_errors),
+            c("UNDERLAY_RX_ERRORS", self.underlay_rx_errors),
+            c("TUN_TX_ERRORS", self.tun_tx_errors),
+        ]
+    }
+}
+
+/// At most one I/O error line per this interval; the counters have the exact numbers.
+const IO_NOTE_INTERVAL: Duration = Duration::from_secs(10);
+
+enum Wake {
+    Tun(io::Result<()>),
+    Udp(io::Result<()>),
+    Raw(io::Result<()>),
+    Ctl(Option<Ctl>),
+    Tick,
+    Stop(&'static str),
+}
+
+struct Datapath {
+    node: Node,
+    tun: AsyncDevice,
+    tun_name: String,
+    underlay: Underlay,
+    log: Logger,
+    events: EventSink,
+    io: IoCounters,
+    /// When the last I/O error line was printed, and how many errors since.
+    io_note: Option<(Instant, u64)>,
+    /// TUN → underlay: HEADROOM, the inner packet, then TAILROOM.
+    to_net: Vec<u8>,
+    /// Underlay → TUN: decrypted in place.
+    to_tun: Vec<u8>,
+}
+
+/// Waits on an optional channel (forever once it is gone).
+async fn recv_ctl(rx: &mut Option<mpsc::Receiver<Ctl>>) -> Option<Ctl> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Datapath {
+    async fn run(&mut self, ctl: mpsc::Receiver<Ctl>) -> Result<&'static str, DaemonError> {
+        let mut ctl = Some(ctl);
+        let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = tokio::select! {
+                r = self.tun.readable() => Wake::Tun(r),
+                r = self.underlay.udp_readable() => Wake::Udp(r),
+                r = self.underlay.raw_readable() => Wake::Raw(r),
+                m = recv_ctl(&mut ctl) => Wake::Ctl(m),
+                _ = tick.tick() => Wake::Tick,
+                _ = sigint.recv() => Wake::Stop("SIGINT"),
+                _ = sigterm.recv() => Wake::Stop("SIGTERM"),
+            };
+            match wake {
+                Wake::Tun(r) => {
+                    r.map_err(|source| DaemonError::TunIo {
+                        name: self.tun_name.clone(),
+                        source,
+                    })?;
+                    self.tun_to_net()?;
+                }
+                Wake::Udp(r) => {
+                    if let Err(e) = r {
+                        self.io_error("UDP socket", &e);
+                    }
+                    self.udp_to_tun();
+                }
+                Wake::Raw(r) => {
+                    if let Err(e) = r {
+                        self.io_error("raw ESP socket", &e);
+                    }
+                    self.raw_to_tun();
+                }
+                Wake::Ctl(Some(c)) => self.control(c),
+                Wake::Ctl(None) => {
+                    // The control server is gone (it only stops with the daemon): keep
+                    // forwarding packets.
+                    ctl = None;
+                }
+                Wake::Tick => self.node.handle_timeout(Instant::now()),
+                Wake::Stop(sig) => return Ok(sig),
+            }
+            self.drain_events();
+        }
+    }
+
+    fn drain_events(&mut self) {
+        let mut any = false;
+        while let Some(ev) = self.node.poll_event() {
+            self.events.node_event(&ev, &mut self.log);
+            any = true;
+        }
+        if any {
+            self.events.flush();
+        }
+    }
+
+    fn io_error(&mut self, what: &str, e: &io::Error) {
+        let now = Instant::now();
+        match &mut self.io_note {
+            Some((last, held)) if now.duration_since(*last) < IO_NOTE_INTERVAL => *held += 1,
+            note => {
+                let held = note.map(|(_, h)| h).unwrap_or(0);
+                let more = if held > 0 {
+                    format!(" ({held} more I/O errors since the last note)")
+                } else {
+                    String::new()
+                };
+                self.log.line(&format!("{what}: {e}{more}"));
+                *note = Some((now, 0));
+            }
+        }
+    }
+
+    /// Inner packets from the kernel: encrypt and send to the peer.
+    fn tun_to_net(&mut self) -> Result<(), DaemonError> {
+        let room = HEADROOM..self.to_net.len() - TAILROOM;
+        for _ in 0..BATCH {
+            let n = match self.tun.try_recv(&mut self.to_net[room.clone()]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(DaemonError::TunIo {
+                        name: self.tun_name.clone(),
+                        source,
+                    })
+                }
+            };
+            let now = Instant::now();
+            let payload = HEADROOM..HEADROOM + n;
+            if let Outbound::Send {
+                esp,
+                dst,
+                port,
+                encap,
+            } = self.node.outbound(now, &mut self.to_net, payload)
+            {
+                let pkt = &self.to_net[esp];
+                let r = match encap {
+                    UnderlayEncap::Udp => self.underlay.try_send_udp(pkt, dst, port),
+                    UnderlayEncap::Raw => self.underlay.try_send_raw(pkt, dst),
+                };
+                if let Err(e) = r {
+                    // A full socket buffer drops the packet like a full NIC queue would.
+                    self.io.underlay_tx_errors += 1;
+                    self.io_error(&format!("sending to {dst}"), &e);
+                }
+            }
+            // Drops were counted by the node.
+        }
+        Ok(())
+    }
+
+    /// What to do with a verdict on an underlay packet in `to_tun`.
+    fn deliver(&mut self, verdict: Inbound) {
+        // IKE (Inbound::Ike) has no control plane yet: counted by the node (IN_IKE_MESSAGES)
+        // and dropped. Keepalives and drops need nothing more either.
+        if let Inbound::Deliver(r) = verdict {
+            if let Err(e) = self.tun.try_send(&self.to_tun[r]) {
+                self.io.tun_tx_errors += 1;
+                self.io_error(&format!("writing to {}", self.tun_name), &e);
+            }
+        }
+    }
+
+    fn udp_to_tun(&mut self) {
+        let (local, port) = (self.underlay.local, self.underlay.port);
+        for _ in 0..BATCH {
+            let Some(udp) = &self.underlay.udp else {
+                return;
+            };
+            let (n, from) = match udp.try_recv_from(&mut self.to_tun) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.io.underlay_rx_errors += 1;
+                    self.io_error("receiving on the UDP socket", &e);
+                    return;
+                }
+            };
+            let v = self.node.inbound_udp(
+                Instant::now(),
+                from.ip(),
+                from.port(),
+                local,
+                port,
+                &mut self.to_tun,
+                0..n,
+            );
+            self.deliver(v);
+        }
+    }
+
+    fn raw_to_tun(&mut self) {
+        let local = self.underlay.local;
+        for _ in 0..BATCH {
+            let (n, src) = match self.underlay.try_recv_raw(&mut self.to_tun) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.io.underlay_rx_errors += 1;
+                    self.io_error("receiving on the raw ESP socket", &e);
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let v = match src {
+                // IPv4: the whole datagram, outer header included.
+                None => self.node.inbound_ip(now, &mut self.to_tun[..n]),
+                // IPv6: the ESP packet alone.
+                Some(src) => {
+                    self.node
+                        .inbound_esp(now, src, local, Encap::Raw, &mut self.to_tun, 0..n)
+                }
+            };
+            self.deliver(v);
+        }
+    }
+
+    fn control(&mut self, c: Ctl) {
+        match c {
+            Ctl::Call(req, reply) => {
+                let resp = self.answer(req);
+                // The client may have gone; nothing to do then.
+                let _ = reply.send(resp);
+            }
+            Ctl::Follow(reply) => {
+                let mut r = Response::ok(self.log.node());
+                r.events = Some(self.events.recent());
+                let _ = reply.send((r, self.events.subscribe()));
+            }
+        }
+    }
+
+    fn answer(&mut self, req: Request) -> Response {
+        let now = Instant::now();
+        let node = self.log.node().to_string();
+        let mut r = Response::ok(&node);
+        match req {
+            Request::ShowSa => {
+                r.sas = Some(
+                    self.node
+                        .sa_info(now)
+                        .into_iter()
+                        .map(SaRow::from)
+                        .collect(),
+                );
+            }
+            Request::ShowCounters => {
+                let mut v: Vec<CounterRow> = self
+                    .node
+                    .counters()
+                    .named()
+                    .into_iter()
+                    .map(|c| CounterRow {
+                        name: c.name,
+                        value: c.value,
+                    })
+                    .collect();
+                v.extend(self.io.named());
+                r.counters = Some(v);
+            }
+            Request::ShowEvents => r.events = Some(self.events.recent()),
+            Request::FollowEvents => {
+                return Response::error(&node, "follow-events is answered by the control server")
+            }
+            Request::ClearSa { spi, all } => {
+                let (n, what) = match (spi, all) {
+                    (Some(spi), false) => {
+                        let n = self.node.clear_spi(spi, now);
+                        if n == 0 {
+                            return Response::error(&node, format!("no SA with SPI 0x{spi:08x}"));
+                        }
+                        (n, format!("SA 0x{spi:08x}"))
+                    }
+                    (None, true) => (self.node.clear_all(now), "all SAs".to_string()),
+                    _ => {
+                        return Response::error(
+                            &node,
+                            "clear-sa needs either \"spi\" or \"all\": true",
+                        )
+                    }
+                };
+                let msg = format!(
+                    "cleared {what} by control request: {n} removed, the peer was not told"
+                );
+                self.log.line(&msg);
+                let mut ev =
+                    EventRecord::new(self.events.clock().rfc3339(now), &node, "sa-cleared", msg);
+                ev.spi = spi;
+                ev.count = Some(n as u64);
+                self.events.push(ev);
+                self.events.flush();
+                r.removed = Some(n);
+            }
+            Request::ClearCounters => {
+                self.node.clear_counters();
+                self.io = IoCounters::default();
+                self.log.line("counters cleared by control request");
+            }
+        }
+        r
+    }
+}

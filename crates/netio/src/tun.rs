@@ -1,0 +1,59 @@
+//! The TUN device: created on start (name, MTU, optional address, up), removed by the kernel
+//! when its file descriptor closes (it is not made persistent).
+
+use crate::config::TunConfig;
+use std::io;
+use std::net::IpAddr;
+use tun_rs::{AsyncDevice, DeviceBuilder};
+
+/// Why the TUN device could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create TUN device {name}: {source}{hint}")]
+pub struct TunError {
+    /// The device name.
+    pub name: String,
+    /// The OS error.
+    pub source: io::Error,
+    /// What to check, if we can tell.
+    pub hint: &'static str,
+}
+
+/// Creates, configures and brings up the device. With `ipv6 == false` (no IPv6 address and
+/// no IPv6 selector), IPv6 is switched off on it, so the kernel's own router solicitations
+/// and MLD reports do not show up as outbound drops.
+pub fn open(cfg: &TunConfig, ipv6: bool) -> Result<AsyncDevice, TunError> {
+    let err = |source: io::Error| {
+        let hint = match source.kind() {
+            io::ErrorKind::PermissionDenied => " (needs CAP_NET_ADMIN: run as root)",
+            io::ErrorKind::NotFound => " (is /dev/net/tun there? modprobe tun)",
+            _ if source.raw_os_error() == Some(16) => {
+                " (EBUSY: another process holds a device of that name)"
+            }
+            _ => "",
+        };
+        TunError {
+            name: cfg.name.clone(),
+            source,
+            hint,
+        }
+    };
+    // The config checks 576..=9000, so this never saturates.
+    let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
+    let mut b = DeviceBuilder::new().name(cfg.name.clone()).mtu(mtu);
+    match cfg.address {
+        Some((IpAddr::V4(a), len)) => b = b.ipv4(a, len, None),
+        Some((IpAddr::V6(a), len)) => b = b.ipv6(a, len),
+        None => {}
+    }
+    // Created down, so IPv6 can be switched off before the kernel sends anything on it.
+    let dev = b.enable(false).build_async().map_err(err)?;
+    if !ipv6 {
+        // Best effort: a kernel without IPv6 has no such file, which is just as good.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", cfg.name),
+            "1",
+        );
+    }
+    dev.enabled(true).map_err(err)?;
+    Ok(dev)
+}

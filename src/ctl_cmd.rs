@@ -1,0 +1,230 @@
+//! `esplab show ...` and `esplab clear ...`: ask a running `esplab peer` over its control
+//! socket. The protocol, client and renderings live in `esplab_netio::{control, render}`.
+
+use clap::{Args, Subcommand};
+use esplab_netio::config::{control_socket_of, ConfigError};
+use esplab_netio::control::{parse_spi, Client, ClientError, Request, Response, DEFAULT_SOCKET};
+use esplab_netio::render;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Which daemon to talk to.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The daemon's control socket [default: the one --config names, else /run/esplab/esplab.sock].
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "config")]
+    pub socket: Option<PathBuf>,
+    /// Take the control socket from this peer config file (`control.socket`).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+impl Target {
+    fn path(&self) -> Result<PathBuf, CtlError> {
+        Ok(match (&self.socket, &self.config) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => control_socket_of(c)?,
+            (None, None) => PathBuf::from(DEFAULT_SOCKET),
+        })
+    }
+
+    fn connect(&self) -> Result<Client, CtlError> {
+        Ok(Client::connect(&self.path()?)?)
+    }
+}
+
+/// `esplab show`: state of a running peer.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Which daemon.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to show.
+    #[command(subcommand)]
+    pub what: ShowCommand,
+}
+
+/// What `esplab show` shows.
+#[derive(Debug, Subcommand)]
+pub enum ShowCommand {
+    /// Every SA, like `show crypto ipsec sa` (REPLAY/SEQ: inbound window/highest seq, outbound last seq sent).
+    Sa {
+        /// Print the daemon's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Datapath counters (non-zero ones unless --all).
+    Counters {
+        /// Also list counters that are zero.
+        #[arg(long)]
+        all: bool,
+        /// Print the daemon's JSON answer instead of NAME VALUE lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent events (invalid SPIs as the vendor log line), oldest first.
+    Events {
+        /// Keep printing new events as they happen (until interrupted).
+        #[arg(long, short)]
+        follow: bool,
+        /// Print JSON (with --follow: one event object per line).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `esplab clear`: change a running peer's state.
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    /// Which daemon.
+    #[command(flatten)]
+    pub target: Target,
+    /// What to clear.
+    #[command(subcommand)]
+    pub what: ClearCommand,
+}
+
+/// What `esplab clear` clears.
+#[derive(Debug, Subcommand)]
+pub enum ClearCommand {
+    /// Remove SAs WITHOUT telling the peer (causes an invalid-SPI desync on purpose).
+    Sa(ClearSaArgs),
+    /// Zero every counter.
+    Counters,
+}
+
+/// Which SAs `esplab clear sa` removes.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ClearSaArgs {
+    /// The SAs with this SPI (inbound and outbound), e.g. 0xc0de0001.
+    #[arg(long, value_name = "SPI", value_parser = parse_spi)]
+    pub spi: Option<u32>,
+    /// Every SA.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Why a `show` or `clear` failed. Printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The daemon could not be reached, or refused the request.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The config named by --config could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Writing results failed (a closed pipe ends the command quietly).
+    #[error("writing results: {0}")]
+    Stdout(#[from] std::io::Error),
+}
+
+impl CtlError {
+    /// True when the reader of our output went away (`esplab show events -f | head`).
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CtlError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+fn json_line(out: &mut dyn Write, r: &Response) -> Result<(), CtlError> {
+    // A Response always serialises (plain data, string keys).
+    let line = serde_json::to_string(r).unwrap_or_default();
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+/// Runs `esplab show ...`, writing to `out`.
+pub fn run_show(args: ShowArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let mut client = args.target.connect()?;
+    match args.what {
+        ShowCommand::Sa { json } => {
+            let r = client.call(&Request::ShowSa)?;
+            if json {
+                return json_line(out, &r);
+            }
+            write!(
+                out,
+                "{}",
+                render::sa_table(r.sas.as_deref().unwrap_or_default())
+            )?;
+        }
+        ShowCommand::Counters { all, json } => {
+            let r = client.call(&Request::ShowCounters)?;
+            if json {
+                return json_line(out, &r);
+            }
+            let c = r.counters.as_deref().unwrap_or_default();
+            write!(out, "{}", render::counter_lines(c, all))?;
+        }
+        ShowCommand::Events {
+            follow: false,
+            json,
+        } => {
+            let r = client.call(&Request::ShowEvents)?;
+            if json {
+                return json_line(out, &r);
+            }
+            for e in r.events.as_deref().unwrap_or_default() {
+                writeln!(out, "{}", e.log_line())?;
+            }
+        }
+        ShowCommand::Events { follow: true, json } => {
+            let (first, stream) = client.follow()?;
+            for e in first.events.as_deref().unwrap_or_default() {
+                if json {
+                    let line = serde_json::to_string(e).unwrap_or_default();
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{}", e.log_line())?;
+                }
+            }
+            out.flush()?;
+            for item in stream {
+                let (e, line) = item?;
+                if json {
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "{}", e.log_line())?;
+                }
+                // Followed output goes out as it happens, not when a buffer fills.
+                out.flush()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `esplab clear ...`, writing a one-line summary to `out`.
+pub fn run_clear(args: ClearArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let mut client = args.target.connect()?;
+    match args.what {
+        ClearCommand::Sa(sa) => {
+            let r = client.call(&Request::ClearSa {
+                spi: sa.spi,
+                all: sa.all,
+            })?;
+            let n = r.removed.unwrap_or(0);
+            let node = r.node.as_deref().unwrap_or("?");
+            let plural = if n == 1 { "" } else { "s" };
+            match sa.spi {
+                Some(spi) => writeln!(
+                    out,
+                    "{node}: removed {n} SA{plural} with SPI 0x{spi:08x} (the peer was not told)"
+                )?,
+                None => writeln!(
+                    out,
+                    "{node}: removed {n} SA{plural} (the peer was not told)"
+                )?,
+            }
+        }
+        ClearCommand::Counters => {
+            let r = client.call(&Request::ClearCounters)?;
+            writeln!(
+                out,
+                "{}: counters cleared",
+                r.node.as_deref().unwrap_or("?")
+            )?;
+        }
+    }
+    Ok(())
+}
