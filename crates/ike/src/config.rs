@@ -1,12 +1,12 @@
 //! Configuration of an [`crate::Endpoint`]: the node-wide settings and one
 //! [`IkePeerConfig`] per peer ("connection" in strongSwan terms).
 
+use crate::codes::ProtocolId;
 use crate::crypto::SecretBytes;
 use crate::payload::Identity;
 use crate::proposal::ProposalSpec;
 use crate::transform::DhGroup;
 use crate::ts::TrafficSelector;
-use crate::codes::ProtocolId;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -243,12 +243,7 @@ impl IkePeerConfig {
     /// A peer with the defaults: IKE `aes128gcm16-prfsha256-x25519`, ESP `aes128gcm16`,
     /// host-to-host selectors, tunnel mode, strongSwan-like lifetimes, 2 s linger,
     /// INITIAL_CONTACT on, no DPD, no restarts, not started automatically.
-    pub fn new(
-        name: &str,
-        local_id: Identity,
-        remote_id: Option<Identity>,
-        psk: &[u8],
-    ) -> Self {
+    pub fn new(name: &str, local_id: Identity, remote_id: Option<Identity>, psk: &[u8]) -> Self {
         IkePeerConfig {
             name: name.to_string(),
             local_addr: None,
@@ -322,7 +317,9 @@ impl IkePeerConfig {
             return Err(bad("an ESP proposal is not for protocol ESP"));
         }
         if self.ike_ke_group().is_none() {
-            return Err(bad("no implemented Diffie-Hellman group in the IKE proposals"));
+            return Err(bad(
+                "no implemented Diffie-Hellman group in the IKE proposals",
+            ));
         }
         if self.psk.is_empty() {
             return Err(bad("empty PSK"));

@@ -130,9 +130,15 @@ mod tests {
         jar.maybe_rotate(t0 + Duration::from_secs(10), life, &mut rng);
         assert!(jar.check(&c, &[1; 32], ip, 42));
         jar.maybe_rotate(t0 + Duration::from_secs(61), life, &mut rng);
-        assert!(jar.check(&c, &[1; 32], ip, 42), "previous secret still valid");
+        assert!(
+            jar.check(&c, &[1; 32], ip, 42),
+            "previous secret still valid"
+        );
         assert_ne!(jar.make(&[1; 32], ip, 42), c);
         jar.maybe_rotate(t0 + Duration::from_secs(122), life, &mut rng);
-        assert!(!jar.check(&c, &[1; 32], ip, 42), "two rotations later it expired");
+        assert!(
+            !jar.check(&c, &[1; 32], ip, 42),
+            "two rotations later it expired"
+        );
     }
 }

@@ -45,9 +45,7 @@ use crate::cookie::CookieJar;
 use crate::crypto::{ChildSaKeys, Direction, Role};
 use crate::error::CryptoError;
 use crate::header::IkeHeader;
-use crate::ike_sa::{
-    Child, ChildState, IkeSa, Outstanding, Request, SaState, Task,
-};
+use crate::ike_sa::{Child, ChildState, IkeSa, Outstanding, Request, SaState, Task};
 use crate::message::Message;
 use crate::notify::NotifyType;
 use crate::output::{
@@ -98,6 +96,9 @@ pub enum CommandError {
     /// No CHILD SA has this SPI (inbound or outbound).
     #[error("no CHILD SA with SPI {0:08x}")]
     UnknownChild(u32),
+    /// The peer's IKE proposals name no Diffie-Hellman group this crate implements.
+    #[error("peer '{0}' has no usable Diffie-Hellman group")]
+    NoUsableGroup(String),
 }
 
 /// [`Endpoint::notify_invalid_spi`] found no established IKE SA with the address.
@@ -141,9 +142,6 @@ pub(crate) struct Received {
     /// IDi / IDr bodies exactly as received (AUTH covers them, §2.15).
     pub raw_idi: Option<Vec<u8>>,
     pub raw_idr: Option<Vec<u8>>,
-    /// The whole datagram.
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
 }
 
 /// A CHILD SA pair about to be installed.
@@ -260,7 +258,22 @@ impl Endpoint {
     ) {
         self.flush_released(spis);
         self.dispatch(now, local, remote, data, spis);
+        self.pump_all(now);
         self.flush_released(spis);
+    }
+
+    /// Starts queued requests of every SA whose window is free (an exchange on one SA
+    /// can queue work on another, e.g. the CHILD SAs moved by an IKE rekey).
+    fn pump_all(&mut self, now: Instant) {
+        let ids: Vec<IkeSaId> = self
+            .sas
+            .values()
+            .filter(|sa| sa.outstanding.is_none() && !sa.queue.is_empty())
+            .map(|sa| sa.id)
+            .collect();
+        for id in ids {
+            self.with_sa(id, now, |_, _| {});
+        }
     }
 
     fn dispatch(
@@ -292,17 +305,22 @@ impl Endpoint {
             h.spi_i
         };
         let Some(&id) = self.by_spi.get(&ours) else {
-            return self.unknown_spi(local, remote, data, &h);
+            return self.unknown_spi(local, remote, data, &h, DropReason::UnknownSpi);
         };
         let Some(sa) = self.sas.get(&id) else {
             return self.dropped(local, remote, DropReason::UnknownSpi);
         };
         let sender_is_initiator = sa.role == Role::Responder;
         if sa.local_spi() != ours
-            || sa.remote_spi() != (if h.flags.is_initiator() { h.spi_i } else { h.spi_r })
+            || sa.remote_spi()
+                != (if h.flags.is_initiator() {
+                    h.spi_i
+                } else {
+                    h.spi_r
+                })
             || h.flags.is_initiator() != sender_is_initiator
         {
-            return self.dropped(local, remote, DropReason::SpiMismatch);
+            return self.unknown_spi(local, remote, data, &h, DropReason::SpiMismatch);
         }
         let Some(keys) = &sa.keys else {
             return self.dropped(local, remote, DropReason::WrongState);
@@ -311,7 +329,13 @@ impl Endpoint {
             Ok(o) => o,
             Err(CryptoError::NoEncryptedPayload) => {
                 // §2.21.4 / §1.5: an unprotected message on a known SA never changes it.
-                return self.unknown_spi(local, remote, data, &h);
+                return self.unknown_spi(
+                    local,
+                    remote,
+                    data,
+                    &h,
+                    DropReason::Integrity(CryptoError::NoEncryptedPayload),
+                );
             }
             Err(e) => return self.dropped(local, remote, DropReason::Integrity(e)),
         };
@@ -375,8 +399,6 @@ impl Endpoint {
                 payloads,
                 raw_idi,
                 raw_idr,
-                local,
-                remote,
             };
             self.handle_response(sa, now, msg, o, spis);
             return;
@@ -424,7 +446,11 @@ impl Endpoint {
             ExchangeType::IKE_AUTH | ExchangeType::CREATE_CHILD_SA | ExchangeType::INFORMATIONAL
         );
         if !supported {
-            return self.dropped(local, remote, DropReason::UnsupportedExchange(h.exchange_type));
+            return self.dropped(
+                local,
+                remote,
+                DropReason::UnsupportedExchange(h.exchange_type),
+            );
         }
         if h.exchange_type == ExchangeType::IKE_AUTH
             && !matches!(sa.state, SaState::InitResponded(_))
@@ -482,8 +508,6 @@ impl Endpoint {
             payloads,
             raw_idi,
             raw_idr,
-            local,
-            remote,
         };
         match h.exchange_type {
             ExchangeType::IKE_AUTH => self.handle_auth_request(sa, now, msg, spis),
@@ -506,9 +530,7 @@ impl Endpoint {
             Request::CreateChild(r) => self.handle_create_child_response(sa, now, msg, r, spis),
             Request::RekeyIke(r) => self.handle_rekey_ike_response(sa, now, msg, r),
             Request::Delete(d) => self.handle_delete_response(sa, now, msg, d),
-            Request::Liveness | Request::InvalidSpi => {
-                self.handle_info_response(sa, now, msg)
-            }
+            Request::Liveness | Request::InvalidSpi => self.handle_info_response(sa, now, msg),
         }
     }
 
@@ -528,6 +550,7 @@ impl Endpoint {
         for id in ids {
             self.with_sa(id, now, |ep, sa| ep.sa_timeout(sa, now, spis));
         }
+        self.pump_all(now);
         self.flush_released(spis);
     }
 
@@ -575,7 +598,9 @@ impl Endpoint {
         let established = sa.is_established();
         if due(sa.expiry.hard, now) {
             sa.expiry = Expiry::default();
-            if !sa.ike_delete_pending() && matches!(sa.state, SaState::Established | SaState::Rekeyed { .. }) {
+            if !sa.ike_delete_pending()
+                && matches!(sa.state, SaState::Established | SaState::Rekeyed { .. })
+            {
                 let reason = if established {
                     DeleteReason::Expired
                 } else {
@@ -674,7 +699,10 @@ impl Endpoint {
             let needs_child = self.sas.get(&id).is_some_and(|sa| {
                 sa.is_established()
                     && sa.children.is_empty()
-                    && !sa.queue.iter().any(|t| matches!(t, Task::CreateChild { .. }))
+                    && !sa
+                        .queue
+                        .iter()
+                        .any(|t| matches!(t, Task::CreateChild { .. }))
                     && !matches!(
                         sa.outstanding.as_ref().map(|o| &o.kind),
                         Some(Request::CreateChild(_))
@@ -840,6 +868,10 @@ impl Endpoint {
                     peer: cfg.name.clone(),
                     role: sa.role,
                     state: sa.public_state(),
+                    successor: match sa.state {
+                        SaState::Rekeyed { successor } => Some(successor),
+                        _ => None,
+                    },
                     spi_i: sa.spi_i,
                     spi_r: sa.spi_r,
                     local: sa.local,
@@ -950,7 +982,7 @@ impl Endpoint {
     }
 
     /// Drops a dead SA from the indexes and hands back SPIs reserved for its requests.
-    fn forget(&mut self, sa: IkeSa) {
+    pub(crate) fn forget(&mut self, sa: IkeSa) {
         if self.by_spi.get(&sa.local_spi()) == Some(&sa.id) {
             self.by_spi.remove(&sa.local_spi());
         }
@@ -1028,7 +1060,12 @@ impl Endpoint {
         }
     }
 
-    pub(crate) fn queue_new_child(&mut self, sa: &mut IkeSa, inbound_spi: u32, like: Option<&Child>) {
+    pub(crate) fn queue_new_child(
+        &mut self,
+        sa: &mut IkeSa,
+        inbound_spi: u32,
+        like: Option<&Child>,
+    ) {
         let (local_ts, remote_ts, mode) = match like {
             Some(c) => (c.local_ts.clone(), c.remote_ts.clone(), c.mode),
             None => {
@@ -1092,6 +1129,19 @@ impl Endpoint {
                 return s;
             }
         }
+    }
+
+    /// When to try a failed rekey again: `rekey_retry` plus up to half of it at random,
+    /// so two peers that collided do not collide again at the same instant.
+    pub(crate) fn retry_at(&mut self, now: Instant) -> Instant {
+        let base = self.config.rekey_retry;
+        let extra = u64::try_from(base.as_millis() / 2).unwrap_or(u64::MAX);
+        let jitter = if extra == 0 {
+            0
+        } else {
+            rand::Rng::gen_range(&mut self.rng, 0..=extra)
+        };
+        now + base + Duration::from_millis(jitter)
     }
 
     /// A 32-octet nonce: at least half the PRF key size and ≥ 128 bits (§2.10).
@@ -1322,16 +1372,32 @@ impl Endpoint {
         their_spi: u32,
     ) -> Result<(SaParams, SaParams), CryptoError> {
         let (in_dir, out_dir) = if exchange_initiator {
-            (Direction::ResponderToInitiator, Direction::InitiatorToResponder)
+            (
+                Direction::ResponderToInitiator,
+                Direction::InitiatorToResponder,
+            )
         } else {
-            (Direction::InitiatorToResponder, Direction::ResponderToInitiator)
+            (
+                Direction::InitiatorToResponder,
+                Direction::ResponderToInitiator,
+            )
         };
-        Ok((keys.sa_params(in_dir, our_spi)?, keys.sa_params(out_dir, their_spi)?))
+        Ok((
+            keys.sa_params(in_dir, our_spi)?,
+            keys.sa_params(out_dir, their_spi)?,
+        ))
     }
 
     /// A message for an SA we do not have (or an unprotected one on an SA we have):
     /// never acted upon (§2.21.4); its notifications are reported.
-    fn unknown_spi(&mut self, local: SocketAddr, remote: SocketAddr, data: &[u8], h: &IkeHeader) {
+    fn unknown_spi(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        h: &IkeHeader,
+        otherwise: DropReason,
+    ) {
         if h.exchange_type == ExchangeType::INFORMATIONAL {
             if let Ok(m) = Message::parse(data) {
                 let notifies: Vec<Notify> = m.notifies().cloned().collect();
@@ -1350,7 +1416,7 @@ impl Endpoint {
                 }
             }
         }
-        self.dropped(local, remote, DropReason::UnknownSpi);
+        self.dropped(local, remote, otherwise);
     }
 }
 

@@ -80,7 +80,9 @@ pub(crate) enum ChildState {
     /// Our CREATE_CHILD_SA rekeying it is outstanding.
     Rekeying,
     /// Replaced by `successor` (an inbound SPI); the Delete of this pair is pending.
-    Rekeyed { successor: u32 },
+    Rekeyed {
+        successor: u32,
+    },
 }
 
 /// The peer's side of a rekey collision: its nonces and the pair it created.
@@ -356,13 +358,19 @@ impl IkeSa {
         matches!(
             self.outstanding.as_ref().map(|o| &o.kind),
             Some(Request::RekeyIke(_))
-        ) || self.queue.iter().any(|t| matches!(t, Task::RekeyIke { .. }))
+        ) || self
+            .queue
+            .iter()
+            .any(|t| matches!(t, Task::RekeyIke { .. }))
     }
 
     /// True if our Delete of the IKE SA is queued or in flight.
     pub fn ike_delete_pending(&self) -> bool {
         matches!(self.state, SaState::Deleting)
-            || self.queue.iter().any(|t| matches!(t, Task::DeleteIke { .. }))
+            || self
+                .queue
+                .iter()
+                .any(|t| matches!(t, Task::DeleteIke { .. }))
     }
 }
 

@@ -1,8 +1,10 @@
-//! IKEv2 (RFC 7296) for esplab, first layer: the message codec, the transforms and
-//! proposal selection, and the cryptography (X25519, prf+, key derivation, PSK AUTH, SK
-//! payload protection, NAT detection). The exchange state machines build on this.
+//! IKEv2 (RFC 7296) for esplab: the message codec, the transforms and proposal
+//! selection, the cryptography (X25519, prf+, key derivation, PSK AUTH, SK payload
+//! protection, NAT detection), and the exchange state machines ([`Endpoint`]: IKE_SA_INIT,
+//! IKE_AUTH, CREATE_CHILD_SA, INFORMATIONAL, retransmission, rekeying, DPD).
 //!
-//! Sans-IO: no sockets, no clock, no threads; randomness comes from the caller's RNG.
+//! Sans-IO: no sockets, no clock, no threads. The endpoint runs on the caller's `now`
+//! and owns a seedable RNG; the lower layers take the caller's RNG.
 //! Untrusted input never panics: every length is checked (see [`ParseError`]). See
 //! `docs/ike.md` for the RFC sections each part follows and the proposal-string grammar.
 //!
@@ -45,23 +47,41 @@
 #![warn(missing_docs)]
 
 pub mod codes;
+pub mod config;
+mod cookie;
 pub mod crypto;
+pub mod endpoint;
 pub mod error;
+mod exchange;
 pub mod header;
+mod ike_sa;
 pub mod message;
 pub mod notify;
+pub mod output;
 pub mod payload;
 pub mod proposal;
 mod reader;
 pub mod sa;
+pub mod selectors;
+mod timer;
 pub mod transform;
 pub mod ts;
 
 pub use codes::{AuthMethod, CfgType, ExchangeType, IdType, PayloadType, ProtocolId, TsType};
+pub use config::{
+    ConfigError, EndpointConfig, IkePeerConfig, InvalidSpiAction, Lifetime, Mode, PeerAction,
+    Retransmit,
+};
+pub use crypto::Role;
+pub use endpoint::{CommandError, Endpoint, NoIkeSa, SpiAllocator};
 pub use error::{CryptoError, EmitError, NoProposalChosen, ParseError, ProposalError};
 pub use header::{DecodedHeader, Flags, IkeHeader, HEADER_LEN};
 pub use message::Message;
 pub use notify::NotifyType;
+pub use output::{
+    AuthFailure, ChildSa, ChildSaInfo, ChildSaState, DeleteReason, DropReason, IkeEvent, IkeSaId,
+    IkeSaInfo, IkeSaState, NatInfo, Output,
+};
 pub use payload::{
     emit_payloads, parse_payloads, AuthPayload, CertPayload, CpPayload, Delete, Encrypted,
     Identity, KePayload, Notify, Payload, RawPayload, RawPayloads,

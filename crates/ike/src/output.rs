@@ -473,6 +473,16 @@ pub enum IkeEvent {
         /// Peer name.
         peer: String,
     },
+    /// Our IKE SA rekey failed (error notification or unusable reply); retried after
+    /// `rekey_retry`.
+    IkeRekeyFailed {
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+        /// Peer name.
+        peer: String,
+        /// The error.
+        notify: NotifyType,
+    },
     /// An IKE SA is gone.
     IkeSaDeleted {
         /// The IKE SA.
@@ -608,6 +618,8 @@ pub struct IkeSaInfo {
     pub role: Role,
     /// State.
     pub state: IkeSaState,
+    /// The IKE SA that replaced this one (state `rekeyed`).
+    pub successor: Option<IkeSaId>,
     /// IKE SA initiator's SPI.
     #[serde(serialize_with = "hex64")]
     pub spi_i: u64,
@@ -711,9 +723,13 @@ pub fn esp_suite_name(s: &EspSuite) -> String {
 /// when not "any".
 pub fn ts_to_string(ts: &TrafficSelector) -> String {
     let addr = match ts.range {
-        AddrRange::V4 { start, end } => {
-            range_text(u32::from(start).into(), u32::from(end).into(), 32, &start, &end)
-        }
+        AddrRange::V4 { start, end } => range_text(
+            u32::from(start).into(),
+            u32::from(end).into(),
+            32,
+            &start,
+            &end,
+        ),
         AddrRange::V6 { start, end } => {
             range_text(u128::from(start), u128::from(end), 128, &start, &end)
         }

@@ -76,7 +76,10 @@ pub fn contains(outer: &TrafficSelector, inner: &TrafficSelector) -> bool {
 /// The initiator's check of a narrowed reply: non-empty, and every returned selector
 /// lies within one we proposed (a responder may only narrow, §2.9).
 pub fn is_narrowing_of(reply: &[TrafficSelector], proposed: &[TrafficSelector]) -> bool {
-    !reply.is_empty() && reply.iter().all(|r| proposed.iter().any(|p| contains(p, r)))
+    !reply.is_empty()
+        && reply
+            .iter()
+            .all(|r| proposed.iter().any(|p| contains(p, r)))
 }
 
 #[cfg(test)]
@@ -94,8 +97,14 @@ mod tests {
     #[test]
     fn narrowing() {
         let offered = [v4([10, 0, 0, 0], [10, 0, 255, 255])];
-        let policy = [v4([10, 0, 1, 0], [10, 0, 1, 255]), v4([192, 0, 2, 0], [192, 0, 2, 9])];
-        assert_eq!(narrow(&offered, &policy), [v4([10, 0, 1, 0], [10, 0, 1, 255])]);
+        let policy = [
+            v4([10, 0, 1, 0], [10, 0, 1, 255]),
+            v4([192, 0, 2, 0], [192, 0, 2, 9]),
+        ];
+        assert_eq!(
+            narrow(&offered, &policy),
+            [v4([10, 0, 1, 0], [10, 0, 1, 255])]
+        );
         assert!(narrow(&offered, &policy[1..]).is_empty());
         // Protocol and ports.
         let mut udp = v4([10, 0, 1, 5], [10, 0, 1, 5]);

@@ -27,10 +27,7 @@ impl Expiry {
         } else {
             rng.gen_range(0..=jitter_ns)
         });
-        let soft_after = l
-            .hard
-            .saturating_sub(l.margin)
-            .saturating_sub(jitter);
+        let soft_after = l.hard.saturating_sub(l.margin).saturating_sub(jitter);
         Expiry {
             soft: now.checked_add(soft_after),
             hard: now.checked_add(l.hard),
@@ -79,7 +76,11 @@ mod tests {
         }
         assert_eq!(Expiry::schedule(None, now, &mut rng), Expiry::default());
         // A margin longer than the lifetime rekeys at once instead of underflowing.
-        let l = Lifetime::new(Duration::from_secs(1), Duration::from_secs(5), Duration::ZERO);
+        let l = Lifetime::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::ZERO,
+        );
         assert_eq!(Expiry::schedule(Some(&l), now, &mut rng).soft, Some(now));
         assert_eq!(earliest(Some(now), None), Some(now));
         assert!(due(Some(now), now) && !due(None, now));

@@ -29,7 +29,7 @@ pub(crate) fn error_notify(p: &[Payload]) -> Option<&Notify> {
     })
 }
 
-pub(crate) fn sa(p: &[Payload]) -> Option<&SaPayload> {
+pub(crate) fn sa_payload(p: &[Payload]) -> Option<&SaPayload> {
     p.iter().find_map(|p| match p {
         Payload::Sa(s) => Some(s),
         _ => None,

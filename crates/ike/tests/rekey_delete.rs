@@ -1,0 +1,742 @@
+//! CREATE_CHILD_SA (CHILD and IKE rekey, collisions), INFORMATIONAL (Delete, invalid
+//! SPI), INITIAL_CONTACT, dynamic peers and lifetimes.
+
+mod common;
+
+use common::*;
+use esplab_ike::{DeleteReason, IkeEvent, IkeSaState, Message, Output, PeerAction, ProtocolId};
+use std::time::Duration;
+
+const GCM_IKE: &str = "aes128gcm16-prfsha256-x25519";
+
+fn established(esp: &str) -> Wire {
+    let mut w = pair(GCM_IKE, esp);
+    w.establish();
+    assert_eq!(assert_pairs_match(&w), 1);
+    w
+}
+
+fn only_pair(n: &Node) -> (u32, u32) {
+    assert_eq!(n.installed.len(), 1, "{:x?}", n.installed.keys());
+    let c = n.installed.values().next().unwrap();
+    (c.inbound.spi, c.outbound.spi)
+}
+
+/// Position in the node's log of the first output matching `f`.
+fn pos(n: &Node, f: impl Fn(&Output) -> bool) -> Option<usize> {
+    n.log.iter().position(f)
+}
+
+fn check_child_rekey(by_a: bool, esp: &str) {
+    let mut w = established(esp);
+    let (a_in, a_out) = only_pair(&w.a);
+    let log_a = w.a.log.len();
+    let log_b = w.b.log.len();
+    if by_a {
+        w.a.ep.rekey_child(w.now, a_in, &mut w.a.spis).unwrap();
+    } else {
+        // By the outbound SPI works too.
+        w.b.ep.rekey_child(w.now, a_in, &mut w.b.spis).unwrap();
+    }
+    w.drain();
+    let (init, resp) = if by_a { (&w.a, &w.b) } else { (&w.b, &w.a) };
+    let _ = (init, resp);
+    // Deliver the request: the responder installs the new pair BEFORE sending its
+    // response (make-before-break), with the outbound half inactive.
+    let req = w.pop().unwrap();
+    assert_eq!(req.exchange(), esplab_ike::ExchangeType::CREATE_CHILD_SA);
+    w.deliver(&req);
+    {
+        let (resp, start) = if by_a { (&w.b, log_b) } else { (&w.a, log_a) };
+        let log = &resp.log[start..];
+        let install = log
+            .iter()
+            .position(|o| matches!(o, Output::InstallChild(c) if c.rekey_of.is_some()))
+            .expect("responder installs");
+        let send = log
+            .iter()
+            .position(|o| matches!(o, Output::Send { .. }))
+            .expect("responder answers");
+        assert!(install < send, "install before the response");
+        let Output::InstallChild(c) = &log[install] else {
+            unreachable!()
+        };
+        assert!(!c.outbound_active);
+    }
+    // The initiator has not installed anything yet.
+    {
+        let (init, start) = if by_a { (&w.a, log_a) } else { (&w.b, log_b) };
+        assert!(!init.log[start..]
+            .iter()
+            .any(|o| matches!(o, Output::InstallChild(_))));
+    }
+    w.run();
+    assert_eq!(assert_pairs_match(&w), 1);
+    let (na_in, na_out) = only_pair(&w.a);
+    assert_ne!(na_in, a_in);
+    assert_ne!(na_out, a_out);
+    // Both removed the old pair with the configured linger, and the responder switched
+    // its outbound traffic to the new pair once the old one was deleted.
+    for (n, old_in) in [(&w.a, a_in), (&w.b, a_out)] {
+        let rm = n.removes();
+        assert_eq!(rm.len(), 1);
+        assert_eq!(rm[0].0, old_in);
+        assert_eq!(rm[0].2, Duration::from_secs(2));
+        assert!(n.active.values().all(|a| *a), "outbound active everywhere");
+        assert!(n
+            .events()
+            .iter()
+            .any(|e| matches!(e, IkeEvent::ChildRekeyed { old_inbound_spi, .. } if *old_inbound_spi == old_in)));
+        let installs = n.installs();
+        assert_eq!(installs.last().unwrap().rekey_of, Some(old_in));
+    }
+    let resp = if by_a { &w.b } else { &w.a };
+    let act = pos(resp, |o| matches!(o, Output::ActivateOutbound { .. })).unwrap();
+    let rm = pos(resp, |o| matches!(o, Output::RemoveChild { .. })).unwrap();
+    assert!(act < rm);
+    let info = &w.a.ep.ike_sas(w.now)[0];
+    assert_eq!(info.children.len(), 1);
+    assert_eq!(info.children[0].inbound_spi, na_in);
+}
+
+#[test]
+fn child_rekey_by_initiator() {
+    check_child_rekey(true, "aes128gcm16");
+}
+
+#[test]
+fn child_rekey_by_responder() {
+    check_child_rekey(false, "aes128-sha256");
+}
+
+#[test]
+fn child_rekey_with_pfs() {
+    check_child_rekey(true, "aes128gcm16-x25519");
+    // The request carried a KE payload.
+    let mut w = established("aes128gcm16-x25519");
+    let (a_in, _) = only_pair(&w.a);
+    w.a.ep.rekey_child(w.now, a_in, &mut w.a.spis).unwrap();
+    w.run();
+    assert!(w.a.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::MessageSent { payloads, response: false, .. } if payloads.contains("KE")
+    )));
+}
+
+/// §2.8.1: both sides rekey the same pair at once; in the end each side has exactly one
+/// pair, the same one, and exactly one side won.
+#[test]
+fn simultaneous_child_rekey() {
+    for seed in 0..8u64 {
+        let t0 = std::time::Instant::now();
+        let a = with_suites(
+            peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+            GCM_IKE,
+            "aes128gcm16",
+        );
+        let b = with_suites(
+            peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+            GCM_IKE,
+            "aes128gcm16",
+        );
+        let mut w = Wire::new(
+            t0,
+            endpoint(vec![a], 10 + seed, t0),
+            endpoint(vec![b], 100 + seed, t0),
+        );
+        w.establish();
+        let (a_in, a_out) = only_pair(&w.a);
+        w.a.ep.rekey_child(w.now, a_in, &mut w.a.spis).unwrap();
+        w.b.ep.rekey_child(w.now, a_out, &mut w.b.spis).unwrap();
+        w.drain();
+        assert_eq!(w.in_flight.len(), 2, "both requests cross");
+        w.run();
+        assert_eq!(assert_pairs_match(&w), 1, "seed {seed}");
+        let (n_in, _) = only_pair(&w.a);
+        assert_ne!(n_in, a_in);
+        let won = |n: &Node| {
+            n.events().iter().find_map(|e| match e {
+                IkeEvent::RekeyCollision { won, .. } => Some(*won),
+                _ => None,
+            })
+        };
+        let (wa, wb) = (won(&w.a).unwrap(), won(&w.b).unwrap());
+        assert_ne!(wa, wb, "exactly one winner");
+        assert!(w.a.active.values().all(|a| *a) && w.b.active.values().all(|a| *a));
+        // Nothing left over: no requests in flight, no queued work.
+        for n in [&w.a, &w.b] {
+            let s = &n.ep.ike_sas(w.now)[0];
+            assert!(s.outstanding_request.is_none() && s.queued_requests == 0);
+            assert_eq!(s.children.len(), 1);
+            assert_eq!(s.children[0].state, esplab_ike::ChildSaState::Installed);
+        }
+    }
+}
+
+fn check_ike_rekey(by_a: bool) {
+    let mut w = established("aes128gcm16");
+    let old = w.a.ep.ike_sas(w.now)[0].clone();
+    let pair_before = only_pair(&w.a);
+    if by_a {
+        w.a.ep.rekey_ike(w.now, "moon").unwrap();
+    } else {
+        w.b.ep.rekey_ike(w.now, "sun").unwrap();
+    }
+    w.drain();
+    w.run();
+    for n in [&w.a, &w.b] {
+        let sas = n.ep.ike_sas(w.now);
+        assert_eq!(sas.len(), 1, "the old IKE SA is deleted");
+        let s = &sas[0];
+        assert_eq!(s.state, IkeSaState::Established);
+        assert_ne!(s.id, old.id);
+        assert_ne!((s.spi_i, s.spi_r), (old.spi_i, old.spi_r));
+        assert_eq!(s.children.len(), 1, "CHILD SAs moved");
+        assert!(n
+            .events()
+            .iter()
+            .any(|e| matches!(e, IkeEvent::IkeRekeyed { .. })));
+        assert!(n.removes().is_empty(), "no CHILD SA was touched");
+        // The rekey initiator is the new SA's original initiator (§2.18).
+        assert_eq!(
+            s.role,
+            if std::ptr::eq(n, &w.a) == by_a {
+                esplab_ike::Role::Initiator
+            } else {
+                esplab_ike::Role::Responder
+            }
+        );
+    }
+    assert_eq!(only_pair(&w.a), pair_before);
+    let a = &w.a.ep.ike_sas(w.now)[0];
+    let b = &w.b.ep.ike_sas(w.now)[0];
+    assert_eq!((a.spi_i, a.spi_r), (b.spi_i, b.spi_r));
+    // The new SA works: rekey the CHILD SA over it.
+    let (a_in, _) = only_pair(&w.a);
+    w.a.ep.rekey_child(w.now, a_in, &mut w.a.spis).unwrap();
+    w.run();
+    assert_eq!(assert_pairs_match(&w), 1);
+    assert_ne!(only_pair(&w.a).0, a_in);
+    // …and its Message IDs started from zero.
+    let a = &w.a.ep.ike_sas(w.now)[0];
+    assert!(a.next_message_id <= 2, "{}", a.next_message_id);
+}
+
+#[test]
+fn ike_rekey_by_initiator() {
+    check_ike_rekey(true);
+}
+
+#[test]
+fn ike_rekey_by_responder() {
+    check_ike_rekey(false);
+}
+
+#[test]
+fn simultaneous_ike_rekey_settles() {
+    let mut w = established("aes128gcm16");
+    w.a.ep.rekey_ike(w.now, "moon").unwrap();
+    w.b.ep.rekey_ike(w.now, "sun").unwrap();
+    w.drain();
+    w.run();
+    // Both got TEMPORARY_FAILURE; they retry after `rekey_retry` (30 s).
+    let mut retries = 0;
+    while w.a.ep.ike_sas(w.now).len() != 1 || w.a.ep.ike_sas(w.now)[0].id == esplab_ike::IkeSaId(1)
+    {
+        let t = w.now + Duration::from_secs(46);
+        w.run_until(t);
+        retries += 1;
+        assert!(retries < 5);
+    }
+    let deadline = w.now + Duration::from_secs(100);
+    w.run_until(deadline);
+    assert_eq!(w.a.ep.ike_sas(w.now).len(), 1);
+    assert_eq!(w.b.ep.ike_sas(w.now).len(), 1);
+    assert_eq!(assert_pairs_match(&w), 1);
+}
+
+fn check_delete_child(by_a: bool) {
+    let mut w = established("aes128gcm16");
+    let (a_in, a_out) = only_pair(&w.a);
+    if by_a {
+        w.a.ep.delete_child(w.now, a_in).unwrap();
+    } else {
+        w.b.ep.delete_child(w.now, a_in).unwrap();
+    }
+    w.drain();
+    w.run();
+    assert!(w.a.installed.is_empty() && w.b.installed.is_empty());
+    assert_eq!(w.a.removes(), [(a_in, a_out, Duration::from_secs(2))]);
+    assert_eq!(w.b.removes(), [(a_out, a_in, Duration::from_secs(2))]);
+    let receiver = if by_a { &w.b } else { &w.a };
+    assert!(receiver.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::DeleteReceived {
+            protocol: ProtocolId::ESP,
+            ..
+        }
+    )));
+    // The IKE SA stays.
+    assert_eq!(w.a.established(w.now), 1);
+    assert_eq!(w.b.established(w.now), 1);
+    assert!(matches!(
+        w.a.ep.delete_child(w.now, a_in),
+        Err(esplab_ike::CommandError::UnknownChild(_))
+    ));
+}
+
+#[test]
+fn delete_child_from_a() {
+    check_delete_child(true);
+}
+
+#[test]
+fn delete_child_from_b() {
+    check_delete_child(false);
+}
+
+#[test]
+fn simultaneous_child_delete() {
+    let mut w = established("aes128gcm16");
+    let (a_in, a_out) = only_pair(&w.a);
+    w.a.ep.delete_child(w.now, a_in).unwrap();
+    w.b.ep.delete_child(w.now, a_out).unwrap();
+    w.drain();
+    w.run();
+    assert!(w.a.installed.is_empty() && w.b.installed.is_empty());
+    assert_eq!(w.a.removes().len(), 1);
+    assert_eq!(w.b.removes().len(), 1);
+}
+
+fn check_delete_ike(by_a: bool) {
+    let mut w = established("aes128gcm16");
+    if by_a {
+        w.a.ep.terminate(w.now, "moon").unwrap();
+    } else {
+        w.b.ep.terminate(w.now, "sun").unwrap();
+    }
+    w.drain();
+    w.run();
+    assert!(w.a.ep.ike_sas(w.now).is_empty());
+    assert!(w.b.ep.ike_sas(w.now).is_empty());
+    assert!(w.a.installed.is_empty() && w.b.installed.is_empty());
+    let receiver = if by_a { &w.b } else { &w.a };
+    assert!(receiver.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::DeleteReceived {
+            protocol: ProtocolId::IKE,
+            ..
+        }
+    )));
+    assert!(receiver.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::IkeSaDeleted {
+            reason: DeleteReason::Peer,
+            ..
+        }
+    )));
+    assert_eq!(w.a.ep.poll_timeout(), None);
+    assert_eq!(w.b.ep.poll_timeout(), None);
+}
+
+#[test]
+fn delete_ike_from_a() {
+    check_delete_ike(true);
+}
+
+#[test]
+fn delete_ike_from_b() {
+    check_delete_ike(false);
+}
+
+/// The recovery step: A got ESP for an SPI it does not know and reports it; B closes
+/// exactly that pair and, configured to restart, negotiates a new one.
+#[test]
+fn notify_invalid_spi_deletes_exactly_that_pair_and_restarts() {
+    let t0 = std::time::Instant::now();
+    let a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let mut b = with_suites(
+        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    b.on_peer_delete = PeerAction::Restart;
+    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    w.establish();
+    // A second pair, to check only one goes.
+    let (a_in, a_out) = only_pair(&w.a);
+    w.a.ep.delete_child(w.now, a_in).unwrap();
+    w.run();
+    // (B restarted the deleted pair: that is the on_peer_delete behaviour too.)
+    assert_eq!(assert_pairs_match(&w), 1);
+    let keep = only_pair(&w.a);
+    assert_ne!(keep.0, a_in);
+    w.a.ep.initiate(w.now, "moon", &mut w.a.spis).unwrap();
+    w.run();
+    assert_eq!(assert_pairs_match(&w), 1, "initiate does not duplicate");
+    let _ = a_out;
+
+    // Now the invalid SPI: B keeps sending on `keep`'s outbound SA, whose inbound SA A
+    // has lost (say, a SAD reset). A reports the SPI.
+    let (lost_in, lost_out) = keep;
+    let removes_b = w.b.removes().len();
+    w.a.ep
+        .notify_invalid_spi(w.now, addr(B_ADDR).ip(), lost_in)
+        .unwrap();
+    w.drain();
+    let req = w.pop().unwrap();
+    assert_eq!(req.exchange(), esplab_ike::ExchangeType::INFORMATIONAL);
+    assert!(w.a.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::MessageSent { payloads, .. } if payloads.contains("D(ESP") && payloads.contains("N(INVALID_SPI)")
+    )));
+    w.deliver(&req);
+    let rm_b = &w.b.removes()[removes_b..];
+    assert_eq!(rm_b.len(), 1);
+    assert_eq!((rm_b[0].0, rm_b[0].1), (lost_out, lost_in));
+    assert!(w.b.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::InvalidSpiNotifyReceived { spi, known: true, .. } if *spi == lost_in
+    )));
+    w.run();
+    // B restarted: a new pair exists on both sides, and it is a different one.
+    assert_eq!(assert_pairs_match(&w), 1);
+    assert_ne!(only_pair(&w.a).0, lost_in);
+    let creates = w
+        .history
+        .iter()
+        .filter(|p| p.exchange() == esplab_ike::ExchangeType::CREATE_CHILD_SA && !p.is_response())
+        .count();
+    assert_eq!(creates, 2, "one restart per deleted pair");
+    // No IKE SA: an error.
+    assert!(w
+        .a
+        .ep
+        .notify_invalid_spi(w.now, "192.0.2.1".parse().unwrap(), 1)
+        .is_err());
+}
+
+#[test]
+fn notify_invalid_spi_variants() {
+    for action in [
+        esplab_ike::InvalidSpiAction::Delete,
+        esplab_ike::InvalidSpiAction::Notify,
+    ] {
+        let t0 = std::time::Instant::now();
+        let a = with_suites(
+            peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+            GCM_IKE,
+            "aes128gcm16",
+        );
+        let b = with_suites(
+            peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+            GCM_IKE,
+            "aes128gcm16",
+        );
+        let mut cfg = esplab_ike::EndpointConfig {
+            peers: vec![a],
+            rng_seed: Some(1),
+            ..Default::default()
+        };
+        cfg.invalid_spi_action = action;
+        let ea = esplab_ike::Endpoint::new(cfg, t0).unwrap();
+        let mut w = Wire::new(t0, ea, endpoint(vec![b], 2, t0));
+        w.establish();
+        // An SPI neither side knows: nothing is removed anywhere.
+        w.a.ep
+            .notify_invalid_spi(w.now, addr(B_ADDR).ip(), 0xdead_beef)
+            .unwrap();
+        w.run();
+        assert!(w.a.removes().is_empty() && w.b.removes().is_empty());
+        let got_notify = w.b.events().iter().any(|e| {
+            matches!(
+                e,
+                IkeEvent::InvalidSpiNotifyReceived {
+                    spi: 0xdead_beef,
+                    known: false,
+                    ..
+                }
+            )
+        });
+        let got_delete = w.b.events().iter().any(|e| matches!(
+            e,
+            IkeEvent::DeleteReceived { protocol: ProtocolId::ESP, spis, .. } if spis == &[0xdead_beef]
+        ));
+        assert_eq!(got_notify, action == esplab_ike::InvalidSpiAction::Notify);
+        assert_eq!(got_delete, action == esplab_ike::InvalidSpiAction::Delete);
+        assert_eq!(assert_pairs_match(&w), 1);
+    }
+}
+
+/// §2.4: A restarts (new endpoint, no state) and connects again with INITIAL_CONTACT; B
+/// drops the old IKE SA of that identity and its CHILD SAs.
+#[test]
+fn initial_contact_replaces_the_old_ike_sa() {
+    let mut w = established("aes128gcm16");
+    let (old_b_in, _) = only_pair(&w.b);
+    let old_id = w.b.ep.ike_sas(w.now)[0].id;
+    let a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    w.a = Node::new(endpoint(vec![a], 77, w.now), "10.0.0.1", 0xa100_0000);
+    w.establish();
+    assert!(w.a.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::MessageSent { payloads, .. } if payloads.contains("N(INITIAL_CONTACT)")
+    )));
+    let sas = w.b.ep.ike_sas(w.now);
+    assert_eq!(sas.len(), 1);
+    assert_ne!(sas[0].id, old_id);
+    assert!(w.b.removes().iter().any(|r| r.0 == old_b_in));
+    assert!(w.b.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::IkeSaDeleted { ike_sa, reason: DeleteReason::InitialContact, .. } if *ike_sa == old_id
+    )));
+    assert_eq!(assert_pairs_match(&w), 1);
+}
+
+#[test]
+fn no_initial_contact_when_disabled() {
+    let t0 = std::time::Instant::now();
+    let mut a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    a.initial_contact = false;
+    let b = with_suites(
+        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    w.establish();
+    assert!(!w.a.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::MessageSent { payloads, .. } if payloads.contains("INITIAL_CONTACT")
+    )));
+}
+
+/// A responder-only peer accepts an unknown address and never initiates.
+#[test]
+fn dynamic_peer() {
+    let t0 = std::time::Instant::now();
+    let far = "198.51.100.7:4500";
+    let a = with_suites(
+        peer("moon", far, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let mut b = peer("roadwarrior", B_ADDR, None, "moon", "sun");
+    b.remote_id = None;
+    b.local_addr = None;
+    b.start = true;
+    let eb = endpoint(vec![b], 2, t0);
+    assert_eq!(eb.poll_timeout(), None, "a dynamic peer is never started");
+    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), eb);
+    w.a.ip = addr(far).ip();
+    assert!(matches!(
+        w.b.ep.initiate(w.now, "roadwarrior", &mut w.b.spis),
+        Err(esplab_ike::CommandError::NoRemoteAddress(_))
+    ));
+    w.establish();
+    assert_eq!(assert_pairs_match(&w), 1);
+    let s = &w.b.ep.ike_sas(w.now)[0];
+    assert_eq!(s.peer, "roadwarrior");
+    assert_eq!(s.remote, addr(far));
+    assert_eq!(s.remote_id.as_deref(), Some("sun"));
+    // An address with no config and no dynamic peer is not answered.
+    let t0 = std::time::Instant::now();
+    let a = with_suites(
+        peer("moon", far, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let b = peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun");
+    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    w.a.ip = addr(far).ip();
+    w.establish();
+    assert!(w.b.ep.ike_sas(w.now).is_empty());
+    assert!(w.b.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::MessageDropped {
+            reason: esplab_ike::DropReason::NoPeerConfig,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn start_at_first_timeout() {
+    let t0 = std::time::Instant::now();
+    let mut a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    a.start = true;
+    let b = with_suites(
+        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let ea = endpoint(vec![a], 1, t0);
+    assert_eq!(ea.poll_timeout(), Some(t0));
+    let mut w = Wire::new(t0, ea, endpoint(vec![b], 2, t0));
+    w.timeout();
+    w.run();
+    assert_eq!(assert_pairs_match(&w), 1);
+}
+
+/// Soft expiry rekeys, hard expiry deletes — all on the virtual clock.
+#[test]
+fn lifetimes_drive_rekeys() {
+    let t0 = std::time::Instant::now();
+    let life = esplab_ike::Lifetime::new(
+        Duration::from_secs(100),
+        Duration::from_secs(20),
+        Duration::from_secs(10),
+    );
+    let ike_life = esplab_ike::Lifetime::new(
+        Duration::from_secs(250),
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    );
+    let mut a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let mut b = with_suites(
+        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    a.child_lifetime = Some(life);
+    b.child_lifetime = Some(life);
+    a.ike_lifetime = Some(ike_life);
+    b.ike_lifetime = Some(ike_life);
+    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    w.establish();
+    let first = only_pair(&w.a);
+    let end = w.now + Duration::from_secs(1000);
+    w.run_until(end);
+    assert_eq!(assert_pairs_match(&w), 1);
+    assert_ne!(only_pair(&w.a), first);
+    let rekeys = |n: &Node| {
+        n.events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    IkeEvent::ChildRekeyed {
+                        initiator: true,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // About one rekey per 70–80 s over 1000 s, by whoever hit the soft expiry first.
+    let total = rekeys(&w.a) + rekeys(&w.b);
+    assert!((10..=16).contains(&total), "{total} rekeys");
+    assert!(w
+        .a
+        .events()
+        .iter()
+        .chain(w.b.events().iter())
+        .any(|e| matches!(e, IkeEvent::IkeRekeyed { .. })));
+    for n in [&w.a, &w.b] {
+        assert!(!n.events().iter().any(|e| matches!(
+            e,
+            IkeEvent::ChildDeleted {
+                reason: DeleteReason::Expired,
+                ..
+            }
+        )));
+        assert_eq!(n.ep.ike_sas(w.now).len(), 1);
+    }
+}
+
+/// With a hard lifetime but no chance to rekey (B never answers), the pair is deleted.
+#[test]
+fn hard_expiry_deletes() {
+    let t0 = std::time::Instant::now();
+    let life = esplab_ike::Lifetime::new(
+        Duration::from_secs(100),
+        Duration::from_secs(20),
+        Duration::ZERO,
+    );
+    let mut a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    a.child_lifetime = Some(life);
+    let b = with_suites(
+        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    w.establish();
+    let start = w.now;
+    // From now on B hears nothing.
+    let end = start + Duration::from_secs(101);
+    w.run_until_with(end, |p| p.dst.ip() == addr(B_ADDR).ip());
+    assert!(w.a.installed.is_empty());
+    assert!(w.a.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::ChildDeleted {
+            reason: DeleteReason::Expired,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn dpd_liveness_checks() {
+    let t0 = std::time::Instant::now();
+    let mut a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    a.dpd_delay = Some(Duration::from_secs(30));
+    let b = with_suites(
+        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    w.establish();
+    let n0 = w.history.len();
+    let end = w.now + Duration::from_secs(100);
+    w.run_until(end);
+    let checks: Vec<_> = w.history[n0..]
+        .iter()
+        .filter(|p| !p.is_response())
+        .map(|p| Message::parse(&p.data).unwrap().header.message_id)
+        .collect();
+    assert_eq!(checks, [2, 3, 4], "one empty INFORMATIONAL every 30 s");
+    assert_eq!(assert_pairs_match(&w), 1);
+}
+
+/// A terminate issued while an IKE rekey is in flight also takes the new IKE SA down.
+#[test]
+fn terminate_during_ike_rekey() {
+    let mut w = established("aes128gcm16");
+    w.a.ep.rekey_ike(w.now, "moon").unwrap();
+    w.a.ep.terminate(w.now, "moon").unwrap();
+    w.drain();
+    w.run();
+    assert!(w.a.ep.ike_sas(w.now).is_empty());
+    assert!(w.b.ep.ike_sas(w.now).is_empty());
+    assert!(w.a.installed.is_empty() && w.b.installed.is_empty());
+}
