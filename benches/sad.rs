@@ -27,6 +27,10 @@
 //! Here single lookups can no longer overlap, and batching (all tags first, SA lines warmed)
 //! shows what it is for.
 //!
+//! After criterion, `interleaved()` runs the main cases alternately in one loop and prints
+//! best-of-rounds numbers and ratios to the bare index, which hold up better on this shared
+//! machine than medians of cases measured minutes apart.
+//!
 //! Run: `cargo bench --bench sad`. Results: `docs/sad.md`.
 
 use std::collections::HashMap;
@@ -309,12 +313,128 @@ fn bench_sad(c: &mut Criterion) {
     }
 }
 
+/// Best-of-rounds cost per lookup, with every case run once per round in turn, so that
+/// slow phases of this shared machine hit all cases alike: the ratios printed here are the
+/// ones to quote. At 1Mi SAs these absolute numbers come out up to 2x below criterion's
+/// medians, for the bare index as much as for the SAD; timing the criterion closures by hand
+/// inside `cases` agreed with criterion, so the cause is not criterion itself (not pinned down).
+fn interleaved() {
+    const ROUNDS: usize = 5;
+    let mut rng = StdRng::seed_from_u64(0x1ea7);
+    println!("\ninterleaved: best of {ROUNDS} rounds, ns per lookup");
+    for n in [1usize << 10, 1 << 20] {
+        let fx = fixture(n, &mut rng);
+        let len = order_len(n);
+        let hits = Order::new(len, || fx.spis[rng.gen_range(0..n)]).spis;
+        let misses = Order::new(len, || rng.gen()).spis;
+        let mask = fx.slots - 1;
+        let mut vec = vec![usize::MAX; fx.slots];
+        for (i, &spi) in fx.spis.iter().enumerate() {
+            vec[spi as usize & mask] = i;
+        }
+        let std_map: HashMap<u32, usize> =
+            fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+        let fast: hashbrown::HashMap<u32, usize, foldhash::fast::RandomState> =
+            fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+        let (mut r1, mut r2, mut r3) = (fx.sad.reader(), fx.sad.reader(), fx.sad.reader());
+        type Case<'a> = (&'static str, Box<dyn FnMut(&[u32]) + 'a>);
+        let mut cases: Vec<Case<'_>> = vec![
+            (
+                "vec_index",
+                Box::new(|w| {
+                    w.iter().for_each(|&s| {
+                        black_box(vec[s as usize & mask]);
+                    })
+                }),
+            ),
+            (
+                "sad_view",
+                Box::new(|w| {
+                    let view = r1.view();
+                    w.iter().for_each(|&s| {
+                        black_box(view.lookup(s));
+                    })
+                }),
+            ),
+            (
+                "sad_reader",
+                Box::new(|w| {
+                    w.iter().for_each(|&s| {
+                        black_box(r2.lookup(s));
+                    })
+                }),
+            ),
+            (
+                "sad_batch32",
+                Box::new(|w| {
+                    for spis in w.chunks(BATCH) {
+                        let mut out = [Lookup::Unknown; BATCH];
+                        r3.lookup_batch(spis, &mut out);
+                        black_box(&out);
+                    }
+                }),
+            ),
+            (
+                "std_hashmap",
+                Box::new(|w| {
+                    w.iter().for_each(|s| {
+                        black_box(std_map.get(s));
+                    })
+                }),
+            ),
+            (
+                "foldhash_map",
+                Box::new(|w| {
+                    w.iter().for_each(|s| {
+                        black_box(fast.get(s));
+                    })
+                }),
+            ),
+        ];
+        // Every round walks the whole order (as criterion's windows do), repeated up to 1Mi
+        // lookups for small tables.
+        let used = len;
+        let passes = ((1usize << 20) / used).max(1);
+        let mut best = vec![[f64::MAX; 2]; cases.len()];
+        for _ in 0..ROUNDS {
+            for (k, (_, f)) in cases.iter_mut().enumerate() {
+                for (m, order) in [&hits, &misses].into_iter().enumerate() {
+                    let t = std::time::Instant::now();
+                    for _ in 0..passes {
+                        for w in order[..used].chunks(WINDOW) {
+                            f(w);
+                        }
+                    }
+                    let ns = t.elapsed().as_nanos() as f64 / (passes * used) as f64;
+                    best[k][m] = best[k][m].min(ns);
+                }
+            }
+        }
+        println!("N = {n}");
+        println!("{:>14} {:>8} {:>8} {:>8}", "case", "hit", "miss", "hit/vec");
+        for (k, (name, _)) in cases.iter().enumerate() {
+            let [hit, miss] = best[k];
+            println!(
+                "{:>14} {:>8.2} {:>8.2} {:>7.2}x",
+                name,
+                hit,
+                miss,
+                hit / best[0][0]
+            );
+        }
+    }
+}
+
 fn main() {
     let mut c = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_millis(1500))
+        .measurement_time(Duration::from_millis(1200))
         .configure_from_args();
     bench_sad(&mut c);
     c.final_summary();
+    // `cargo test --benches` runs bench binaries without --bench: skip the extra loop there.
+    if std::env::args().any(|a| a == "--bench") {
+        interleaved();
+    }
 }

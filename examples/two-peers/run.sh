@@ -3,6 +3,9 @@
 #
 #   run.sh up       create namespaces esplab-a / esplab-b, start `esplab peer` in each
 #   run.sh status   show the processes, namespaces and SAs
+#   run.sh restart a|b  stop one peer (by PID) and start it again with the same config
+#                   (a restarted peer has forgotten every SA's state: fresh counters and
+#                   replay windows, like a rebooted router)
 #   run.sh down     stop the peers (by PID) and delete the namespaces
 #
 #   ip netns exec esplab-a ping -c 3 198.19.2.1     # A's 198.19.1.1 -> B's 198.19.2.1
@@ -13,6 +16,10 @@
 #   ENCAP=udp|esp underlay encapsulation: UDP 4500 (RFC 3948, default) or raw ESP (protocol 50)
 #   FAMILY=4|6    underlay family: 198.18.0.1-2/24 (default) or 2001:2::1-2/64
 #   STATE=DIR     configs, logs, PID files (default /tmp/esplab-two-peers)
+#   NS_A=NAME NS_B=NAME  the namespaces (default esplab-a, esplab-b)
+#   SOCKDIR=DIR   where the control sockets go (default /run/esplab: a.sock, b.sock)
+# Give every lab its own NS_A, NS_B, STATE and SOCKDIR to run several at once (the tests
+# in tests/peer_netns.rs do); pass the same values to `down`, `status` and `restart`.
 #
 # Addresses: underlay 198.18.0.0/15 or 2001:2::/48 (benchmarking ranges, RFC 2544 / RFC 5180);
 # protected networks 198.19.1.0/24 (A, 198.19.1.1 on its loopback) and 198.19.2.0/24 (B).
@@ -24,8 +31,9 @@ root=$(cd "$here/../.." && pwd)
 STATE=${STATE:-/tmp/esplab-two-peers}
 ENCAP=${ENCAP:-udp}
 FAMILY=${FAMILY:-4}
-NS_A=esplab-a
-NS_B=esplab-b
+NS_A=${NS_A:-esplab-a}
+NS_B=${NS_B:-esplab-b}
+SOCKDIR=${SOCKDIR:-/run/esplab}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -60,11 +68,17 @@ gen_config() {
     sed -e "s/\"198\.18\.0\.1\"/\"$ua\"/" \
         -e "s/\"198\.18\.0\.2\"/\"$ub\"/" \
         -e "s/^encap = \"udp\"/encap = \"$ENCAP\"/" \
+        -e "s|^socket = \"/run/esplab/|socket = \"$SOCKDIR/|" \
         "$here/$peer.toml" >"$STATE/$peer.toml"
     printf '\n[log]\nevents_file = "%s"\n' "$STATE/$peer-events.jsonl" >>"$STATE/$peer.toml"
 }
 
-socket_of() { sed -n 's/^socket = "\(.*\)"/\1/p' "$here/$1.toml"; }
+# The control socket of peer $1: from this run's config once `up` wrote it.
+socket_of() {
+    local f="$STATE/$1.toml"
+    [[ -f $f ]] || f="$here/$1.toml"
+    sed -n 's/^socket = "\(.*\)"/\1/p' "$f"
+}
 
 # True when PID file $1 names a live `esplab ... peer --config` process (never trust a bare
 # PID: it may have been reused since).
@@ -74,15 +88,41 @@ pid_alive() {
     pid=$(cat "$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     [[ -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "peer --config $STATE/" || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "peer --config $STATE/" || return 1
 }
 
+# Starts peer $1 in namespace $2; its log is appended to $STATE/$1.log.
 start_peer() {
     local peer=$1 ns=$2 bin=$3
     ip netns exec "$ns" "$bin" peer --config "$STATE/$peer.toml" \
-        >"$STATE/$peer.log" 2>&1 </dev/null &
+        >>"$STATE/$peer.log" 2>&1 </dev/null &
     # `ip netns exec` execs the command, so this is the daemon's own PID.
     echo $! >"$STATE/$peer.pid"
+}
+
+# True when the process of PID file $1 has exited. (Not `! pid_alive`: right after the
+# fork its command line is still the shell's.)
+peer_gone() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    [[ -e /proc/$pid ]] || return 0
+    grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+# Waits (at most 10 s) until peers "$@" answer on their control sockets; false if one died
+# or never came up.
+wait_up() {
+    local peer ok
+    for _ in $(seq 100); do
+        ok=1
+        for peer in "$@"; do
+            peer_gone "$STATE/$peer.pid" && return 1
+            [[ -S $(socket_of "$peer") ]] || ok=0
+        done
+        [[ $ok = 1 ]] && return 0
+        sleep 0.1
+    done
+    return 1
 }
 
 cmd_up() {
@@ -95,6 +135,7 @@ cmd_up() {
         fi
     done
     mkdir -p "$STATE"
+    rm -f "$STATE/a.log" "$STATE/b.log"
     gen_config a
     gen_config b
 
@@ -127,12 +168,7 @@ cmd_up() {
     local sa sb
     sa=$(socket_of a)
     sb=$(socket_of b)
-    for _ in $(seq 100); do
-        [[ -S $sa && -S $sb ]] && break
-        if ! pid_alive "$STATE/a.pid" || ! pid_alive "$STATE/b.pid"; then break; fi
-        sleep 0.1
-    done
-    if ! [[ -S $sa && -S $sb ]]; then
+    if ! wait_up a b; then
         echo "run.sh: a peer did not come up; its log:" >&2
         tail -n 5 "$STATE/a.log" "$STATE/b.log" >&2 || true
         echo "run.sh: clean up with '$0 down'" >&2
@@ -181,6 +217,26 @@ cmd_down() {
     return 0
 }
 
+cmd_restart() {
+    local peer=${1:-} ns bin
+    case $peer in
+        a) ns=$NS_A ;;
+        b) ns=$NS_B ;;
+        *) die "usage: $0 restart a|b" ;;
+    esac
+    bin=$(esplab_bin)
+    ns_exists "$ns" || die "namespace $ns does not exist: run '$0 up' first"
+    [[ -f $STATE/$peer.toml ]] || die "no $STATE/$peer.toml: run '$0 up' first"
+    stop_peer "$peer"
+    start_peer "$peer" "$ns" "$bin"
+    if ! wait_up "$peer"; then
+        echo "run.sh: peer $peer did not come up; its log:" >&2
+        tail -n 5 "$STATE/$peer.log" >&2 || true
+        exit 1
+    fi
+    echo "restarted peer $peer (pid $(cat "$STATE/$peer.pid"))"
+}
+
 cmd_status() {
     local bin=""
     bin=$(esplab_bin 2>/dev/null) || true
@@ -203,5 +259,6 @@ case ${1:-} in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    *) echo "usage: $0 up|down|status   (env: ESPLAB, ENCAP=udp|esp, FAMILY=4|6, STATE)" >&2; exit 2 ;;
+    restart) cmd_restart "${2:-}" ;;
+    *) echo "usage: $0 up|down|status|restart a|b   (env: ESPLAB, ENCAP=udp|esp, FAMILY=4|6, STATE, NS_A, NS_B, SOCKDIR)" >&2; exit 2 ;;
 esac
