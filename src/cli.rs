@@ -30,6 +30,10 @@ pub enum Command {
     Show(crate::ctl_cmd::ShowArgs),
     /// Clear a running peer's SAs (without telling the other side) or counters.
     Clear(crate::ctl_cmd::ClearArgs),
+    /// Start an IKE SA (and its CHILD SA) with a peer of a running `esplab peer`.
+    Initiate(crate::ctl_cmd::IkeCmdArgs),
+    /// Delete the IKE SAs (and CHILD SAs) with a peer, telling it (INFORMATIONAL Delete).
+    Terminate(crate::ctl_cmd::IkeCmdArgs),
 }
 
 impl Command {
@@ -44,6 +48,12 @@ impl Command {
                 .map(|()| Status::Success)
                 .map_err(CliError::from),
             Command::Clear(a) => crate::ctl_cmd::run_clear(a, out)
+                .map(|()| Status::Success)
+                .map_err(CliError::from),
+            Command::Initiate(a) => crate::ctl_cmd::run_initiate(a, out)
+                .map(|()| Status::Success)
+                .map_err(CliError::from),
+            Command::Terminate(a) => crate::ctl_cmd::run_terminate(a, out)
                 .map(|()| Status::Success)
                 .map_err(CliError::from),
         }

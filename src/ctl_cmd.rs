@@ -62,6 +62,12 @@ pub enum ShowCommand {
         #[arg(long)]
         json: bool,
     },
+    /// IKE SAs (SPIs, role, state, peer, age, next rekey) and their CHILD SAs.
+    Ike {
+        /// Print the daemon's JSON answer instead of the listing.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent events (invalid SPIs as the vendor log line), oldest first.
     Events {
         /// Keep printing new events as they happen (until interrupted).
@@ -156,6 +162,13 @@ pub fn run_show(args: ShowArgs, out: &mut dyn Write) -> Result<(), CtlError> {
             let c = r.counters.as_deref().unwrap_or_default();
             write!(out, "{}", render::counter_lines(c, all))?;
         }
+        ShowCommand::Ike { json } => {
+            let r = client.call(&Request::ShowIke)?;
+            if json {
+                return json_line(out, &r);
+            }
+            write!(out, "{}", ike_listing(r.ike.as_deref().unwrap_or_default()))?;
+        }
         ShowCommand::Events {
             follow: false,
             json,
@@ -227,4 +240,117 @@ pub fn run_clear(args: ClearArgs, out: &mut dyn Write) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+/// `esplab initiate PEER` / `esplab terminate PEER`: start or delete IKE SAs.
+#[derive(Debug, Args)]
+pub struct IkeCmdArgs {
+    /// Which daemon.
+    #[command(flatten)]
+    pub target: Target,
+    /// The peer name (`name` of its `[[peer]]`).
+    pub peer: String,
+}
+
+/// Runs `esplab initiate PEER`.
+pub fn run_initiate(args: IkeCmdArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let mut client = args.target.connect()?;
+    let r = client.call(&Request::Initiate {
+        peer: args.peer.clone(),
+    })?;
+    writeln!(
+        out,
+        "{}: initiating IKE SA with {} (see `esplab show ike`)",
+        r.node.as_deref().unwrap_or("?"),
+        args.peer
+    )?;
+    Ok(())
+}
+
+/// Runs `esplab terminate PEER`.
+pub fn run_terminate(args: IkeCmdArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let mut client = args.target.connect()?;
+    let r = client.call(&Request::Terminate {
+        peer: args.peer.clone(),
+    })?;
+    writeln!(
+        out,
+        "{}: deleting IKE SAs with {}",
+        r.node.as_deref().unwrap_or("?"),
+        args.peer
+    )?;
+    Ok(())
+}
+
+fn secs(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map(|s| format!("{s:.0}s"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        o => o.to_string(),
+    }
+}
+
+/// `show ike` listing, strongSwan `--list-sas` style: one block per IKE SA.
+fn ike_listing(sas: &[serde_json::Value]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    if sas.is_empty() {
+        s.push_str("no IKE SAs\n");
+    }
+    for sa in sas {
+        let _ = writeln!(
+            s,
+            "{}: IKE SA #{} {}, {} {}...{} [{}...{}]",
+            text(&sa["peer"]),
+            text(&sa["id"]),
+            text(&sa["state"]).to_uppercase(),
+            text(&sa["role"]).to_lowercase(),
+            text(&sa["local"]),
+            text(&sa["remote"]),
+            text(&sa["local_id"]),
+            text(&sa["remote_id"]),
+        );
+        let _ = writeln!(
+            s,
+            "  spi_i {} spi_r {}  {}  age {}, rekey in {}, expire in {}",
+            text(&sa["spi_i"]),
+            text(&sa["spi_r"]),
+            text(&sa["suite"]),
+            secs(&sa["age_secs"]),
+            secs(&sa["rekey_in_secs"]),
+            secs(&sa["expire_in_secs"]),
+        );
+        for c in sa["children"].as_array().into_iter().flatten() {
+            let ts = |k: &str| {
+                c[k].as_array()
+                    .map(|a| a.iter().map(text).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            };
+            let _ = writeln!(
+                s,
+                "  CHILD {} in {} out {}{}  {}  {}  age {}, rekey in {}\n    {} === {}",
+                text(&c["mode"]).to_uppercase(),
+                text(&c["inbound_spi"]),
+                text(&c["outbound_spi"]),
+                if c["outbound_active"].as_bool() == Some(false) {
+                    " (outbound inactive)"
+                } else {
+                    ""
+                },
+                text(&c["suite"]),
+                text(&c["state"]).to_uppercase(),
+                secs(&c["age_secs"]),
+                secs(&c["rekey_in_secs"]),
+                ts("local_ts"),
+                ts("remote_ts"),
+            );
+        }
+    }
+    s
 }

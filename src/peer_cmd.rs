@@ -12,6 +12,10 @@ pub struct PeerArgs {
     /// Peer configuration (TOML): underlay, TUN device, peers and their SAs, control socket.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// Log the key material of negotiated SAs (Wireshark `esp_sa` UAT lines); same as
+    /// `log.debug_keys = true`. Never on a real network.
+    #[arg(long)]
+    pub debug_keys: bool,
 }
 
 /// Why `esplab peer` did not start, or stopped on an error. Printed as one line.
@@ -27,7 +31,8 @@ pub enum PeerError {
 
 /// Loads the config and runs the daemon; returns `Ok` after a clean shutdown on a signal.
 pub fn run(args: PeerArgs) -> Result<(), PeerError> {
-    let config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config)?;
+    config.debug_keys |= args.debug_keys;
     daemon::run(config)?;
     Ok(())
 }

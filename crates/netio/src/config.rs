@@ -35,8 +35,19 @@ struct RawConfig {
     tun: RawTun,
     control: Option<RawControl>,
     log: Option<RawLog>,
+    ike: Option<RawIke>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+}
+
+/// Node-wide IKE settings (`[ike]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIke {
+    retransmit_tries: Option<u32>,
+    retransmit_timeout: Option<Spanned<String>>,
+    retransmit_base: Option<Spanned<f64>>,
+    half_open_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,7 +63,7 @@ struct RawUnderlay {
 struct RawTun {
     name: Option<String>,
     address: Option<Spanned<String>>,
-    mtu: Option<u32>,
+    mtu: Option<Spanned<u32>>,
     routes: Option<bool>,
 }
 
@@ -73,13 +84,14 @@ struct RawLog {
     max_tracked_flows: Option<usize>,
     event_queue: Option<usize>,
     retired_spi_grace: Option<Spanned<String>>,
+    debug_keys: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     name: Spanned<String>,
-    address: Spanned<String>,
+    address: Option<Spanned<String>>,
     encap: Option<Spanned<String>>,
     #[serde(default)]
     local_ts: Vec<Spanned<String>>,
@@ -87,6 +99,21 @@ struct RawPeer {
     remote_ts: Vec<Spanned<String>>,
     #[serde(default)]
     sa: Vec<RawSa>,
+    // IKEv2 (a peer negotiates its SAs when `auth` is set).
+    auth: Option<Spanned<String>>,
+    local_id: Option<Spanned<String>>,
+    remote_id: Option<Spanned<String>>,
+    secret: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    ike_proposals: Option<Vec<Spanned<String>>>,
+    esp_proposals: Option<Vec<Spanned<String>>>,
+    start: Option<bool>,
+    dynamic: Option<Spanned<bool>>,
+    ike_lifetime: Option<Spanned<String>>,
+    child_lifetime: Option<Spanned<String>>,
+    rekey_margin: Option<Spanned<String>>,
+    dpd_delay: Option<Spanned<String>>,
+    initial_contact: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +192,61 @@ pub struct Config {
     pub events_file: Option<PathBuf>,
     /// Warnings found while loading (e.g. secret files readable by others).
     pub warnings: Vec<String>,
+    /// The IKE endpoint when some peer has `auth = "psk"` (its peers are also in
+    /// `node.peers`, by name, for routes and the datapath).
+    pub ike: Option<esplab_ike::EndpointConfig>,
+    /// Log key material (`log.debug_keys`, `esplab peer --debug-keys`) as Wireshark UAT lines.
+    pub debug_keys: bool,
+}
+
+/// strongSwan-style identity: an IP address is an IP identity, `user@host` an RFC 822
+/// address, anything else an FQDN.
+pub fn parse_identity(s: &str) -> Result<esplab_ike::Identity, String> {
+    use esplab_ike::Identity;
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty identity".into());
+    }
+    Ok(match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Identity::Ipv4(a),
+        Ok(IpAddr::V6(a)) => Identity::Ipv6(a),
+        Err(_) if s.contains('@') => Identity::Rfc822(s.as_bytes().to_vec()),
+        Err(_) => Identity::fqdn(s),
+    })
+}
+
+/// A PSK as strongSwan writes it: `0x` + hex, else the string's bytes.
+fn parse_psk(s: &str) -> Result<Vec<u8>, String> {
+    let v = match s.strip_prefix("0x") {
+        Some(h) => decode_hex(h)?,
+        None => s.as_bytes().to_vec(),
+    };
+    if v.is_empty() {
+        return Err("empty secret".into());
+    }
+    Ok(v)
+}
+
+/// Reads a PSK file (relative to the config's directory), warning when group or others can
+/// read it.
+fn read_psk_file(base: &Path, name: &str, warnings: &mut Vec<String>) -> Result<Vec<u8>, String> {
+    let p = base.join(name);
+    let text = std::fs::read_to_string(&p)
+        .map_err(|e| format!("cannot read secret file {}: {e}", p.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(md) = std::fs::metadata(&p) {
+            if md.permissions().mode() & 0o077 != 0 {
+                warnings.push(format!(
+                    "secret file {} is readable by group or others (chmod 600 it)",
+                    p.display()
+                ));
+            }
+        }
+    }
+    parse_psk(text.trim_end_matches(['\n', '\r']))
+        .map_err(|e| format!("secret file {}: {e}", p.display()))
 }
 
 struct Ctx<'a> {
@@ -327,15 +409,16 @@ impl Config {
                 ),
                 None => None,
             },
-            mtu: raw.tun.mtu.unwrap_or(1400),
+            mtu: raw.tun.mtu.as_ref().map(|m| *m.get_ref()).unwrap_or(1400),
             routes: raw.tun.routes.unwrap_or(true),
         };
         if !(576..=9000).contains(&tun.mtu) {
-            return Err(ConfigError {
-                file,
-                line: 0,
-                msg: format!("tun.mtu: {} out of range 576..=9000", tun.mtu),
-            });
+            let span = raw.tun.mtu.as_ref().map(|m| m.span()).unwrap_or(0..0);
+            return Err(cx.err(
+                span,
+                "tun.mtu",
+                format!("{} out of range 576..=9000", tun.mtu),
+            ));
         }
 
         let mut limits = LogLimits::default();
@@ -380,23 +463,67 @@ impl Config {
             events_file = l.events_file.as_ref().map(|f| base.join(f));
         }
 
+        let debug_keys = raw.log.as_ref().and_then(|l| l.debug_keys).unwrap_or(false);
+        let mut ike_cfg = esplab_ike::EndpointConfig::default();
+        if let Some(i) = &raw.ike {
+            let dur =
+                |v: &Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+                    match v {
+                        Some(s) => parse_duration(s.get_ref())
+                            .map(Some)
+                            .map_err(|m| cx.err(s.span(), key, m)),
+                        None => Ok(None),
+                    }
+                };
+            if let Some(n) = i.retransmit_tries {
+                ike_cfg.retransmit.tries = n;
+            }
+            if let Some(d) = dur(&i.retransmit_timeout, "ike.retransmit_timeout")? {
+                ike_cfg.retransmit.timeout = d;
+            }
+            if let Some(b) = &i.retransmit_base {
+                if !(1.0..=10.0).contains(b.get_ref()) {
+                    return Err(cx.err(b.span(), "ike.retransmit_base", "expected 1.0..=10.0"));
+                }
+                ike_cfg.retransmit.base = *b.get_ref();
+            }
+            if let Some(d) = dur(&i.half_open_timeout, "ike.half_open_timeout")? {
+                ike_cfg.half_open_timeout = d;
+            }
+        }
+
         let mut peers = Vec::new();
         let mut sas = Vec::new();
         let mut seen_spis = std::collections::HashSet::new();
         for (pi, p) in raw.peer.iter().enumerate() {
             let key = |k: &str| format!("peer[{pi}].{k}");
-            let address: IpAddr = p
-                .address
-                .get_ref()
-                .parse()
-                .map_err(|_| cx.err(p.address.span(), &key("address"), "not an IP address"))?;
-            if address.is_ipv4() != local.is_ipv4() {
-                return Err(cx.err(
-                    p.address.span(),
-                    &key("address"),
-                    "address family differs from underlay.local",
-                ));
-            }
+            let dynamic = p.dynamic.as_ref().is_some_and(|d| *d.get_ref());
+            let address: IpAddr =
+                match &p.address {
+                    Some(a) => {
+                        let address: IpAddr = a
+                            .get_ref()
+                            .parse()
+                            .map_err(|_| cx.err(a.span(), &key("address"), "not an IP address"))?;
+                        if address.is_ipv4() != local.is_ipv4() {
+                            return Err(cx.err(
+                                a.span(),
+                                &key("address"),
+                                "address family differs from underlay.local",
+                            ));
+                        }
+                        address
+                    }
+                    None if dynamic && p.auth.is_some() => match local {
+                        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                    },
+                    None => return Err(cx.err(
+                        p.name.span(),
+                        &key("address"),
+                        "missing (only a peer with auth = \"psk\" and dynamic = true may omit it)",
+                    )),
+                };
             let encap = match &p.encap {
                 Some(e) => {
                     parse_encap(e.get_ref()).map_err(|m| cx.err(e.span(), &key("encap"), m))?
@@ -536,6 +663,25 @@ impl Config {
                     params,
                 });
             }
+            if let Some(ike_peer) = ike_peer(
+                &cx,
+                p,
+                pi,
+                local,
+                p.address.as_ref().map(|_| address),
+                (&local_ts, &remote_ts),
+                &base,
+                &mut warnings,
+            )? {
+                if !p.sa.is_empty() {
+                    return Err(cx.err(
+                        p.name.span(),
+                        &key("sa"),
+                        "a peer with auth = \"psk\" negotiates its SAs: remove its [[peer.sa]]",
+                    ));
+                }
+                ike_cfg.peers.push(ike_peer);
+            }
             peers.push(PeerConfig {
                 name: p.name.get_ref().clone(),
                 address,
@@ -566,8 +712,189 @@ impl Config {
             log_file,
             events_file,
             warnings,
+            ike: if ike_cfg.peers.is_empty() {
+                None
+            } else {
+                Some(ike_cfg)
+            },
+            debug_keys,
         })
     }
+}
+
+/// The IKE part of a `[[peer]]`, if it has `auth`; errors for IKE keys without it.
+#[allow(clippy::too_many_arguments)]
+fn ike_peer(
+    cx: &Ctx<'_>,
+    p: &RawPeer,
+    pi: usize,
+    local: IpAddr,
+    address: Option<IpAddr>,
+    ts: (&[TrafficSelector], &[TrafficSelector]),
+    base: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Option<esplab_ike::IkePeerConfig>, ConfigError> {
+    use esplab_ike::proposal::ProposalSpec;
+    use esplab_ike::{IkePeerConfig, Lifetime};
+    use std::net::SocketAddr;
+    let key = |k: &str| format!("peer[{pi}].{k}");
+    let Some(auth) = &p.auth else {
+        // IKE keys without `auth` are a mistake worth a line number.
+        let stray = [
+            ("local_id", p.local_id.as_ref().map(|v| v.span())),
+            ("remote_id", p.remote_id.as_ref().map(|v| v.span())),
+            ("secret", p.secret.as_ref().map(|v| v.span())),
+            ("secret_file", p.secret_file.as_ref().map(|v| v.span())),
+            ("ike_lifetime", p.ike_lifetime.as_ref().map(|v| v.span())),
+            (
+                "child_lifetime",
+                p.child_lifetime.as_ref().map(|v| v.span()),
+            ),
+            ("dynamic", p.dynamic.as_ref().map(|v| v.span())),
+        ];
+        if let Some((k, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(cx.err(span, &key(k), "only for IKE peers (add auth = \"psk\")"));
+        }
+        return Ok(None);
+    };
+    if auth.get_ref() != "psk" {
+        return Err(cx.err(
+            auth.span(),
+            &key("auth"),
+            format!("only \"psk\" is supported, got {:?}", auth.get_ref()),
+        ));
+    }
+    let psk = match (&p.secret, &p.secret_file) {
+        (Some(_), Some(f)) => {
+            return Err(cx.err(
+                f.span(),
+                &key("secret_file"),
+                "give secret or secret_file, not both",
+            ))
+        }
+        (Some(s), None) => {
+            parse_psk(s.get_ref()).map_err(|m| cx.err(s.span(), &key("secret"), m))?
+        }
+        (None, Some(f)) => read_psk_file(base, f.get_ref(), warnings)
+            .map_err(|m| cx.err(f.span(), &key("secret_file"), m))?,
+        (None, None) => {
+            return Err(cx.err(
+                auth.span(),
+                &key("secret"),
+                "auth = \"psk\" needs secret or secret_file",
+            ))
+        }
+    };
+    let id = |v: &Option<Spanned<String>>,
+              k: &str|
+     -> Result<Option<esplab_ike::Identity>, ConfigError> {
+        match v {
+            Some(s) => parse_identity(s.get_ref())
+                .map(Some)
+                .map_err(|m| cx.err(s.span(), &key(k), m)),
+            None => Ok(None),
+        }
+    };
+    let local_id = id(&p.local_id, "local_id")?.unwrap_or(match local {
+        IpAddr::V4(a) => esplab_ike::Identity::Ipv4(a),
+        IpAddr::V6(a) => esplab_ike::Identity::Ipv6(a),
+    });
+    let remote_id = id(&p.remote_id, "remote_id")?;
+    let mut c = IkePeerConfig::new(p.name.get_ref(), local_id, remote_id, &psk);
+    let dynamic = p.dynamic.as_ref().is_some_and(|d| *d.get_ref());
+    c.local_addr = Some(SocketAddr::new(local, 500));
+    c.remote_addr = if dynamic {
+        None
+    } else {
+        address.map(|a| SocketAddr::new(a, 500))
+    };
+    c.local_ts = ts.0.iter().map(esplab_node::agent::ike_ts).collect();
+    c.remote_ts = ts.1.iter().map(esplab_node::agent::ike_ts).collect();
+    let props = |v: &Option<Vec<Spanned<String>>>,
+                 k: &str,
+                 esp: bool|
+     -> Result<Option<Vec<ProposalSpec>>, ConfigError> {
+        let Some(list) = v else { return Ok(None) };
+        let mut out = Vec::new();
+        for s in list {
+            let r = if esp {
+                ProposalSpec::parse_esp_list(s.get_ref())
+            } else {
+                ProposalSpec::parse_ike_list(s.get_ref())
+            };
+            out.extend(r.map_err(|e| cx.err(s.span(), &key(k), e))?);
+        }
+        if out.is_empty() {
+            return Err(ConfigError {
+                file: cx.file.to_string(),
+                line: cx.line_of(p.name.span().start),
+                msg: format!("{}: empty list", key(k)),
+            });
+        }
+        Ok(Some(out))
+    };
+    if let Some(v) = props(&p.ike_proposals, "ike_proposals", false)? {
+        c.ike_proposals = v;
+    }
+    if let Some(v) = props(&p.esp_proposals, "esp_proposals", true)? {
+        c.esp_proposals = v;
+    }
+    c.start = p.start.unwrap_or(false) && !dynamic;
+    if let Some(ic) = p.initial_contact {
+        c.initial_contact = ic;
+    }
+    let dur = |v: &Option<Spanned<String>>,
+               k: &str|
+     -> Result<Option<(Duration, std::ops::Range<usize>)>, ConfigError> {
+        match v {
+            Some(s) => parse_duration(s.get_ref())
+                .map(|d| Some((d, s.span())))
+                .map_err(|m| cx.err(s.span(), &key(k), m)),
+            None => Ok(None),
+        }
+    };
+    let margin = dur(&p.rekey_margin, "rekey_margin")?;
+    let lifetime = |d: Option<(Duration, std::ops::Range<usize>)>,
+                    k: &str,
+                    default: Lifetime|
+     -> Result<Option<Lifetime>, ConfigError> {
+        let Some((hard, span)) = d else {
+            return Ok(Some(default));
+        };
+        if hard.is_zero() {
+            // 0 = never rekey nor expire.
+            return Ok(None);
+        }
+        let m = margin
+            .as_ref()
+            .map(|(m, _)| *m)
+            .unwrap_or(hard / 10)
+            .min(default.margin);
+        let m = margin.as_ref().map(|(m, _)| *m).unwrap_or(m);
+        let jitter = m / 2;
+        if m + jitter >= hard {
+            return Err(cx.err(
+                span,
+                &key(k),
+                format!("{hard:?} leaves no time before the rekey (rekey_margin {m:?} plus jitter {jitter:?})"),
+            ));
+        }
+        Ok(Some(Lifetime::new(hard, m, jitter)))
+    };
+    c.ike_lifetime = lifetime(
+        dur(&p.ike_lifetime, "ike_lifetime")?,
+        "ike_lifetime",
+        Lifetime::ike_default(),
+    )?;
+    c.child_lifetime = lifetime(
+        dur(&p.child_lifetime, "child_lifetime")?,
+        "child_lifetime",
+        Lifetime::child_default(),
+    )?;
+    if let Some((d, _)) = dur(&p.dpd_delay, "dpd_delay")? {
+        c.dpd_delay = (!d.is_zero()).then_some(d);
+    }
+    Ok(Some(c))
 }
 
 /// The control socket a config names: `control.socket`, else `/run/esplab/NAME.sock`.
@@ -733,6 +1060,89 @@ replay_window = 1024
             "[[peer]]\nname = \"b\"\nname = \"c\"",
         );
         assert!(err_of(&bad).starts_with("a.toml:"), "{}", err_of(&bad));
+    }
+
+    const IKE: &str = r#"
+name = "a"
+[underlay]
+local = "198.18.0.1"
+[tun]
+name = "esplab-a"
+[ike]
+retransmit_tries = 2
+retransmit_timeout = "500ms"
+[[peer]]
+name = "b"
+address = "198.18.0.2"
+local_ts = ["198.19.1.0/24"]
+remote_ts = ["198.19.2.0/24"]
+auth = "psk"
+local_id = "a.example"
+remote_id = "198.18.0.2"
+secret = "0x0102030405"
+ike_proposals = ["aes128gcm16-prfsha256-x25519", "aes128-sha256-x25519"]
+esp_proposals = ["aes128gcm16,aes128-sha256"]
+start = true
+child_lifetime = "30s"
+rekey_margin = "5s"
+dpd_delay = "10s"
+"#;
+
+    #[test]
+    fn ike_peer() {
+        let c = Config::parse(Path::new("a.toml"), IKE).unwrap();
+        let ike = c.ike.unwrap();
+        assert_eq!(ike.retransmit.tries, 2);
+        assert_eq!(ike.retransmit.timeout, Duration::from_millis(500));
+        let p = &ike.peers[0];
+        assert_eq!(p.local_id, esplab_ike::Identity::fqdn("a.example"));
+        assert_eq!(
+            p.remote_id,
+            Some(esplab_ike::Identity::Ipv4("198.18.0.2".parse().unwrap()))
+        );
+        assert_eq!(p.psk.as_bytes(), &[1, 2, 3, 4, 5]);
+        assert_eq!(p.ike_proposals.len(), 2);
+        assert_eq!(p.esp_proposals.len(), 2);
+        assert!(p.start);
+        let l = p.child_lifetime.unwrap();
+        assert_eq!(
+            (l.hard, l.margin),
+            (Duration::from_secs(30), Duration::from_secs(5))
+        );
+        assert_eq!(p.dpd_delay, Some(Duration::from_secs(10)));
+        assert_eq!(p.remote_addr, Some("198.18.0.2:500".parse().unwrap()));
+        assert!(c.sas.is_empty());
+        assert_eq!(c.node.peers.len(), 1);
+        // Manual configs have no IKE part.
+        assert!(Config::parse(Path::new("a.toml"), GOOD)
+            .unwrap()
+            .ike
+            .is_none());
+    }
+
+    #[test]
+    fn ike_errors_name_file_line_and_key() {
+        let e = err_of(&IKE.replace("aes128-sha256-x25519\"", "aes128-md5-x25519\""));
+        assert!(e.starts_with("a.toml:19: peer[0].ike_proposals:"), "{e}");
+        let e = err_of(&IKE.replace("auth = \"psk\"", "auth = \"rsa\""));
+        assert!(e.starts_with("a.toml:15: peer[0].auth:"), "{e}");
+        let e = err_of(&IKE.replace("secret = \"0x0102030405\"\n", ""));
+        assert!(e.starts_with("a.toml:15: peer[0].secret:"), "{e}");
+        let e = err_of(&IKE.replace("child_lifetime = \"30s\"", "child_lifetime = \"6s\""));
+        assert!(e.starts_with("a.toml:22: peer[0].child_lifetime:"), "{e}");
+        let e = err_of(&IKE.replace("auth = \"psk\"\n", ""));
+        assert!(
+            e.starts_with("a.toml:15: peer[0].local_id: only for IKE peers"),
+            "{e}"
+        );
+        // Dynamic responders may omit the address.
+        let dynamic = IKE
+            .replace("address = \"198.18.0.2\"\n", "")
+            .replace("start = true", "dynamic = true");
+        let c = Config::parse(Path::new("a.toml"), &dynamic).unwrap();
+        assert!(c.ike.unwrap().peers[0].remote_addr.is_none());
+        let e = err_of(&IKE.replace("address = \"198.18.0.2\"\n", ""));
+        assert!(e.contains("peer[0].address: missing"), "{e}");
     }
 
     #[test]

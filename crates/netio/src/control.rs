@@ -55,6 +55,18 @@ pub enum Request {
     },
     /// Zero every counter.
     ClearCounters,
+    /// The IKE SAs and their CHILD SAs.
+    ShowIke,
+    /// Start an IKE SA (and its CHILD SA) with a peer.
+    Initiate {
+        /// Peer name.
+        peer: String,
+    },
+    /// Delete every IKE SA with a peer (INFORMATIONAL Delete).
+    Terminate {
+        /// Peer name.
+        peer: String,
+    },
 }
 
 /// The daemon's answer to one request.
@@ -80,6 +92,9 @@ pub struct Response {
     /// `clear-sa`: how many SAs were removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<usize>,
+    /// `show-ike`: the IKE SAs (`esplab_ike::IkeSaInfo` as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike: Option<Vec<serde_json::Value>>,
 }
 
 impl Response {

@@ -23,9 +23,12 @@ use crate::server::{self, ControlError, Ctl};
 use crate::tun::{self, TunError};
 use crate::underlay::{Underlay, UnderlayError};
 use esplab_esp::Encap;
-use esplab_node::{Inbound, Node, NodeError, Outbound, UnderlayEncap, HEADROOM, TAILROOM};
+use esplab_node::{
+    Agent, AgentConfig, AgentError, AgentEvent, Inbound, NodeError, Outbound, UnderlayEncap,
+    HEADROOM, TAILROOM,
+};
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -56,6 +59,17 @@ pub enum DaemonError {
         peer: String,
         /// Why.
         source: NodeError,
+    },
+    /// The IKE configuration.
+    #[error("IKE: {0}")]
+    Ike(#[from] AgentError),
+    /// The IKE socket (UDP 500).
+    #[error("IKE socket {addr}: {source}")]
+    IkeSocket {
+        /// Its address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
     },
     /// The TUN device.
     #[error(transparent)]
@@ -136,7 +150,15 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
 
     // The node first: a bad SA stops us before anything on the host changes.
     let now = Instant::now();
-    let mut node = Node::new(config.node.clone(), None);
+    let mut agent = Agent::new(
+        AgentConfig {
+            node: config.node.clone(),
+            ike: config.ike.clone().unwrap_or_default(),
+            debug_keys: config.debug_keys,
+        },
+        now,
+    )?;
+    let node = agent.node_mut();
     let peers = &config.node.peers;
     for sa in &config.sas {
         let p = &peers[sa.peer];
@@ -184,6 +206,16 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         .first()
         .map(|p| p.port)
         .unwrap_or(esplab_esp::wire::NAT_T_PORT);
+    // IKE (RFC 7296 §2): UDP 500 and, behind the non-ESP marker, the NAT-T socket.
+    let ike_sock = if config.ike.is_some() {
+        let addr = SocketAddr::new(local, esplab_node::agent::IKE_PORT);
+        let err = |source| DaemonError::IkeSocket { addr, source };
+        let s = std::net::UdpSocket::bind(addr).map_err(err)?;
+        s.set_nonblocking(true).map_err(err)?;
+        Some(tokio::net::UdpSocket::from_std(s).map_err(err)?)
+    } else {
+        None
+    };
     let underlay = Underlay::open(
         local,
         port,
@@ -201,6 +233,9 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let server = tokio::spawn(server::serve(listener, ctl_tx, name.clone()));
 
     let mut encaps: Vec<String> = Vec::new();
+    if ike_sock.is_some() {
+        encaps.push("ike/500".into());
+    }
     if underlay.udp.is_some() {
         encaps.push(format!("udp/{port}"));
     }
@@ -223,8 +258,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     ));
 
     let mtu = config.tun.mtu as usize;
+    if config.debug_keys {
+        log.line("debug-keys: key material of every negotiated SA will be logged");
+    }
     let mut dp = Datapath {
-        node,
+        agent,
+        ike_sock,
         tun,
         tun_name: config.tun.name.clone(),
         underlay,
@@ -283,13 +322,17 @@ enum Wake {
     Tun(io::Result<()>),
     Udp(io::Result<()>),
     Raw(io::Result<()>),
+    Ike(io::Result<()>),
+    Timer,
     Ctl(Option<Ctl>),
     Tick,
     Stop(&'static str),
 }
 
 struct Datapath {
-    node: Node,
+    agent: Agent,
+    /// UDP 500, when some peer uses IKE.
+    ike_sock: Option<tokio::net::UdpSocket>,
     tun: AsyncDevice,
     tun_name: String,
     underlay: Underlay,
@@ -320,7 +363,21 @@ impl Datapath {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let deadline = self.agent.poll_timeout();
+            let ike_sock = self.ike_sock.as_ref();
             let wake = tokio::select! {
+                r = async {
+                    match ike_sock {
+                        Some(s) => s.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Ike(r),
+                _ = async {
+                    match deadline {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => Wake::Timer,
                 r = self.tun.readable() => Wake::Tun(r),
                 r = self.underlay.udp_readable() => Wake::Udp(r),
                 r = self.underlay.raw_readable() => Wake::Raw(r),
@@ -349,23 +406,79 @@ impl Datapath {
                     }
                     self.raw_to_tun();
                 }
+                Wake::Ike(r) => {
+                    if let Err(e) = r {
+                        self.io_error("IKE socket", &e);
+                    }
+                    self.ike_in();
+                }
+                Wake::Timer => self.agent.handle_timeout(Instant::now()),
                 Wake::Ctl(Some(c)) => self.control(c),
                 Wake::Ctl(None) => {
                     // The control server is gone (it only stops with the daemon): keep
                     // forwarding packets.
                     ctl = None;
                 }
-                Wake::Tick => self.node.handle_timeout(Instant::now()),
+                Wake::Tick => self.agent.handle_timeout(Instant::now()),
                 Wake::Stop(sig) => return Ok(sig),
             }
+            self.flush_ike();
             self.drain_events();
+        }
+    }
+
+    /// IKE datagrams on UDP 500.
+    fn ike_in(&mut self) {
+        let local = SocketAddr::new(self.underlay.local, esplab_node::agent::IKE_PORT);
+        for _ in 0..BATCH {
+            let Some(s) = &self.ike_sock else { return };
+            let (n, from) = match s.try_recv_from(&mut self.to_tun) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.io.underlay_rx_errors += 1;
+                    self.io_error("receiving on the IKE socket", &e);
+                    return;
+                }
+            };
+            self.agent
+                .handle_underlay_udp(Instant::now(), local, from, &mut self.to_tun, 0..n);
+        }
+    }
+
+    /// Sends the IKE datagrams the agent queued: from port 500 or from the NAT-T socket.
+    fn flush_ike(&mut self) {
+        while let Some(t) = self.agent.poll_transmit() {
+            let r = if t.local.port() == esplab_node::agent::IKE_PORT {
+                match &self.ike_sock {
+                    Some(s) => s.try_send_to(&t.data, t.remote),
+                    None => Err(io::Error::new(io::ErrorKind::NotConnected, "no IKE socket")),
+                }
+            } else {
+                match &self.underlay.udp {
+                    Some(s) => s.try_send_to(&t.data, t.remote),
+                    None => Err(io::Error::new(io::ErrorKind::NotConnected, "no UDP socket")),
+                }
+            };
+            if let Err(e) = r {
+                self.io.underlay_tx_errors += 1;
+                self.io_error(&format!("sending IKE to {}", t.remote), &e);
+            }
         }
     }
 
     fn drain_events(&mut self) {
         let mut any = false;
-        while let Some(ev) = self.node.poll_event() {
-            self.events.node_event(&ev, &mut self.log);
+        while let Some(ev) = self.agent.poll_event() {
+            match &ev {
+                AgentEvent::Node(e) => self.events.node_event(e, &mut self.log),
+                other => {
+                    for l in crate::ike_log::lines(other) {
+                        self.log.line(&l);
+                    }
+                }
+            }
             any = true;
         }
         if any {
@@ -412,7 +525,7 @@ impl Datapath {
                 dst,
                 port,
                 encap,
-            } = self.node.outbound(now, &mut self.to_net, payload)
+            } = self.agent.handle_tun(now, &mut self.to_net, payload)
             {
                 let pkt = &self.to_net[esp];
                 let r = match encap {
@@ -458,12 +571,10 @@ impl Datapath {
                     return;
                 }
             };
-            let v = self.node.inbound_udp(
+            let v = self.agent.handle_underlay_udp(
                 Instant::now(),
-                from.ip(),
-                from.port(),
-                local,
-                port,
+                SocketAddr::new(local, port),
+                from,
                 &mut self.to_tun,
                 0..n,
             );
@@ -487,12 +598,16 @@ impl Datapath {
             let now = Instant::now();
             let v = match src {
                 // IPv4: the whole datagram, outer header included.
-                None => self.node.inbound_ip(now, &mut self.to_tun[..n]),
+                None => self.agent.handle_underlay_ip(now, &mut self.to_tun[..n]),
                 // IPv6: the ESP packet alone.
-                Some(src) => {
-                    self.node
-                        .inbound_esp(now, src, local, Encap::Raw, &mut self.to_tun, 0..n)
-                }
+                Some(src) => self.agent.node_mut().inbound_esp(
+                    now,
+                    src,
+                    local,
+                    Encap::Raw,
+                    &mut self.to_tun,
+                    0..n,
+                ),
             };
             self.deliver(v);
         }
@@ -520,7 +635,8 @@ impl Datapath {
         match req {
             Request::ShowSa => {
                 r.sas = Some(
-                    self.node
+                    self.agent
+                        .node()
                         .sa_info(now)
                         .into_iter()
                         .map(SaRow::from)
@@ -529,7 +645,8 @@ impl Datapath {
             }
             Request::ShowCounters => {
                 let mut v: Vec<CounterRow> = self
-                    .node
+                    .agent
+                    .node()
                     .counters()
                     .named()
                     .into_iter()
@@ -548,13 +665,13 @@ impl Datapath {
             Request::ClearSa { spi, all } => {
                 let (n, what) = match (spi, all) {
                     (Some(spi), false) => {
-                        let n = self.node.clear_spi(spi, now);
+                        let n = self.agent.node_mut().clear_spi(spi, now);
                         if n == 0 {
                             return Response::error(&node, format!("no SA with SPI 0x{spi:08x}"));
                         }
                         (n, format!("SA 0x{spi:08x}"))
                     }
-                    (None, true) => (self.node.clear_all(now), "all SAs".to_string()),
+                    (None, true) => (self.agent.node_mut().clear_all(now), "all SAs".to_string()),
                     _ => {
                         return Response::error(
                             &node,
@@ -574,8 +691,31 @@ impl Datapath {
                 self.events.flush();
                 r.removed = Some(n);
             }
+            Request::ShowIke => {
+                r.ike = Some(
+                    self.agent
+                        .ike_sas(now)
+                        .iter()
+                        .filter_map(|s| serde_json::to_value(s).ok())
+                        .collect(),
+                );
+            }
+            Request::Initiate { peer } => {
+                if let Err(e) = self.agent.initiate(now, &peer) {
+                    return Response::error(&node, e.to_string());
+                }
+                self.log
+                    .line(&format!("initiate {peer}: by control request"));
+            }
+            Request::Terminate { peer } => {
+                if let Err(e) = self.agent.terminate(now, &peer) {
+                    return Response::error(&node, e.to_string());
+                }
+                self.log
+                    .line(&format!("terminate {peer}: by control request"));
+            }
             Request::ClearCounters => {
-                self.node.clear_counters();
+                self.agent.node_mut().clear_counters();
                 self.io = IoCounters::default();
                 self.log.line("counters cleared by control request");
             }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod ike_log;
 pub mod log;
 pub mod render;
 pub mod route;

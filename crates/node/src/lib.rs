@@ -6,15 +6,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod counters;
 pub mod event;
 pub mod node;
 pub mod rate_limit;
 
+pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, Transmit};
 pub use counters::{Counters, Dir, NamedCounter};
 pub use event::{invalid_spi_log_line, suppressed_log_line, Event, EventQueue, InvalidSpi};
 pub use node::{
-    Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig, SaInfo, UnderlayEncap, HEADROOM,
-    TAILROOM,
+    ChildInstall, Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig, SaInfo,
+    UnderlayEncap, HEADROOM, TAILROOM,
 };
 pub use rate_limit::{Decision, LogLimiter, LogLimits};

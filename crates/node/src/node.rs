@@ -118,6 +118,8 @@ pub const TAILROOM: usize = 15 + 2 + 16;
 struct InSa {
     sa: InboundSa,
     peer: usize,
+    /// Selectors of a negotiated (IKE) SA; manual SAs use their peer's.
+    ts: Option<Box<(Vec<TrafficSelector>, Vec<TrafficSelector>)>>,
     created: Instant,
     last: Option<Instant>,
     packets: u64,
@@ -130,6 +132,41 @@ struct OutSa {
     last: Option<Instant>,
     packets: u64,
     bytes: u64,
+}
+
+/// The outbound half of a negotiated (IKE) CHILD SA pair. Several may exist per peer
+/// (old and new pair during a rekey); traffic takes the newest active one whose selectors
+/// match.
+struct ChildOut {
+    peer: usize,
+    inbound_spi: u32,
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+    dst: IpAddr,
+    port: u16,
+    active: bool,
+    out: OutSa,
+}
+
+/// A negotiated CHILD SA pair to install (see [`Node::install_child`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ChildInstall<'a> {
+    /// Node peer index.
+    pub peer: usize,
+    /// Inbound SA; its SPI must have come from [`Node::reserve_spi`].
+    pub inbound: &'a SaParams,
+    /// Outbound SA.
+    pub outbound: &'a SaParams,
+    /// Our side's selectors.
+    pub local_ts: &'a [TrafficSelector],
+    /// The peer's side's selectors.
+    pub remote_ts: &'a [TrafficSelector],
+    /// Outer destination of the UDP-encapsulated ESP (RFC 3948).
+    pub dst: IpAddr,
+    /// Its UDP port.
+    pub port: u16,
+    /// Send on the outbound SA at once (false for the responder of a CHILD rekey).
+    pub active: bool,
 }
 
 /// One SA as `show sa` lists it.
@@ -167,6 +204,13 @@ pub struct Node {
     in_sas: Vec<Option<InSa>>,
     /// Current outbound SA per peer.
     out_sas: Vec<Option<OutSa>>,
+    /// Outbound halves of negotiated CHILD SAs, oldest first.
+    child_out: Vec<ChildOut>,
+    /// Inbound SPIs of removed CHILD SAs still accepting late packets, with the moment
+    /// they are retired (then the SAD's grace applies).
+    lingering: Vec<(Instant, u32)>,
+    /// Last successfully decrypted packet per peer (liveness / recovery input).
+    peer_last_in: Vec<Option<Instant>>,
     counters: Counters,
     events: EventQueue,
     limiter: LogLimiter<(IpAddr, IpAddr, u32)>,
@@ -224,6 +268,9 @@ impl Node {
             reader,
             in_sas: Vec::new(),
             out_sas: (0..npeers).map(|_| None).collect(),
+            child_out: Vec::new(),
+            lingering: Vec::new(),
+            peer_last_in: vec![None; npeers],
             counters: Counters::default(),
             last_summary: None,
             cfg,
@@ -258,6 +305,7 @@ impl Node {
         self.in_sas[idx] = Some(InSa {
             sa,
             peer,
+            ts: None,
             created: now,
             last: None,
             packets: 0,
@@ -300,6 +348,10 @@ impl Node {
                 n += 1;
             }
         }
+        let before = self.child_out.len();
+        self.child_out.retain(|c| c.out.sa.spi() != spi);
+        n += before - self.child_out.len();
+        self.lingering.retain(|(_, s)| *s != spi);
         n
     }
 
@@ -330,6 +382,7 @@ impl Node {
             .flatten()
             .map(|s| s.sa.spi())
             .chain(self.out_sas.iter().flatten().map(|s| s.sa.spi()))
+            .chain(self.child_out.iter().map(|c| c.out.sa.spi()))
             .collect();
         spis.into_iter().map(|s| self.remove_spi(s, now)).sum()
     }
@@ -350,6 +403,10 @@ impl Node {
             s.packets = 0;
             s.bytes = 0;
         }
+        for c in self.child_out.iter_mut() {
+            c.out.packets = 0;
+            c.out.bytes = 0;
+        }
     }
 
     /// Takes the next event for the control side.
@@ -361,6 +418,7 @@ impl Node {
     /// period, forget stale rate-limit flows, and emit the "N messages suppressed" summary
     /// once per global window.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.retire_lingering(now);
         self.sad.purge(now);
         let window = self.cfg.log_limits.global_window;
         let due = match self.last_summary {
@@ -491,15 +549,21 @@ impl Node {
         let inner = &pkt[d.payload.clone()];
         // RFC 4301 §5.2 step 4: the decrypted packet's addresses must match the SA's selectors.
         let peer = &self.cfg.peers[s.peer];
+        let (local_ts, remote_ts) = match &s.ts {
+            Some(ts) => (&ts.0, &ts.1),
+            None => (&peer.local_ts, &peer.remote_ts),
+        };
         match inner_addrs(inner) {
-            Some((isrc, idst)) if covers(&peer.remote_ts, isrc) && covers(&peer.local_ts, idst) => {
-            }
+            Some((isrc, idst)) if covers(remote_ts, isrc) && covers(local_ts, idst) => {}
             _ => return self.drop_in(DropReason::PolicyMismatch, fam),
         }
         let n = d.payload.len() as u64;
         s.packets += 1;
         s.bytes += n;
         s.last = Some(now);
+        if let Some(t) = self.peer_last_in.get_mut(s.peer) {
+            *t = Some(now);
+        }
         self.counters.in_packets += 1;
         self.counters.in_bytes += n;
         Inbound::Deliver(esp.start + d.payload.start..esp.start + d.payload.end)
@@ -560,18 +624,31 @@ impl Node {
             Family::V4 => wire::NEXT_HEADER_IPV4,
             Family::V6 => wire::NEXT_HEADER_IPV6,
         };
-        let Some(pi) = self
-            .cfg
-            .peers
+        // Negotiated CHILD SAs first, newest first (after a rekey the new pair wins);
+        // then the manual per-peer SAs exactly as before.
+        let child = self
+            .child_out
             .iter()
-            .position(|p| covers(&p.local_ts, src) && covers(&p.remote_ts, dst))
-        else {
-            self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
-            return Outbound::Drop(DropReason::NoOutboundSa);
-        };
-        let Some(s) = self.out_sas[pi].as_mut() else {
-            self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
-            return Outbound::Drop(DropReason::NoOutboundSa);
+            .rposition(|c| c.active && covers(&c.local_ts, src) && covers(&c.remote_ts, dst));
+        let (s, out_dst, out_port, out_encap) = if let Some(ci) = child {
+            let c = &mut self.child_out[ci];
+            (&mut c.out, c.dst, c.port, UnderlayEncap::Udp)
+        } else {
+            let Some(pi) = self
+                .cfg
+                .peers
+                .iter()
+                .position(|p| covers(&p.local_ts, src) && covers(&p.remote_ts, dst))
+            else {
+                self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
+                return Outbound::Drop(DropReason::NoOutboundSa);
+            };
+            let Some(s) = self.out_sas[pi].as_mut() else {
+                self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
+                return Outbound::Drop(DropReason::NoOutboundSa);
+            };
+            let p = &self.cfg.peers[pi];
+            (s, p.address, p.port, p.encap)
         };
         let n = payload.len() as u64;
         match s.sa.encap_slice(buf, payload, nh, None) {
@@ -581,12 +658,11 @@ impl Node {
                 s.last = Some(now);
                 self.counters.out_packets += 1;
                 self.counters.out_bytes += n;
-                let p = &self.cfg.peers[pi];
                 Outbound::Send {
                     esp: e.esp,
-                    dst: p.address,
-                    port: p.port,
-                    encap: p.encap,
+                    dst: out_dst,
+                    port: out_port,
+                    encap: out_encap,
                 }
             }
             Err(e) => {
@@ -621,6 +697,22 @@ impl Node {
                     idle_secs: s.last.map(secs),
                 });
             }
+            for c in self.child_out.iter().filter(|c| c.peer == pi) {
+                let s = &c.out;
+                v.push(SaInfo {
+                    peer: p.name.clone(),
+                    direction: "out",
+                    spi: s.sa.spi(),
+                    alg: s.sa.cipher().algorithm().name(),
+                    esn: s.sa.esn(),
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    replay_window: 0,
+                    seq: s.sa.last_seq(),
+                    age_secs: secs(s.created),
+                    idle_secs: s.last.map(secs),
+                });
+            }
             if let Some(s) = &self.out_sas[pi] {
                 v.push(SaInfo {
                     peer: p.name.clone(),
@@ -643,5 +735,158 @@ impl Node {
     /// Flows tracked by the invalid-SPI rate limiter (bounded).
     pub fn tracked_flows(&self) -> usize {
         self.limiter.tracked_flows()
+    }
+
+    /// Adds a peer at run time (an IKE peer the static config did not list); returns its
+    /// index.
+    pub fn add_peer(&mut self, peer: PeerConfig) -> usize {
+        self.cfg.peers.push(peer);
+        self.out_sas.push(None);
+        self.peer_last_in.push(None);
+        self.cfg.peers.len() - 1
+    }
+
+    /// Counts an IKE message that arrived on port 500 (the agent hands it over directly).
+    pub fn count_ike_in(&mut self) {
+        self.counters.ike_in += 1;
+    }
+
+    /// The index of the peer with this name.
+    pub fn peer_index(&self, name: &str) -> Option<usize> {
+        self.cfg.peers.iter().position(|p| p.name == name)
+    }
+
+    /// When the last packet from this peer decrypted and passed the policy check.
+    pub fn last_inbound(&self, peer: usize) -> Option<Instant> {
+        self.peer_last_in.get(peer).copied().flatten()
+    }
+
+    /// Reserves a fresh inbound SPI in the SAD (an IKE exchange offers it before the keys
+    /// exist; lookups say `Unknown` until [`Node::install_child`]).
+    pub fn reserve_spi(&mut self) -> Result<u32, NodeError> {
+        Ok(self.sad.reserve_spi()?)
+    }
+
+    /// Gives back a reserved SPI that will not be installed (the exchange failed). It is
+    /// withheld for the SAD's grace period like any retired SPI.
+    pub fn release_spi(&mut self, spi: u32, now: Instant) {
+        self.sad.remove(spi, now);
+    }
+
+    /// Installs a negotiated CHILD SA pair: the inbound SA under its reserved SPI, the
+    /// outbound SA in the selector-matched list.
+    pub fn install_child(&mut self, c: ChildInstall<'_>, now: Instant) -> Result<(), NodeError> {
+        if c.peer >= self.cfg.peers.len() {
+            return Err(NodeError::NoPeer(c.peer));
+        }
+        let in_sa = InboundSa::new(c.inbound)?;
+        let out_sa = OutboundSa::new(c.outbound)?;
+        let idx = match self.in_sas.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.in_sas.push(None);
+                self.in_sas.len() - 1
+            }
+        };
+        self.sad.install(c.inbound.spi, idx as u32)?;
+        self.in_sas[idx] = Some(InSa {
+            sa: in_sa,
+            peer: c.peer,
+            ts: Some(Box::new((c.local_ts.to_vec(), c.remote_ts.to_vec()))),
+            created: now,
+            last: None,
+            packets: 0,
+            bytes: 0,
+        });
+        self.child_out.push(ChildOut {
+            peer: c.peer,
+            inbound_spi: c.inbound.spi,
+            local_ts: c.local_ts.to_vec(),
+            remote_ts: c.remote_ts.to_vec(),
+            dst: c.dst,
+            port: c.port,
+            active: c.active,
+            out: OutSa {
+                sa: out_sa,
+                created: now,
+                last: None,
+                packets: 0,
+                bytes: 0,
+            },
+        });
+        Ok(())
+    }
+
+    /// Starts sending on the outbound SA of the pair `inbound_spi`/`outbound_spi`
+    /// (make-before-break CHILD rekey, RFC 7296 §2.8). Returns whether it was found.
+    pub fn activate_child(&mut self, inbound_spi: u32, outbound_spi: u32) -> bool {
+        let mut found = false;
+        for c in self
+            .child_out
+            .iter_mut()
+            .filter(|c| c.inbound_spi == inbound_spi && c.out.sa.spi() == outbound_spi)
+        {
+            c.active = true;
+            found = true;
+        }
+        found
+    }
+
+    /// Removes a negotiated pair: the outbound SA at once, the inbound SA after `linger`
+    /// (late packets still decrypt; afterwards the SAD's retired grace applies).
+    pub fn remove_child(
+        &mut self,
+        inbound_spi: u32,
+        outbound_spi: u32,
+        linger: Duration,
+        now: Instant,
+    ) {
+        self.child_out
+            .retain(|c| !(c.inbound_spi == inbound_spi && c.out.sa.spi() == outbound_spi));
+        if linger.is_zero() {
+            self.retire_inbound(inbound_spi, now);
+        } else if let Some(at) = now.checked_add(linger) {
+            self.lingering.push((at, inbound_spi));
+        }
+    }
+
+    /// Moves the outer destination of every negotiated SA of `peer` (NAT mapping or port
+    /// floating, RFC 7296 §2.23).
+    pub fn set_child_destination(&mut self, peer: usize, dst: IpAddr, port: u16) {
+        for c in self.child_out.iter_mut().filter(|c| c.peer == peer) {
+            c.dst = dst;
+            c.port = port;
+        }
+    }
+
+    /// The next moment [`Node::handle_timeout`] has per-SA work (a lingering inbound SA to
+    /// retire), if any. The periodic work (purge, log summaries) wants about one call a
+    /// second on top of this.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.lingering.iter().map(|(t, _)| *t).min()
+    }
+
+    fn retire_lingering(&mut self, now: Instant) {
+        if self.lingering.iter().all(|(t, _)| *t > now) {
+            return;
+        }
+        let due: Vec<u32> = self
+            .lingering
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, s)| *s)
+            .collect();
+        self.lingering.retain(|(t, _)| *t > now);
+        for spi in due {
+            self.retire_inbound(spi, now);
+        }
+    }
+
+    fn retire_inbound(&mut self, spi: u32, now: Instant) {
+        if let Some(idx) = self.sad.remove(spi, now) {
+            if let Some(slot) = self.in_sas.get_mut(*idx as usize) {
+                *slot = None;
+            }
+        }
     }
 }

@@ -1,0 +1,585 @@
+//! One peer with its control plane: the datapath [`Node`] plus an IKEv2
+//! [`esplab_ike::Endpoint`], glued together sans-IO.
+//!
+//! The agent routes underlay datagrams (ESP to the node, IKE to the endpoint), applies the
+//! endpoint's SA outputs to the node (install, activate, remove with linger) and queues the
+//! IKE datagrams to send. The daemon and the lab simulator drive the same code: every call
+//! takes `now`, nothing here owns a socket, a clock or a thread.
+//!
+//! ESP stays verdict-style and allocation-free ([`Agent::handle_tun`],
+//! [`Agent::handle_underlay_udp`] return the node's [`Outbound`]/[`Inbound`]); IKE
+//! datagrams (rare, control plane) come out of [`Agent::poll_transmit`] as owned buffers.
+
+use crate::event::Event;
+use crate::node::{ChildInstall, Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig};
+use crate::UnderlayEncap;
+use esplab_esp::wire;
+use esplab_esp::{Algorithm, Encap, SaParams, Underlay};
+use esplab_ike::output::{esp_suite_name, ts_to_string};
+use esplab_ike::{
+    AddrRange, ChildSa, CommandError, ConfigError, Endpoint, EndpointConfig, IkeEvent, IkeSaId,
+    IkeSaInfo, Output, SpiAllocator,
+};
+use esplab_sad::TrafficSelector;
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// The IKE port (RFC 7296 §2): messages on it carry no non-ESP marker.
+pub const IKE_PORT: u16 = 500;
+
+/// RFC 3948 §2.2: an IKE message on the NAT-T port is preceded by four zero octets (the
+/// non-ESP marker) so it cannot be taken for ESP (SPI 0 is never used).
+pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
+
+/// An IKE datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Our address and port to send from.
+    pub local: SocketAddr,
+    /// The destination.
+    pub remote: SocketAddr,
+    /// The UDP payload, with the non-ESP marker already in front when `local` is not port
+    /// 500.
+    pub data: Vec<u8>,
+}
+
+/// What the agent reports (for logs, `follow` and the recovery logic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// A datapath event.
+    Node(Event),
+    /// An IKE event.
+    Ike(IkeEvent),
+    /// A negotiated CHILD SA pair went into the node.
+    ChildInstalled {
+        /// Peer name.
+        peer: String,
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+        /// Our inbound SPI.
+        inbound_spi: u32,
+        /// Our outbound SPI.
+        outbound_spi: u32,
+        /// Algorithms, proposal syntax.
+        suite: String,
+        /// Our selectors.
+        local_ts: Vec<String>,
+        /// The peer's selectors.
+        remote_ts: Vec<String>,
+        /// Outer destination of our ESP.
+        remote: SocketAddr,
+        /// Whether the outbound SA is used at once.
+        active: bool,
+        /// The pair it replaces (CHILD SA rekey).
+        rekey_of: Option<u32>,
+        /// Wireshark `esp_sa` UAT lines for both SAs; empty unless `debug_keys`.
+        uat: Vec<String>,
+    },
+    /// The outbound SA of a pair is now in use (rekey responder, make-before-break).
+    ChildActivated {
+        /// Peer name.
+        peer: String,
+        /// Our inbound SPI.
+        inbound_spi: u32,
+        /// Our outbound SPI.
+        outbound_spi: u32,
+    },
+    /// A pair was removed from the node (the inbound SA lingers `linger`).
+    ChildRemoved {
+        /// Peer name.
+        peer: String,
+        /// Our inbound SPI.
+        inbound_spi: u32,
+        /// Our outbound SPI.
+        outbound_spi: u32,
+        /// How long late packets still decrypt.
+        linger: Duration,
+    },
+    /// The node refused a negotiated pair (the endpoint still believes it exists).
+    InstallFailed {
+        /// Peer name.
+        peer: String,
+        /// Our inbound SPI.
+        inbound_spi: u32,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Settings of an [`Agent`].
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The datapath. IKE peers missing from `node.peers` (matched by name) are added.
+    pub node: NodeConfig,
+    /// The IKE endpoint (its `rng_seed` also seeds the SAD's SPI choice).
+    pub ike: EndpointConfig,
+    /// Put Wireshark `esp_sa` UAT lines (key material!) into [`AgentEvent::ChildInstalled`].
+    pub debug_keys: bool,
+}
+
+/// Why an agent could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The IKE configuration.
+    #[error(transparent)]
+    Ike(#[from] ConfigError),
+}
+
+/// The node's SAD as the endpoint's SPI allocator (RFC 4301 §4.1: the receiver chooses
+/// the SPI of an inbound SA). Reserved SPIs look `Unknown` until installed.
+struct SadSpis<'a> {
+    node: &'a mut Node,
+    now: Instant,
+}
+
+impl SpiAllocator for SadSpis<'_> {
+    fn allocate_inbound_spi(&mut self) -> u32 {
+        // A full SAD: 0 (reserved, RFC 4303 §2.1); installing it fails later and says
+        // so (InstallFailed) instead of colliding with a live SA.
+        self.node.reserve_spi().unwrap_or_default()
+    }
+
+    fn release_inbound_spi(&mut self, spi: u32) {
+        self.node.release_spi(spi, self.now);
+    }
+}
+
+/// A node plus its IKE endpoint. See the module docs.
+pub struct Agent {
+    node: Node,
+    ike: Endpoint,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<AgentEvent>,
+    nat_t_port: u16,
+    debug_keys: bool,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An IKE traffic selector as the SAD's (None for an inverted range, which the endpoint
+/// never negotiates).
+pub fn sad_ts(t: &esplab_ike::TrafficSelector) -> Option<TrafficSelector> {
+    let (s, e): (IpAddr, IpAddr) = match t.range {
+        AddrRange::V4 { start, end } => (start.into(), end.into()),
+        AddrRange::V6 { start, end } => (start.into(), end.into()),
+    };
+    TrafficSelector::new(s, e, t.ip_protocol, t.start_port..=t.end_port).ok()
+}
+
+/// A SAD traffic selector as IKE's (for building `IkePeerConfig` from a node peer).
+pub fn ike_ts(t: &TrafficSelector) -> esplab_ike::TrafficSelector {
+    let range = match (t.start_addr(), t.end_addr()) {
+        (IpAddr::V4(start), IpAddr::V4(end)) => AddrRange::V4 { start, end },
+        (IpAddr::V6(start), IpAddr::V6(end)) => AddrRange::V6 { start, end },
+        // TrafficSelector::new refuses mixed families.
+        (IpAddr::V4(start), IpAddr::V6(_)) => AddrRange::V4 { start, end: start },
+        (IpAddr::V6(start), IpAddr::V4(_)) => AddrRange::V6 { start, end: start },
+    };
+    let ports = t.ports();
+    esplab_ike::TrafficSelector {
+        ip_protocol: t.protocol(),
+        start_port: *ports.start(),
+        end_port: *ports.end(),
+        range,
+    }
+}
+
+/// Wireshark `esp_sa` UAT line for one SA (Edit → Preferences → Protocols → ESP).
+pub fn esp_sa_uat_line(src: IpAddr, dst: IpAddr, p: &SaParams) -> String {
+    let fam = if src.is_ipv4() { "IPv4" } else { "IPv6" };
+    let (enc, auth) = match p.alg {
+        Algorithm::AesGcm128 | Algorithm::AesGcm256 => {
+            ("AES-GCM with 16 octet ICV [RFC4106]", "NULL")
+        }
+        Algorithm::AesCbc128HmacSha256 | Algorithm::AesCbc256HmacSha256 => {
+            ("AES-CBC [RFC3602]", "HMAC-SHA-256-128 [RFC4868]")
+        }
+    };
+    let hex = |b: &[u8]| {
+        if b.is_empty() {
+            String::new()
+        } else {
+            let mut s = String::from("0x");
+            for x in b {
+                s.push_str(&format!("{x:02x}"));
+            }
+            s
+        }
+    };
+    format!(
+        "\"{fam}\",\"{src}\",\"{dst}\",\"0x{:08x}\",\"{enc}\",\"{}\",\"{auth}\",\"{}\"",
+        p.spi,
+        hex(&p.enc_key),
+        hex(&p.integ_key)
+    )
+}
+
+impl Agent {
+    /// An agent with no SAs. Peers with `start` initiate at the first
+    /// [`Agent::handle_timeout`].
+    pub fn new(cfg: AgentConfig, now: Instant) -> Result<Self, AgentError> {
+        let seed = cfg.ike.rng_seed.map(|s| s ^ 0x5ad5_5ad5_5ad5_5ad5);
+        let nat_t_port = cfg.ike.nat_t_port;
+        let mut node = Node::new(cfg.node, seed);
+        for p in &cfg.ike.peers {
+            if node.peer_index(&p.name).is_none() {
+                let address = p
+                    .remote_addr
+                    .map(|a| a.ip())
+                    .or(p.local_addr.map(|a| match a.ip() {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    }))
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+                node.add_peer(PeerConfig {
+                    name: p.name.clone(),
+                    address,
+                    encap: UnderlayEncap::Udp,
+                    port: nat_t_port,
+                    local_ts: p.local_ts.iter().filter_map(sad_ts).collect(),
+                    remote_ts: p.remote_ts.iter().filter_map(sad_ts).collect(),
+                });
+            }
+        }
+        let ike = Endpoint::new(cfg.ike, now)?;
+        Ok(Agent {
+            node,
+            ike,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            nat_t_port,
+            debug_keys: cfg.debug_keys,
+        })
+    }
+
+    /// The datapath (counters, `sa_info`, `clear_spi`, ...).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The datapath, mutable (manual SAs, `clear_spi`, counters).
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    /// The IKE endpoint (read-only: commands go through the agent so outputs are applied).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.ike
+    }
+
+    /// A UDP datagram received on `local` (port 500 or the NAT-T port) from `remote`;
+    /// its payload is `buf[payload]`. IKE goes to the endpoint (the verdict is then
+    /// `Inbound::Ike`, nothing left to do), ESP to the node.
+    pub fn handle_underlay_udp(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        buf: &mut [u8],
+        payload: Range<usize>,
+    ) -> Inbound {
+        if local.port() == IKE_PORT {
+            // RFC 7296 §2: port 500 carries bare IKE messages, never ESP.
+            self.node.count_ike_in();
+            self.ike_datagram(now, local, remote, &buf[payload.clone()]);
+            return Inbound::Ike(payload);
+        }
+        let v = self.node.inbound_udp(
+            now,
+            remote.ip(),
+            remote.port(),
+            local.ip(),
+            local.port(),
+            buf,
+            payload,
+        );
+        if let Inbound::Ike(r) = &v {
+            self.ike_datagram(now, local, remote, &buf[r.clone()]);
+        }
+        v
+    }
+
+    /// A whole underlay IP datagram (raw socket, capture): raw ESP to the node; an IKE
+    /// message in UDP (a capture) to the endpoint.
+    pub fn handle_underlay_ip(&mut self, now: Instant, buf: &mut [u8]) -> Inbound {
+        let v = self.node.inbound_ip(now, buf);
+        if let Inbound::Ike(r) = &v {
+            // Rare (raw sockets only see protocol 50): parse the outer header again for
+            // the addresses.
+            if let Ok(Underlay::Ike(o)) = wire::parse_underlay(buf) {
+                if let Encap::Udp { sport, dport } = o.encap {
+                    let local = SocketAddr::new(o.dst, dport);
+                    let remote = SocketAddr::new(o.src, sport);
+                    let r = r.clone();
+                    self.ike_datagram(now, local, remote, &buf[r]);
+                }
+            }
+        }
+        v
+    }
+
+    /// A raw ESP packet at `buf[esp]` (IPv6 raw sockets give no outer header).
+    pub fn handle_underlay_esp(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        dst: IpAddr,
+        buf: &mut [u8],
+        esp: Range<usize>,
+    ) -> Inbound {
+        self.node.inbound_esp(now, src, dst, Encap::Raw, buf, esp)
+    }
+
+    /// An inner packet read from the TUN device at `buf[payload]` (with
+    /// [`crate::HEADROOM`] before and [`crate::TAILROOM`] after): negotiated CHILD SAs
+    /// by selector first, then the manual SAs.
+    pub fn handle_tun(&mut self, now: Instant, buf: &mut [u8], payload: Range<usize>) -> Outbound {
+        self.node.outbound(now, buf, payload)
+    }
+
+    /// Timers: IKE retransmissions, rekeys, DPD, lingering inbound SAs, and the node's
+    /// periodic work. Call at [`Agent::poll_timeout`] and about once a second.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now);
+        let mut spis = SadSpis {
+            node: &mut self.node,
+            now,
+        };
+        self.ike.handle_timeout(now, &mut spis);
+        self.apply_outputs(now);
+    }
+
+    /// When [`Agent::handle_timeout`] is due next (may be in the past: call it at once).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.ike.poll_timeout(), self.node.next_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next IKE datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event: datapath events first, then IKE and SA events in order.
+    pub fn poll_event(&mut self) -> Option<AgentEvent> {
+        if let Some(e) = self.node.poll_event() {
+            return Some(AgentEvent::Node(e));
+        }
+        self.events.pop_front()
+    }
+
+    /// Starts an IKE SA (and its CHILD SA) with `peer` (no-op if one is up or coming).
+    pub fn initiate(&mut self, now: Instant, peer: &str) -> Result<IkeSaId, CommandError> {
+        let mut spis = SadSpis {
+            node: &mut self.node,
+            now,
+        };
+        let r = self.ike.initiate(now, peer, &mut spis);
+        self.apply_outputs(now);
+        r
+    }
+
+    /// Deletes every IKE SA with `peer` (INFORMATIONAL Delete) and its CHILD SAs.
+    pub fn terminate(&mut self, now: Instant, peer: &str) -> Result<(), CommandError> {
+        let r = self.ike.terminate(now, peer);
+        self.apply_outputs(now);
+        r
+    }
+
+    /// Rekeys the CHILD SA pair with this (inbound or outbound) SPI.
+    pub fn rekey_child(&mut self, now: Instant, spi: u32) -> Result<(), CommandError> {
+        let mut spis = SadSpis {
+            node: &mut self.node,
+            now,
+        };
+        let r = self.ike.rekey_child(now, spi, &mut spis);
+        self.apply_outputs(now);
+        r
+    }
+
+    /// Rekeys the IKE SA with `peer`.
+    pub fn rekey_ike(&mut self, now: Instant, peer: &str) -> Result<(), CommandError> {
+        let r = self.ike.rekey_ike(now, peer);
+        self.apply_outputs(now);
+        r
+    }
+
+    /// Deletes the CHILD SA pair with this SPI (INFORMATIONAL Delete).
+    pub fn delete_child(&mut self, now: Instant, spi: u32) -> Result<(), CommandError> {
+        let r = self.ike.delete_child(now, spi);
+        self.apply_outputs(now);
+        r
+    }
+
+    /// Sends a liveness check to `peer`.
+    pub fn send_liveness(&mut self, now: Instant, peer: &str) -> Result<(), CommandError> {
+        let r = self.ike.send_liveness(now, peer);
+        self.apply_outputs(now);
+        r
+    }
+
+    /// Tells the peer at `peer_ip` that `spi` is unknown here (invalid-SPI recovery).
+    pub fn notify_invalid_spi(
+        &mut self,
+        now: Instant,
+        peer_ip: IpAddr,
+        spi: u32,
+    ) -> Result<(), esplab_ike::NoIkeSa> {
+        let r = self.ike.notify_invalid_spi(now, peer_ip, spi);
+        self.apply_outputs(now);
+        r
+    }
+
+    /// The IKE SAs, for `show ike`.
+    pub fn ike_sas(&self, now: Instant) -> Vec<IkeSaInfo> {
+        self.ike.ike_sas(now)
+    }
+
+    fn ike_datagram(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        let mut spis = SadSpis {
+            node: &mut self.node,
+            now,
+        };
+        self.ike
+            .handle_datagram(now, local, remote, data, &mut spis);
+        self.apply_outputs(now);
+    }
+
+    /// The UDP port ESP to an IKE peer goes to: its IKE port after NAT-T floating, else
+    /// the NAT-T port (RFC 3948 encapsulation is used for every negotiated SA).
+    fn esp_port(&self, remote: SocketAddr) -> u16 {
+        if remote.port() == IKE_PORT {
+            self.nat_t_port
+        } else {
+            remote.port()
+        }
+    }
+
+    fn apply_outputs(&mut self, now: Instant) {
+        while let Some(o) = self.ike.poll_output() {
+            match o {
+                Output::Send {
+                    local,
+                    remote,
+                    data,
+                } => {
+                    let data = if local.port() == IKE_PORT {
+                        data
+                    } else {
+                        let mut v = Vec::with_capacity(NON_ESP_MARKER.len() + data.len());
+                        v.extend_from_slice(&NON_ESP_MARKER);
+                        v.extend_from_slice(&data);
+                        v
+                    };
+                    self.transmits.push_back(Transmit {
+                        local,
+                        remote,
+                        data,
+                    });
+                }
+                Output::InstallChild(c) => self.install(now, &c),
+                Output::ActivateOutbound {
+                    peer,
+                    inbound_spi,
+                    outbound_spi,
+                    ..
+                } => {
+                    self.node.activate_child(inbound_spi, outbound_spi);
+                    self.events.push_back(AgentEvent::ChildActivated {
+                        peer,
+                        inbound_spi,
+                        outbound_spi,
+                    });
+                }
+                Output::RemoveChild {
+                    peer,
+                    inbound_spi,
+                    outbound_spi,
+                    linger,
+                    ..
+                } => {
+                    self.node
+                        .remove_child(inbound_spi, outbound_spi, linger, now);
+                    self.events.push_back(AgentEvent::ChildRemoved {
+                        peer,
+                        inbound_spi,
+                        outbound_spi,
+                        linger,
+                    });
+                }
+                Output::Event(e) => {
+                    if let IkeEvent::PeerAddressChanged { peer, remote, .. } = &e {
+                        if let Some(pi) = self.node.peer_index(peer) {
+                            let port = self.esp_port(*remote);
+                            self.node.set_child_destination(pi, remote.ip(), port);
+                        }
+                    }
+                    self.events.push_back(AgentEvent::Ike(e));
+                }
+            }
+        }
+    }
+
+    fn install(&mut self, now: Instant, c: &ChildSa) {
+        let local_ts: Vec<TrafficSelector> = c.local_ts.iter().filter_map(sad_ts).collect();
+        let remote_ts: Vec<TrafficSelector> = c.remote_ts.iter().filter_map(sad_ts).collect();
+        let port = self.esp_port(c.remote_addr);
+        let r = match self.node.peer_index(&c.peer) {
+            Some(peer) => self.node.install_child(
+                ChildInstall {
+                    peer,
+                    inbound: &c.inbound,
+                    outbound: &c.outbound,
+                    local_ts: &local_ts,
+                    remote_ts: &remote_ts,
+                    dst: c.remote_addr.ip(),
+                    port,
+                    active: c.outbound_active,
+                },
+                now,
+            ),
+            None => Err(NodeError::NoPeer(usize::MAX)),
+        };
+        match r {
+            Ok(()) => {
+                let (l, rm) = (c.local_addr.ip(), c.remote_addr.ip());
+                let uat = if self.debug_keys {
+                    vec![
+                        esp_sa_uat_line(rm, l, &c.inbound),
+                        esp_sa_uat_line(l, rm, &c.outbound),
+                    ]
+                } else {
+                    Vec::new()
+                };
+                self.events.push_back(AgentEvent::ChildInstalled {
+                    peer: c.peer.clone(),
+                    ike_sa: c.ike_sa,
+                    inbound_spi: c.inbound.spi,
+                    outbound_spi: c.outbound.spi,
+                    suite: esp_suite_name(&c.suite),
+                    local_ts: c.local_ts.iter().map(ts_to_string).collect(),
+                    remote_ts: c.remote_ts.iter().map(ts_to_string).collect(),
+                    remote: SocketAddr::new(c.remote_addr.ip(), port),
+                    active: c.outbound_active,
+                    rekey_of: c.rekey_of,
+                    uat,
+                });
+            }
+            Err(e) => self.events.push_back(AgentEvent::InstallFailed {
+                peer: c.peer.clone(),
+                inbound_spi: c.inbound.spi,
+                error: e.to_string(),
+            }),
+        }
+    }
+}
