@@ -155,6 +155,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             node: config.node.clone(),
             ike: config.ike.clone().unwrap_or_default(),
             debug_keys: config.debug_keys,
+            recovery: Default::default(),
         },
         now,
     )?;

@@ -117,6 +117,8 @@ pub struct AgentConfig {
     pub ike: EndpointConfig,
     /// Put Wireshark `esp_sa` UAT lines (key material!) into [`AgentEvent::ChildInstalled`].
     pub debug_keys: bool,
+    /// Invalid-SPI recovery and liveness policy.
+    pub recovery: crate::recovery::RecoveryConfig,
 }
 
 /// Why an agent could not be built.

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod event;
 pub mod node;
 pub mod rate_limit;
+pub mod recovery;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentEvent, Transmit};
 pub use counters::{Counters, Dir, NamedCounter};
@@ -20,3 +21,4 @@ pub use node::{
     UnderlayEncap, HEADROOM, TAILROOM,
 };
 pub use rate_limit::{Decision, LogLimiter, LogLimits};
+pub use recovery::{DpdAction, OnInvalidSpi, PeerRecovery, RecoveryConfig};

@@ -75,6 +75,7 @@ fn agent(node: NodeConfig, peer: IkePeerConfig, seed: u64, t0: Instant) -> Agent
                 ..Default::default()
             },
             debug_keys: true,
+            recovery: Default::default(),
         },
         t0,
     )
