@@ -34,6 +34,8 @@ pub enum Command {
     Initiate(crate::ctl_cmd::IkeCmdArgs),
     /// Delete the IKE SAs (and CHILD SAs) with a peer, telling it (INFORMATIONAL Delete).
     Terminate(crate::ctl_cmd::IkeCmdArgs),
+    /// The desync lab: run SA-desync scenarios in a deterministic simulator, with reports.
+    Lab(crate::lab_cmd::LabArgs),
 }
 
 impl Command {
@@ -54,6 +56,9 @@ impl Command {
                 .map(|()| Status::Success)
                 .map_err(CliError::from),
             Command::Terminate(a) => crate::ctl_cmd::run_terminate(a, out)
+                .map(|()| Status::Success)
+                .map_err(CliError::from),
+            Command::Lab(a) => crate::lab_cmd::run(a, out)
                 .map(|()| Status::Success)
                 .map_err(CliError::from),
         }
@@ -129,6 +134,9 @@ pub enum CliError {
     /// `esplab show|clear` could not reach the daemon, or it refused.
     #[error(transparent)]
     Ctl(#[from] crate::ctl_cmd::CtlError),
+    /// `esplab lab` failed.
+    #[error(transparent)]
+    Lab(#[from] crate::lab_cmd::LabError),
     /// The engine refused to build a packet.
     #[error("packet {index}: {reason}: {source}", reason = source.reason())]
     Encap {
@@ -147,6 +155,9 @@ impl CliError {
     pub fn is_broken_pipe(&self) -> bool {
         match self {
             CliError::Stdout(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+            CliError::Lab(crate::lab_cmd::LabError::Stdout(e)) => {
+                e.kind() == std::io::ErrorKind::BrokenPipe
+            }
             CliError::Ctl(e) => e.is_broken_pipe(),
             _ => false,
         }

@@ -68,6 +68,12 @@ pub enum ShowCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Invalid-SPI recovery: counters and, per peer, state, last initiation, hold-down left.
+    Recovery {
+        /// Print the daemon's JSON answer instead of the listing.
+        #[arg(long)]
+        json: bool,
+    },
     /// Recent events (invalid SPIs as the vendor log line), oldest first.
     Events {
         /// Keep printing new events as they happen (until interrupted).
@@ -168,6 +174,17 @@ pub fn run_show(args: ShowArgs, out: &mut dyn Write) -> Result<(), CtlError> {
                 return json_line(out, &r);
             }
             write!(out, "{}", ike_listing(r.ike.as_deref().unwrap_or_default()))?;
+        }
+        ShowCommand::Recovery { json } => {
+            let r = client.call(&Request::ShowRecovery)?;
+            if json {
+                return json_line(out, &r);
+            }
+            write!(
+                out,
+                "{}",
+                recovery_listing(r.recovery.as_ref().unwrap_or(&serde_json::Value::Null))
+            )?;
         }
         ShowCommand::Events {
             follow: false,
@@ -296,6 +313,75 @@ fn text(v: &serde_json::Value) -> String {
     }
 }
 
+/// `show recovery` listing: the counters, then one line per peer.
+fn recovery_listing(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    if let Some(stats) = v.get("stats").and_then(|x| x.as_object()) {
+        for (k, n) in stats {
+            let _ = writeln!(s, "{k:<22} {n}");
+        }
+    }
+    let peers = v
+        .get("peers")
+        .and_then(|x| x.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if !peers.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n{:<12} {:<16} {:<11} {:<8} {:<7} {:>9} {:>9} {:>8} PENDING",
+            "PEER", "ADDRESS", "STATE", "RECOVERY", "ON-SPI", "LAST-INIT", "HOLD-LEFT", "FAILURES"
+        );
+    }
+    for p in peers {
+        let txt = |k: &str| p.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+        let secs = |k: &str| {
+            p.get(k)
+                .and_then(|x| x.as_f64())
+                .map(|f| format!("{f:.1}s"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let addr = p
+            .get("address")
+            .and_then(|x| x.as_str())
+            .unwrap_or("dynamic")
+            .to_string();
+        let recovery = if p.get("invalid_spi_recovery").and_then(|x| x.as_bool()) == Some(true) {
+            "on"
+        } else {
+            "off"
+        };
+        let pending: Vec<String> = p
+            .get("pending_spis")
+            .and_then(|x| x.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{:<12} {:<16} {:<11} {:<8} {:<7} {:>9} {:>9} {:>8} {}",
+            txt("peer"),
+            addr,
+            txt("state"),
+            recovery,
+            txt("on_invalid_spi"),
+            secs("last_initiation_secs_ago"),
+            secs("hold_down_remaining_secs"),
+            p.get("failures").and_then(|x| x.as_u64()).unwrap_or(0),
+            if pending.is_empty() {
+                "-".to_string()
+            } else {
+                pending.join(",")
+            }
+        );
+    }
+    s
+}
+
 /// `show ike` listing, strongSwan `--list-sas` style: one block per IKE SA.
 fn ike_listing(sas: &[serde_json::Value]) -> String {
     use std::fmt::Write as _;
@@ -353,4 +439,31 @@ fn ike_listing(sas: &[serde_json::Value]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_listing_shape() {
+        let v = serde_json::json!({
+            "stats": {"deletes_sent": 1, "ike_initiated": 0},
+            "peers": [{
+                "peer": "b", "address": "198.18.0.2", "state": "idle",
+                "invalid_spi_recovery": true, "on_invalid_spi": "delete",
+                "last_initiation_secs_ago": null, "hold_down_remaining_secs": 0.0,
+                "backoff_secs": 10.0, "failures": 0, "pending_spis": ["0x0000abcd"]
+            }]
+        });
+        let s = recovery_listing(&v);
+        assert!(s.contains("deletes_sent           1"), "{s}");
+        assert!(s.contains("PEER"), "{s}");
+        let row = s.lines().last().unwrap();
+        assert!(row.starts_with("b "), "{row}");
+        assert!(
+            row.contains("198.18.0.2") && row.contains(" on ") && row.ends_with("0x0000abcd"),
+            "{row}"
+        );
+    }
 }

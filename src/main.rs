@@ -9,6 +9,7 @@ mod cli;
 mod ctl_cmd;
 mod esp_cmd;
 mod hexin;
+mod lab_cmd;
 mod pcap_io;
 mod peer_cmd;
 mod sa_spec;

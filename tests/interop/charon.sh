@@ -5,6 +5,7 @@
 #   charon.sh stop DIR             stop the charon whose PID is in DIR/charon.pid
 #   charon.sh swanctl DIR ARGS...  swanctl against that charon's vici socket
 #
+# $CLOSE_ACTION (default none) is the CHILD SA's close_action (recovery tests use start).
 # Identities: charon is "sw.esplab.test", its peer "esplab.esplab.test"; PSK from $PSK.
 # kernel-libipsec only does UDP-encapsulated ESP (encap = yes makes it explicit; charon
 # fakes NAT detection so the peer agrees). charon hard-codes /run/charon.pid, so /run is
@@ -65,6 +66,7 @@ connections {
                 remote_ts = $rnet
                 esp_proposals = $esp
                 start_action = $action
+                close_action = ${CLOSE_ACTION:-none}
             }
         }
     }

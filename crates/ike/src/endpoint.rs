@@ -836,6 +836,21 @@ impl Endpoint {
         peer: IpAddr,
         spi: u32,
     ) -> Result<(), NoIkeSa> {
+        let action = self.config.invalid_spi_action;
+        self.notify_invalid_spi_with(now, peer, spi, action)
+    }
+
+    /// [`Endpoint::notify_invalid_spi`] with the payloads chosen per call (per-peer
+    /// recovery policy) instead of [`EndpointConfig::invalid_spi_action`].
+    ///
+    /// [`EndpointConfig::invalid_spi_action`]: crate::EndpointConfig::invalid_spi_action
+    pub fn notify_invalid_spi_with(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        spi: u32,
+        action: crate::config::InvalidSpiAction,
+    ) -> Result<(), NoIkeSa> {
         let id = self
             .sas
             .values()
@@ -843,7 +858,6 @@ impl Endpoint {
             .map(|sa| sa.id)
             .max()
             .ok_or(NoIkeSa(peer))?;
-        let action = self.config.invalid_spi_action;
         self.with_sa(id, now, |_, sa| {
             let dup = sa
                 .queue
@@ -854,6 +868,33 @@ impl Endpoint {
             }
         });
         Ok(())
+    }
+
+    /// Protected ESP traffic from `peer` arrived at `at` (the datapath knows, the endpoint
+    /// does not). RFC 7296 §2.4: a liveness check is only needed when nothing
+    /// cryptographically protected — IKE or ESP — came recently, so DPD waits from here.
+    pub fn note_protected_traffic(&mut self, peer: &str, at: Instant) {
+        let Ok(idx) = self.peer_index(peer) else {
+            return;
+        };
+        for sa in self.sas.values_mut() {
+            if sa.peer == idx && sa.is_established() && sa.last_heard < at {
+                sa.last_heard = at;
+            }
+        }
+    }
+
+    /// Whether an established IKE SA (not being deleted) exists with the peer at `peer`.
+    pub fn has_established_sa(&self, peer: IpAddr) -> bool {
+        self.sas
+            .values()
+            .any(|sa| sa.is_established() && sa.remote.ip() == peer && !sa.ike_delete_pending())
+    }
+
+    /// Whether an IKE SA with the peer named `peer` exists or is being set up.
+    pub fn has_sa_for_peer(&self, peer: &str) -> bool {
+        self.peer_index(peer)
+            .is_ok_and(|i| self.live_sa_for_peer(i).is_some())
     }
 
     /// A snapshot of all IKE SAs and their CHILD SAs.

@@ -6,7 +6,10 @@
 //! a file is readable by group or others.
 
 use esplab_esp::{Algorithm, Backend, SaParams};
-use esplab_node::{LogLimits, NodeConfig, PeerConfig, UnderlayEncap};
+use esplab_node::{
+    DpdAction, LogLimits, NodeConfig, OnInvalidSpi, PeerConfig, PeerRecovery, RecoveryConfig,
+    UnderlayEncap,
+};
 use esplab_sad::TrafficSelector;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -36,8 +39,30 @@ struct RawConfig {
     control: Option<RawControl>,
     log: Option<RawLog>,
     ike: Option<RawIke>,
+    recovery: Option<RawRecovery>,
+    capture: Option<RawCapture>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+}
+
+/// The invalid-SPI flight recorder (`[capture]`, docs/recovery.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    ring: Option<Spanned<i64>>,
+    min_interval: Option<Spanned<String>>,
+    dir: Option<Spanned<String>>,
+    on_event: Option<Spanned<String>>,
+}
+
+/// Node-wide invalid-SPI recovery limits (`[recovery]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecovery {
+    hold_down: Option<Spanned<String>>,
+    max_backoff: Option<Spanned<String>>,
+    global_per_minute: Option<Spanned<u32>>,
+    max_tracked: Option<Spanned<usize>>,
 }
 
 /// Node-wide IKE settings (`[ike]`).
@@ -114,6 +139,11 @@ struct RawPeer {
     rekey_margin: Option<Spanned<String>>,
     dpd_delay: Option<Spanned<String>>,
     initial_contact: Option<bool>,
+    // Invalid-SPI recovery (docs/recovery.md).
+    on_invalid_spi: Option<Spanned<String>>,
+    invalid_spi_recovery: Option<Spanned<bool>>,
+    dpd_action: Option<Spanned<String>>,
+    on_peer_delete: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +227,10 @@ pub struct Config {
     pub ike: Option<esplab_ike::EndpointConfig>,
     /// Log key material (`log.debug_keys`, `esplab peer --debug-keys`) as Wireshark UAT lines.
     pub debug_keys: bool,
+    /// Invalid-SPI recovery and liveness policy (`[recovery]` and per-peer keys).
+    pub recovery: RecoveryConfig,
+    /// The invalid-SPI flight recorder (`[capture]`).
+    pub capture: crate::capture::CaptureConfig,
 }
 
 /// strongSwan-style identity: an IP address is an IP identity, `user@host` an RFC 822
@@ -492,6 +526,54 @@ impl Config {
             }
         }
 
+        let mut recovery = RecoveryConfig::default();
+        if let Some(r) = &raw.recovery {
+            let dur =
+                |v: &Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, ConfigError> {
+                    match v {
+                        Some(s) => {
+                            let d = parse_duration(s.get_ref())
+                                .map_err(|m| cx.err(s.span(), key, m))?;
+                            if d.is_zero() {
+                                return Err(cx.err(s.span(), key, "must be more than 0"));
+                            }
+                            Ok(Some(d))
+                        }
+                        None => Ok(None),
+                    }
+                };
+            if let Some(d) = dur(&r.hold_down, "recovery.hold_down")? {
+                recovery.hold_down = d;
+            }
+            if let Some(d) = dur(&r.max_backoff, "recovery.max_backoff")? {
+                recovery.max_backoff = d;
+            }
+            if recovery.max_backoff < recovery.hold_down {
+                let span = r
+                    .max_backoff
+                    .as_ref()
+                    .or(r.hold_down.as_ref())
+                    .map(|s| s.span())
+                    .unwrap_or(0..0);
+                return Err(cx.err(
+                    span,
+                    "recovery.max_backoff",
+                    "must be at least recovery.hold_down",
+                ));
+            }
+            if let Some(n) = &r.global_per_minute {
+                recovery.global_per_minute = *n.get_ref();
+            }
+            if let Some(n) = &r.max_tracked {
+                if *n.get_ref() == 0 {
+                    return Err(cx.err(n.span(), "recovery.max_tracked", "must be at least 1"));
+                }
+                recovery.max_tracked = *n.get_ref();
+            }
+        }
+
+        let capture = parse_capture(&cx, raw.capture.as_ref(), &base, &raw, log_file.as_deref())?;
+
         let mut peers = Vec::new();
         let mut sas = Vec::new();
         let mut seen_spis = std::collections::HashSet::new();
@@ -680,6 +762,9 @@ impl Config {
                         "a peer with auth = \"psk\" negotiates its SAs: remove its [[peer.sa]]",
                     ));
                 }
+                if let Some(pr) = peer_recovery(&cx, p, pi, ike_peer.dpd_delay)? {
+                    recovery.peers.insert(p.name.get_ref().clone(), pr);
+                }
                 ike_cfg.peers.push(ike_peer);
             }
             peers.push(PeerConfig {
@@ -718,8 +803,71 @@ impl Config {
                 Some(ike_cfg)
             },
             debug_keys,
+            recovery,
+            capture,
         })
     }
+}
+
+/// The recovery keys of an IKE `[[peer]]` (`None` when it sets none of them).
+fn peer_recovery(
+    cx: &Ctx<'_>,
+    p: &RawPeer,
+    pi: usize,
+    dpd_delay: Option<Duration>,
+) -> Result<Option<PeerRecovery>, ConfigError> {
+    let key = |k: &str| format!("peer[{pi}].{k}");
+    let any = p.on_invalid_spi.is_some()
+        || p.invalid_spi_recovery.is_some()
+        || p.dpd_action.is_some()
+        || dpd_delay.is_some();
+    if !any {
+        return Ok(None);
+    }
+    let mut r = PeerRecovery {
+        dpd_delay,
+        ..PeerRecovery::default()
+    };
+    if let Some(v) = &p.on_invalid_spi {
+        r.on_invalid_spi = match v.get_ref().as_str() {
+            "delete" => OnInvalidSpi::Delete,
+            "notify" => OnInvalidSpi::Notify,
+            "both" => OnInvalidSpi::Both,
+            "none" => OnInvalidSpi::None,
+            o => {
+                return Err(cx.err(
+                    v.span(),
+                    &key("on_invalid_spi"),
+                    format!("expected \"delete\", \"notify\", \"both\" or \"none\", got {o:?}"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = &p.invalid_spi_recovery {
+        let dynamic = p.dynamic.as_ref().is_some_and(|d| *d.get_ref());
+        if *v.get_ref() && (p.address.is_none() || dynamic) {
+            return Err(cx.err(
+                v.span(),
+                &key("invalid_spi_recovery"),
+                "needs a static peer address (a dynamic peer cannot be initiated to)",
+            ));
+        }
+        r.invalid_spi_recovery = *v.get_ref();
+    }
+    if let Some(v) = &p.dpd_action {
+        r.dpd_action = match v.get_ref().as_str() {
+            "clear" => DpdAction::Clear,
+            "restart" => DpdAction::Restart,
+            o => {
+                return Err(cx.err(
+                    v.span(),
+                    &key("dpd_action"),
+                    format!("expected \"clear\" or \"restart\", got {o:?}"),
+                ))
+            }
+        };
+    }
+    Ok(Some(r))
 }
 
 /// The IKE part of a `[[peer]]`, if it has `auth`; errors for IKE keys without it.
@@ -751,6 +899,19 @@ fn ike_peer(
                 p.child_lifetime.as_ref().map(|v| v.span()),
             ),
             ("dynamic", p.dynamic.as_ref().map(|v| v.span())),
+            (
+                "on_invalid_spi",
+                p.on_invalid_spi.as_ref().map(|v| v.span()),
+            ),
+            (
+                "invalid_spi_recovery",
+                p.invalid_spi_recovery.as_ref().map(|v| v.span()),
+            ),
+            ("dpd_action", p.dpd_action.as_ref().map(|v| v.span())),
+            (
+                "on_peer_delete",
+                p.on_peer_delete.as_ref().map(|v| v.span()),
+            ),
         ];
         if let Some((k, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
             return Err(cx.err(span, &key(k), "only for IKE peers (add auth = \"psk\")"));
@@ -894,7 +1055,63 @@ fn ike_peer(
     if let Some((d, _)) = dur(&p.dpd_delay, "dpd_delay")? {
         c.dpd_delay = (!d.is_zero()).then_some(d);
     }
+    if let Some(v) = &p.on_peer_delete {
+        c.on_peer_delete = match v.get_ref().as_str() {
+            "restart" => esplab_ike::PeerAction::Restart,
+            "none" => esplab_ike::PeerAction::None,
+            o => {
+                return Err(cx.err(
+                    v.span(),
+                    &key("on_peer_delete"),
+                    format!("expected \"restart\" or \"none\", got {o:?}"),
+                ))
+            }
+        };
+    }
     Ok(Some(c))
+}
+
+/// `[capture]`: ring size, rate limit, dump directory (relative to the config's directory)
+/// and the `on_event` script.
+fn parse_capture(
+    cx: &Ctx<'_>,
+    c: Option<&RawCapture>,
+    base: &Path,
+    raw: &RawConfig,
+    log_file: Option<&Path>,
+) -> Result<crate::capture::CaptureConfig, ConfigError> {
+    let name = raw.name.as_deref().unwrap_or("esplab");
+    let mut out = crate::capture::CaptureConfig::defaults(name, log_file);
+    let Some(c) = c else { return Ok(out) };
+    if let Some(n) = &c.ring {
+        out.ring = usize::try_from(*n.get_ref())
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| {
+                cx.err(
+                    n.span(),
+                    "capture.ring",
+                    format!("{} out of range 0..=1000000 (0 disables)", n.get_ref()),
+                )
+            })?;
+    }
+    if let Some(d) = &c.min_interval {
+        out.min_interval =
+            parse_duration(d.get_ref()).map_err(|m| cx.err(d.span(), "capture.min_interval", m))?;
+    }
+    if let Some(d) = &c.dir {
+        if d.get_ref().trim().is_empty() {
+            return Err(cx.err(d.span(), "capture.dir", "empty path"));
+        }
+        out.dir = base.join(d.get_ref());
+    }
+    if let Some(e) = &c.on_event {
+        if e.get_ref().trim().is_empty() {
+            return Err(cx.err(e.span(), "capture.on_event", "empty command"));
+        }
+        out.on_event = Some(base.join(e.get_ref()));
+    }
+    Ok(out)
 }
 
 /// The control socket a config names: `control.socket`, else `/run/esplab/NAME.sock`.
@@ -1121,6 +1338,61 @@ dpd_delay = "10s"
     }
 
     #[test]
+    fn recovery_keys() {
+        // Line 24 is dpd_delay; the recovery keys follow it.
+        let text = format!(
+            "{IKE}on_invalid_spi = \"both\"\ninvalid_spi_recovery = true\ndpd_action = \"restart\"\non_peer_delete = \"restart\"\n[recovery]\nhold_down = \"5s\"\nmax_backoff = \"2m\"\nglobal_per_minute = 30\nmax_tracked = 100\n"
+        );
+        let c = Config::parse(Path::new("a.toml"), &text).unwrap();
+        let r = &c.recovery;
+        assert_eq!(r.hold_down, Duration::from_secs(5));
+        assert_eq!(r.max_backoff, Duration::from_secs(120));
+        assert_eq!((r.global_per_minute, r.max_tracked), (30, 100));
+        let p = r.for_peer("b");
+        assert_eq!(p.on_invalid_spi, OnInvalidSpi::Both);
+        assert!(p.invalid_spi_recovery);
+        assert_eq!(p.dpd_action, DpdAction::Restart);
+        assert_eq!(p.dpd_delay, Some(Duration::from_secs(10)));
+        assert_eq!(
+            c.ike.unwrap().peers[0].on_peer_delete,
+            esplab_ike::PeerAction::Restart
+        );
+        // Defaults: no [recovery], no keys.
+        let c = Config::parse(Path::new("a.toml"), GOOD).unwrap();
+        assert_eq!(c.recovery, RecoveryConfig::default());
+
+        let e = err_of(&format!("{IKE}on_invalid_spi = \"drop\"\n"));
+        assert!(e.starts_with("a.toml:25: peer[0].on_invalid_spi:"), "{e}");
+        let e = err_of(&format!("{IKE}dpd_action = \"hold\"\n"));
+        assert!(e.starts_with("a.toml:25: peer[0].dpd_action:"), "{e}");
+        let e = err_of(&format!("{IKE}on_peer_delete = \"x\"\n"));
+        assert!(e.starts_with("a.toml:25: peer[0].on_peer_delete:"), "{e}");
+        let e = err_of(&format!("{IKE}[recovery]\nhold_down = \"soon\"\n"));
+        assert!(e.starts_with("a.toml:26: recovery.hold_down:"), "{e}");
+        let e = err_of(&format!(
+            "{IKE}[recovery]\nhold_down = \"60s\"\nmax_backoff = \"10s\"\n"
+        ));
+        assert!(e.starts_with("a.toml:27: recovery.max_backoff:"), "{e}");
+        let e = err_of(&format!("{IKE}[recovery]\nbudget = 3\n"));
+        assert!(e.contains("budget"), "{e}");
+        // Recovery needs a static address.
+        let dynamic = IKE
+            .replace("address = \"198.18.0.2\"\n", "")
+            .replace("start = true", "dynamic = true");
+        let e = err_of(&format!("{dynamic}invalid_spi_recovery = true\n"));
+        assert!(
+            e.contains("peer[0].invalid_spi_recovery: needs a static"),
+            "{e}"
+        );
+        // Only for IKE peers.
+        let e = err_of(&GOOD.replace(
+            "remote_ts = [\"198.19.2.0/24\"]",
+            "remote_ts = [\"198.19.2.0/24\"]\non_invalid_spi = \"delete\"",
+        ));
+        assert!(e.contains("on_invalid_spi: only for IKE peers"), "{e}");
+    }
+
+    #[test]
     fn ike_errors_name_file_line_and_key() {
         let e = err_of(&IKE.replace("aes128-sha256-x25519\"", "aes128-md5-x25519\""));
         assert!(e.starts_with("a.toml:19: peer[0].ike_proposals:"), "{e}");
@@ -1143,6 +1415,39 @@ dpd_delay = "10s"
         assert!(c.ike.unwrap().peers[0].remote_addr.is_none());
         let e = err_of(&IKE.replace("address = \"198.18.0.2\"\n", ""));
         assert!(e.contains("peer[0].address: missing"), "{e}");
+    }
+
+    #[test]
+    fn capture_keys() {
+        // Defaults: ring 1000, 60 s, no script, /tmp/esplab-capture-NAME without a log file.
+        let c = Config::parse(Path::new("/etc/esplab/a.toml"), GOOD).unwrap();
+        assert_eq!(c.capture.ring, 1000);
+        assert_eq!(c.capture.min_interval, Duration::from_secs(60));
+        assert_eq!(c.capture.dir, PathBuf::from("/tmp/esplab-capture-a"));
+        assert!(c.capture.on_event.is_none());
+        let text = format!("{GOOD}[log]\nfile = \"log/a.log\"\n");
+        let c = Config::parse(Path::new("/etc/esplab/a.toml"), &text).unwrap();
+        assert_eq!(c.capture.dir, PathBuf::from("/etc/esplab/log"));
+        let text = format!(
+            "{GOOD}[capture]\nring = 0\nmin_interval = \"5s\"\ndir = \"/var/tmp/cap\"\non_event = \"hook.sh\"\n"
+        );
+        let c = Config::parse(Path::new("/etc/esplab/a.toml"), &text).unwrap();
+        assert_eq!(c.capture.ring, 0);
+        assert_eq!(c.capture.min_interval, Duration::from_secs(5));
+        assert_eq!(c.capture.dir, PathBuf::from("/var/tmp/cap"));
+        assert_eq!(
+            c.capture.on_event,
+            Some(PathBuf::from("/etc/esplab/hook.sh"))
+        );
+        // GOOD has 27 lines; [capture] is line 28.
+        let e = err_of(&format!("{GOOD}[capture]\nring = -1\n"));
+        assert!(e.starts_with("a.toml:29: capture.ring:"), "{e}");
+        let e = err_of(&format!("{GOOD}[capture]\nmin_interval = \"often\"\n"));
+        assert!(e.starts_with("a.toml:29: capture.min_interval:"), "{e}");
+        let e = err_of(&format!("{GOOD}[capture]\non_event = \"\"\n"));
+        assert!(e.starts_with("a.toml:29: capture.on_event:"), "{e}");
+        let e = err_of(&format!("{GOOD}[capture]\nsize = 3\n"));
+        assert!(e.starts_with("a.toml:29:") && e.contains("size"), "{e}");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub enum Request {
         /// Peer name.
         peer: String,
     },
+    /// Invalid-SPI recovery counters and per-peer state.
+    ShowRecovery,
 }
 
 /// The daemon's answer to one request.
@@ -95,6 +97,9 @@ pub struct Response {
     /// `show-ike`: the IKE SAs (`esplab_ike::IkeSaInfo` as JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ike: Option<Vec<serde_json::Value>>,
+    /// `show-recovery`: `{"stats": RecoveryStats, "peers": [PeerRecoveryStatus]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<serde_json::Value>,
 }
 
 impl Response {

@@ -13,6 +13,7 @@
 //! reads into one reused buffer per direction; then hand the node's events to the log, the
 //! ring, followers and the events file.
 
+use crate::capture::{Capture, Direction, Transport};
 use crate::clock::WallClock;
 use crate::config::{Config, SaDirection};
 use crate::control::{CounterRow, EventRecord, Request, Response, SaRow};
@@ -24,7 +25,7 @@ use crate::tun::{self, TunError};
 use crate::underlay::{Underlay, UnderlayError};
 use esplab_esp::Encap;
 use esplab_node::{
-    Agent, AgentConfig, AgentError, AgentEvent, Inbound, NodeError, Outbound, UnderlayEncap,
+    Agent, AgentConfig, AgentError, AgentEvent, Event, Inbound, NodeError, Outbound, UnderlayEncap,
     HEADROOM, TAILROOM,
 };
 use std::io;
@@ -155,7 +156,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             node: config.node.clone(),
             ike: config.ike.clone().unwrap_or_default(),
             debug_keys: config.debug_keys,
-            recovery: Default::default(),
+            recovery: config.recovery.clone(),
         },
         now,
     )?;
@@ -262,6 +263,40 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     if config.debug_keys {
         log.line("debug-keys: key material of every negotiated SA will be logged");
     }
+    // Manual SAs: their keys are in the config; lines for the dumps' .uat files.
+    let manual_uat = config
+        .sas
+        .iter()
+        .map(|sa| {
+            let peer = peers[sa.peer].address;
+            let (src, dst) = match sa.direction {
+                SaDirection::In => (peer, local),
+                SaDirection::Out => (local, peer),
+            };
+            esplab_node::agent::esp_sa_uat_line(src, dst, &sa.params)
+        })
+        .collect();
+    let capture = Capture::new(
+        config.capture.clone(),
+        &name,
+        mtu,
+        manual_uat,
+        config.debug_keys,
+    );
+    if let Some(c) = &capture {
+        log.line(&format!(
+            "capture: recording the last {} underlay packets; on invalid SPI, dumps to {} (at most one per {:?}){}",
+            c.ring().capacity(),
+            config.capture.dir.display(),
+            config.capture.min_interval,
+            config
+                .capture
+                .on_event
+                .as_ref()
+                .map(|p| format!(", then runs {}", p.display()))
+                .unwrap_or_default()
+        ));
+    }
     let mut dp = Datapath {
         agent,
         ike_sock,
@@ -274,6 +309,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         io_note: None,
         to_net: vec![0; HEADROOM + mtu + TUN_SLACK + TAILROOM],
         to_tun: vec![0; UNDERLAY_BUF],
+        capture,
+        clock,
     };
     let result = dp.run(ctl_rx).await;
     server.abort();
@@ -346,6 +383,10 @@ struct Datapath {
     to_net: Vec<u8>,
     /// Underlay → TUN: decrypted in place.
     to_tun: Vec<u8>,
+    /// The invalid-SPI flight recorder (`None` when `capture.ring = 0`).
+    capture: Option<Capture>,
+    /// Wall time for recorded packets.
+    clock: WallClock,
 }
 
 /// Waits on an optional channel (forever once it is gone).
@@ -420,7 +461,13 @@ impl Datapath {
                     // forwarding packets.
                     ctl = None;
                 }
-                Wake::Tick => self.agent.handle_timeout(Instant::now()),
+                Wake::Tick => {
+                    self.agent.handle_timeout(Instant::now());
+                    // Finished on_event scripts must not stay zombies.
+                    if let Some(c) = &mut self.capture {
+                        c.reap();
+                    }
+                }
                 Wake::Stop(sig) => return Ok(sig),
             }
             self.flush_ike();
@@ -443,8 +490,10 @@ impl Datapath {
                     return;
                 }
             };
+            let now = Instant::now();
+            self.record(now, Direction::In, from, local, |b| &b[..n]);
             self.agent
-                .handle_underlay_udp(Instant::now(), local, from, &mut self.to_tun, 0..n);
+                .handle_underlay_udp(now, local, from, &mut self.to_tun, 0..n);
         }
     }
 
@@ -462,6 +511,24 @@ impl Datapath {
                     None => Err(io::Error::new(io::ErrorKind::NotConnected, "no UDP socket")),
                 }
             };
+            if let Some(c) = &mut self.capture {
+                let local = if t.local.ip().is_unspecified() {
+                    SocketAddr::new(self.underlay.local, t.local.port())
+                } else {
+                    t.local
+                };
+                c.record(
+                    self.clock.wall(Instant::now()),
+                    Direction::Out,
+                    local.ip(),
+                    t.remote.ip(),
+                    Transport::Udp {
+                        sport: local.port(),
+                        dport: t.remote.port(),
+                    },
+                    &t.data,
+                );
+            }
             if let Err(e) = r {
                 self.io.underlay_tx_errors += 1;
                 self.io_error(&format!("sending IKE to {}", t.remote), &e);
@@ -472,6 +539,7 @@ impl Datapath {
     fn drain_events(&mut self) {
         let mut any = false;
         while let Some(ev) = self.agent.poll_event() {
+            self.capture_event(&ev);
             match &ev {
                 AgentEvent::Node(e) => self.events.node_event(e, &mut self.log),
                 other => {
@@ -484,6 +552,60 @@ impl Datapath {
         }
         if any {
             self.events.flush();
+        }
+    }
+
+    /// Records an underlay datagram received from `from` on `local` (UDP), before the node
+    /// decrypts it in place.
+    fn record(
+        &mut self,
+        now: Instant,
+        dir: Direction,
+        from: SocketAddr,
+        local: SocketAddr,
+        bytes: impl FnOnce(&[u8]) -> &[u8],
+    ) {
+        if let Some(c) = &mut self.capture {
+            c.record(
+                self.clock.wall(now),
+                dir,
+                from.ip(),
+                local.ip(),
+                Transport::Udp {
+                    sport: from.port(),
+                    dport: local.port(),
+                },
+                bytes(&self.to_tun),
+            );
+        }
+    }
+
+    /// Feeds the recorder: negotiated keys, and a dump (plus `on_event`) on invalid SPI.
+    fn capture_event(&mut self, ev: &AgentEvent) {
+        let Some(c) = &mut self.capture else { return };
+        match ev {
+            AgentEvent::ChildInstalled { uat, .. } => c.add_uat(uat),
+            AgentEvent::Node(Event::InvalidSpi(e)) => {
+                // Rare (rate-limited) file I/O on the datapath thread: a dump of the default
+                // ring is about 1.5 MB, written once a minute at most.
+                let now = Instant::now();
+                match c.on_invalid_spi(now, self.clock.wall(now), e) {
+                    Ok(Some(r)) => {
+                        self.log.line(&format!(
+                            "capture: wrote {} packets to {} (keys: {})",
+                            r.packets,
+                            r.pcap.display(),
+                            r.uat.display()
+                        ));
+                        if let Some(err) = r.script_error {
+                            self.log.line(&format!("capture: {err}"));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => self.log.line(&format!("capture: {err}")),
+                }
+            }
+            _ => c.reap(),
         }
     }
 
@@ -529,6 +651,23 @@ impl Datapath {
             } = self.agent.handle_tun(now, &mut self.to_net, payload)
             {
                 let pkt = &self.to_net[esp];
+                if let Some(c) = &mut self.capture {
+                    let t = match encap {
+                        UnderlayEncap::Udp => Transport::Udp {
+                            sport: self.underlay.port,
+                            dport: port,
+                        },
+                        UnderlayEncap::Raw => Transport::Esp,
+                    };
+                    c.record(
+                        self.clock.wall(now),
+                        Direction::Out,
+                        self.underlay.local,
+                        dst,
+                        t,
+                        pkt,
+                    );
+                }
                 let r = match encap {
                     UnderlayEncap::Udp => self.underlay.try_send_udp(pkt, dst, port),
                     UnderlayEncap::Raw => self.underlay.try_send_raw(pkt, dst),
@@ -572,8 +711,16 @@ impl Datapath {
                     return;
                 }
             };
+            let now = Instant::now();
+            self.record(
+                now,
+                Direction::In,
+                from,
+                SocketAddr::new(local, port),
+                |b| &b[..n],
+            );
             let v = self.agent.handle_underlay_udp(
-                Instant::now(),
+                now,
                 SocketAddr::new(local, port),
                 from,
                 &mut self.to_tun,
@@ -597,6 +744,14 @@ impl Datapath {
                 }
             };
             let now = Instant::now();
+            if let Some(c) = &mut self.capture {
+                let wall = self.clock.wall(now);
+                let pkt = &self.to_tun[..n];
+                match src {
+                    None => c.record(wall, Direction::In, local, local, Transport::Ip, pkt),
+                    Some(src) => c.record(wall, Direction::In, src, local, Transport::Esp, pkt),
+                }
+            }
             let v = match src {
                 // IPv4: the whole datagram, outer header included.
                 None => self.agent.handle_underlay_ip(now, &mut self.to_tun[..n]),
@@ -700,6 +855,12 @@ impl Datapath {
                         .filter_map(|s| serde_json::to_value(s).ok())
                         .collect(),
                 );
+            }
+            Request::ShowRecovery => {
+                r.recovery = Some(serde_json::json!({
+                    "stats": self.agent.recovery_stats(),
+                    "peers": self.agent.recovery_status(now),
+                }));
             }
             Request::Initiate { peer } => {
                 if let Err(e) = self.agent.initiate(now, &peer) {

@@ -71,6 +71,7 @@ pub fn lines(ev: &AgentEvent) -> Vec<String> {
         } => vec![format!(
             "CHILD SA install FAILED: peer {peer} in 0x{inbound_spi:08x}: {error}"
         )],
+        AgentEvent::Recovery(r) => vec![esplab_node::recovery_log_line(r)],
     }
 }
 

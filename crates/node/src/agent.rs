@@ -12,13 +12,17 @@
 
 use crate::event::Event;
 use crate::node::{ChildInstall, Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig};
+use crate::recovery::{
+    Action, DpdAction, OnInvalidSpi, PeerInfo, PeerRecoveryStatus, Recovery, RecoveryEvent,
+    RecoveryStats,
+};
 use crate::UnderlayEncap;
 use esplab_esp::wire;
 use esplab_esp::{Algorithm, Encap, SaParams, Underlay};
 use esplab_ike::output::{esp_suite_name, ts_to_string};
 use esplab_ike::{
     AddrRange, ChildSa, CommandError, ConfigError, Endpoint, EndpointConfig, IkeEvent, IkeSaId,
-    IkeSaInfo, Output, SpiAllocator,
+    IkeSaInfo, InvalidSpiAction, Output, PeerAction, ProtocolId, SpiAllocator,
 };
 use esplab_sad::TrafficSelector;
 use std::collections::VecDeque;
@@ -106,6 +110,8 @@ pub enum AgentEvent {
         /// Why.
         error: String,
     },
+    /// An invalid-SPI recovery / liveness step (see [`crate::recovery`]).
+    Recovery(RecoveryEvent),
 }
 
 /// Settings of an [`Agent`].
@@ -156,6 +162,10 @@ pub struct Agent {
     events: VecDeque<AgentEvent>,
     nat_t_port: u16,
     debug_keys: bool,
+    recovery: Recovery,
+    /// Peers with liveness checks: (node peer index, name), for ESP-aware DPD.
+    dpd_peers: Vec<(usize, String)>,
+    node_events_dropped: u64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -227,7 +237,28 @@ pub fn esp_sa_uat_line(src: IpAddr, dst: IpAddr, p: &SaParams) -> String {
 impl Agent {
     /// An agent with no SAs. Peers with `start` initiate at the first
     /// [`Agent::handle_timeout`].
-    pub fn new(cfg: AgentConfig, now: Instant) -> Result<Self, AgentError> {
+    pub fn new(mut cfg: AgentConfig, now: Instant) -> Result<Self, AgentError> {
+        // Liveness policy of the recovery config goes to the endpoint, which runs the
+        // probes and the retransmission schedule that decides death (RFC 7296 §2.4).
+        for p in cfg.ike.peers.iter_mut() {
+            let r = cfg.recovery.for_peer(&p.name);
+            if r.dpd_delay.is_some() {
+                p.dpd_delay = r.dpd_delay;
+            }
+            if r.dpd_action == DpdAction::Restart {
+                p.on_dead = PeerAction::Restart;
+            }
+        }
+        let infos: Vec<PeerInfo> = cfg
+            .ike
+            .peers
+            .iter()
+            .map(|p| PeerInfo {
+                name: p.name.clone(),
+                addr: p.remote_addr.map(|a| a.ip()),
+            })
+            .collect();
+        let recovery = Recovery::new(cfg.recovery.clone(), &infos, cfg.ike.retransmit.total());
         let seed = cfg.ike.rng_seed.map(|s| s ^ 0x5ad5_5ad5_5ad5_5ad5);
         let nat_t_port = cfg.ike.nat_t_port;
         let mut node = Node::new(cfg.node, seed);
@@ -251,6 +282,13 @@ impl Agent {
                 });
             }
         }
+        let dpd_peers = cfg
+            .ike
+            .peers
+            .iter()
+            .filter(|p| p.dpd_delay.is_some())
+            .filter_map(|p| node.peer_index(&p.name).map(|i| (i, p.name.clone())))
+            .collect();
         let ike = Endpoint::new(cfg.ike, now)?;
         Ok(Agent {
             node,
@@ -259,6 +297,9 @@ impl Agent {
             events: VecDeque::new(),
             nat_t_port,
             debug_keys: cfg.debug_keys,
+            recovery,
+            dpd_peers,
+            node_events_dropped: 0,
         })
     }
 
@@ -306,6 +347,7 @@ impl Agent {
         if let Inbound::Ike(r) = &v {
             self.ike_datagram(now, local, remote, &buf[r.clone()]);
         }
+        self.drain_node_events(now);
         v
     }
 
@@ -325,6 +367,7 @@ impl Agent {
                 }
             }
         }
+        self.drain_node_events(now);
         v
     }
 
@@ -337,7 +380,9 @@ impl Agent {
         buf: &mut [u8],
         esp: Range<usize>,
     ) -> Inbound {
-        self.node.inbound_esp(now, src, dst, Encap::Raw, buf, esp)
+        let v = self.node.inbound_esp(now, src, dst, Encap::Raw, buf, esp);
+        self.drain_node_events(now);
+        v
     }
 
     /// An inner packet read from the TUN device at `buf[payload]` (with
@@ -351,20 +396,32 @@ impl Agent {
     /// periodic work. Call at [`Agent::poll_timeout`] and about once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
+        self.drain_node_events(now);
+        for (pi, name) in &self.dpd_peers {
+            if let Some(at) = self.node.last_inbound(*pi) {
+                self.ike.note_protected_traffic(name, at);
+            }
+        }
         let mut spis = SadSpis {
             node: &mut self.node,
             now,
         };
         self.ike.handle_timeout(now, &mut spis);
         self.apply_outputs(now);
+        self.recovery.handle_timeout(now);
+        self.drain_recovery_events();
     }
 
     /// When [`Agent::handle_timeout`] is due next (may be in the past: call it at once).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.ike.poll_timeout(), self.node.next_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.ike.poll_timeout(),
+            self.node.next_timeout(),
+            self.recovery.next_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next IKE datagram to send.
@@ -440,6 +497,127 @@ impl Agent {
         let r = self.ike.notify_invalid_spi(now, peer_ip, spi);
         self.apply_outputs(now);
         r
+    }
+
+    /// Recovery counters.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery.stats()
+    }
+
+    /// Per-peer recovery state (`esplab show recovery`).
+    pub fn recovery_status(&self, now: Instant) -> Vec<PeerRecoveryStatus> {
+        self.recovery.status(now)
+    }
+
+    /// Entries in the largest recovery tracking table (bounded by `max_tracked`).
+    pub fn recovery_tracked(&self) -> usize {
+        self.recovery.tracked()
+    }
+
+    /// Datapath events are consumed here (the node's queue is bounded and never waits
+    /// for us): unknown SPIs go through the recovery policy, then everything is passed on.
+    fn drain_node_events(&mut self, now: Instant) {
+        while let Some(e) = self.node.poll_event() {
+            if let Event::InvalidSpi(i) = &e {
+                self.on_invalid_spi(now, i.src, i.spi);
+            }
+            // The node's queue bound carries over: datapath events beyond it (a flood the
+            // caller does not poll) are dropped and counted; IKE and recovery events never.
+            let cap = self.node.config().event_queue.max(1);
+            if self.events.len() >= cap {
+                self.node_events_dropped += 1;
+                continue;
+            }
+            self.events.push_back(AgentEvent::Node(e));
+        }
+    }
+
+    /// Datapath events dropped because [`Agent::poll_event`] was not called often enough
+    /// (the agent's queue holds at most the node's `event_queue`).
+    pub fn node_events_dropped(&self) -> u64 {
+        self.node_events_dropped
+    }
+
+    fn on_invalid_spi(&mut self, now: Instant, src: IpAddr, spi: u32) {
+        let up = self.ike.has_established_sa(src);
+        let ike = &self.ike;
+        let action = self
+            .recovery
+            .on_invalid_spi(now, src, spi, up, |p| ike.has_sa_for_peer(p));
+        match action {
+            Action::None => {}
+            Action::Report { src, spi, what } => {
+                if self.report(now, src, spi, what) {
+                    self.recovery.reported(now, src, spi, what);
+                }
+            }
+            Action::Initiate(peer) => {
+                let ok = self.initiate(now, &peer).is_ok();
+                self.recovery.initiated(now, &peer, ok);
+            }
+        }
+        self.drain_recovery_events();
+    }
+
+    /// Queues Delete/Notify for `spi` over the IKE SA with `src`.
+    fn report(&mut self, now: Instant, src: IpAddr, spi: u32, what: OnInvalidSpi) -> bool {
+        let action = match what {
+            OnInvalidSpi::Delete => InvalidSpiAction::Delete,
+            OnInvalidSpi::Notify => InvalidSpiAction::Notify,
+            OnInvalidSpi::Both => InvalidSpiAction::Both,
+            OnInvalidSpi::None => return false,
+        };
+        let r = self.ike.notify_invalid_spi_with(now, src, spi, action);
+        self.apply_outputs(now);
+        r.is_ok()
+    }
+
+    fn drain_recovery_events(&mut self) {
+        while let Some(e) = self.recovery.poll_event() {
+            self.events.push_back(AgentEvent::Recovery(e));
+        }
+    }
+
+    /// Recovery reactions to IKE events (after the endpoint's outputs are applied).
+    fn recovery_on_ike(&mut self, now: Instant, e: &IkeEvent) {
+        match e {
+            IkeEvent::AuthSucceeded { peer, remote, .. } => {
+                let (spis, what) = self.recovery.on_ike_established(now, peer, remote.ip());
+                for spi in spis {
+                    if self.report(now, remote.ip(), spi, what) {
+                        self.recovery.reported(now, remote.ip(), spi, what);
+                    }
+                }
+            }
+            IkeEvent::PeerDead { peer, .. } => self.recovery.on_ike_failed(now, peer, true),
+            IkeEvent::AuthFailed { peer, .. } => self.recovery.on_ike_failed(now, peer, false),
+            IkeEvent::SaInitFailed { peer, .. } => self.recovery.on_ike_failed(now, peer, false),
+            IkeEvent::InvalidSpiNotifyReceived {
+                peer,
+                spi,
+                known: true,
+                ..
+            } => self.recovery.on_stale_reported(now, peer, *spi),
+            IkeEvent::DeleteReceived {
+                peer,
+                protocol,
+                spis,
+                ..
+            } if *protocol == ProtocolId::ESP => {
+                for spi in spis {
+                    self.recovery.on_stale_reported(now, peer, *spi);
+                }
+            }
+            IkeEvent::UnprotectedNotify { remote, .. } => {
+                let up = self.ike.has_established_sa(remote.ip());
+                if let Some(peer) = self.recovery.on_unprotected(now, remote.ip(), up) {
+                    let _ = self.ike.send_liveness(now, &peer);
+                    self.apply_outputs(now);
+                }
+            }
+            _ => {}
+        }
+        self.drain_recovery_events();
     }
 
     /// The IKE SAs, for `show ike`.
@@ -526,7 +704,9 @@ impl Agent {
                             self.node.set_child_destination(pi, remote.ip(), port);
                         }
                     }
+                    let seen = e.clone();
                     self.events.push_back(AgentEvent::Ike(e));
+                    self.recovery_on_ike(now, &seen);
                 }
             }
         }

@@ -21,4 +21,7 @@ pub use node::{
     UnderlayEncap, HEADROOM, TAILROOM,
 };
 pub use rate_limit::{Decision, LogLimiter, LogLimits};
-pub use recovery::{DpdAction, OnInvalidSpi, PeerRecovery, RecoveryConfig};
+pub use recovery::{
+    recovery_log_line, DpdAction, OnInvalidSpi, PeerRecovery, PeerRecoveryStatus, RecoveryConfig,
+    RecoveryEvent, RecoveryKind, RecoveryStats, SuppressWhy,
+};

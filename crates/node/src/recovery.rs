@@ -98,3 +98,903 @@ impl RecoveryConfig {
         self.peers.get(name).unwrap_or(&self.default)
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Behaviour: the decision engine. Sans-IO and IKE-agnostic: the agent tells it what
+// happened (unknown SPI, IKE SA up/failed, ...) and carries out the actions it returns.
+// ---------------------------------------------------------------------------------------
+
+use serde::Serialize;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Why a recovery step was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuppressWhy {
+    /// Hold-down or backoff of this SPI / peer still running.
+    RateLimit,
+    /// The sender is only known as a dynamic (responder-only) peer: we cannot initiate.
+    DynamicPeer,
+    /// The sender is not a configured peer at all.
+    NotConfigured,
+    /// The global per-minute budget is spent.
+    Budget,
+    /// The sender is a static peer but `invalid_spi_recovery` is off.
+    RecoveryOff,
+}
+
+impl SuppressWhy {
+    /// Stable kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressWhy::RateLimit => "rate-limit",
+            SuppressWhy::DynamicPeer => "dynamic peer",
+            SuppressWhy::NotConfigured => "not a configured peer",
+            SuppressWhy::Budget => "global budget",
+            SuppressWhy::RecoveryOff => "recovery disabled",
+        }
+    }
+}
+
+/// What a recovery step was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoveryKind {
+    /// A new (not held-down) unknown SPI was seen.
+    InvalidSpiSeen,
+    /// Delete(ESP, [spi]) queued over an IKE SA.
+    DeleteSent,
+    /// N(INVALID_SPI) queued over an IKE SA.
+    NotifySent,
+    /// An IKE SA (with INITIAL_CONTACT) was initiated to recover.
+    IkeInitiated,
+    /// The IKE SA with a recovering peer came up.
+    IkeEstablished,
+    /// A recovery initiation failed; backoff doubled.
+    RecoveryFailed,
+    /// A step was not taken, and why.
+    Suppressed {
+        /// Why.
+        why: SuppressWhy,
+    },
+    /// The peer told us (protected Delete or INVALID_SPI) that an SA we send on is stale.
+    StaleSaDeletedOnPeerRequest,
+    /// A liveness check was sent because of an unprotected notification.
+    LivenessCheck,
+    /// The peer was declared dead (DPD / retransmissions).
+    PeerDead,
+}
+
+/// One recovery step, for logs and `follow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryEvent {
+    /// When.
+    pub at: Instant,
+    /// What.
+    pub kind: RecoveryKind,
+    /// The configured peer concerned, if any.
+    pub peer: Option<String>,
+    /// The sender address concerned, if any.
+    pub src: Option<IpAddr>,
+    /// The SPI concerned, if any.
+    pub spi: Option<u32>,
+}
+
+/// The vendor-style log line of a recovery step.
+pub fn recovery_log_line(e: &RecoveryEvent) -> String {
+    let mut ctx = String::new();
+    if let Some(p) = &e.peer {
+        ctx.push_str(&format!(" peer={p}"));
+    }
+    if let Some(a) = e.src {
+        ctx.push_str(&format!(" srcaddr={a}"));
+    }
+    if let Some(s) = e.spi {
+        ctx.push_str(&format!(" spi=0x{s:08X}"));
+    }
+    let (sev, tag, what) = match e.kind {
+        RecoveryKind::InvalidSpiSeen => (
+            5,
+            "INV_SPI_RECOVERY",
+            "unknown SPI, recovery evaluated".to_string(),
+        ),
+        RecoveryKind::DeleteSent => (
+            5,
+            "INV_SPI_RECOVERY",
+            "sent INFORMATIONAL Delete(ESP)".to_string(),
+        ),
+        RecoveryKind::NotifySent => (
+            5,
+            "INV_SPI_RECOVERY",
+            "sent INFORMATIONAL N(INVALID_SPI)".to_string(),
+        ),
+        RecoveryKind::IkeInitiated => (
+            5,
+            "INV_SPI_RECOVERY",
+            "no IKE SA, initiating IKE SA with INITIAL_CONTACT".to_string(),
+        ),
+        RecoveryKind::IkeEstablished => (
+            5,
+            "INV_SPI_RECOVERY",
+            "IKE SA established, stale SPIs reported".to_string(),
+        ),
+        RecoveryKind::RecoveryFailed => (
+            4,
+            "INV_SPI_RECOVERY",
+            "recovery initiation failed, backing off".to_string(),
+        ),
+        RecoveryKind::Suppressed { why } => (
+            6,
+            "INV_SPI_RECOVERY",
+            format!("recovery suppressed: {}", why.as_str()),
+        ),
+        RecoveryKind::StaleSaDeletedOnPeerRequest => (
+            5,
+            "INV_SPI_RECOVERY",
+            "peer reported stale SA, pair removed".to_string(),
+        ),
+        RecoveryKind::LivenessCheck => (
+            6,
+            "INV_SPI_RECOVERY",
+            "unprotected notification, liveness check sent".to_string(),
+        ),
+        RecoveryKind::PeerDead => (4, "DPD", "peer declared dead".to_string()),
+    };
+    format!("%CRYPTO-{sev}-{tag}: {what}{ctx}")
+}
+
+/// Recovery counters (exact, never rate-limited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryStats {
+    /// Unknown-SPI packets handed to the recovery logic.
+    pub invalid_spi_packets: u64,
+    /// Delete(ESP) sent.
+    pub deletes_sent: u64,
+    /// N(INVALID_SPI) sent.
+    pub notifies_sent: u64,
+    /// IKE SAs initiated for recovery.
+    pub ike_initiated: u64,
+    /// Recovery IKE SAs that came up.
+    pub ike_established: u64,
+    /// Recovery initiations that failed.
+    pub recovery_failed: u64,
+    /// Steps suppressed (hold-down, budget, not possible).
+    pub recovery_suppressed: u64,
+    /// Pairs removed because the peer reported them stale.
+    pub stale_sa_deleted: u64,
+    /// Liveness checks sent because of unprotected notifications.
+    pub liveness_checks: u64,
+    /// Peers declared dead.
+    pub peers_dead: u64,
+}
+
+/// Per-peer recovery state as shown by `esplab show recovery`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerRecoveryStatus {
+    /// Peer name.
+    pub peer: String,
+    /// Static address, if any (`None` = dynamic).
+    pub address: Option<IpAddr>,
+    /// `idle`, `initiating` or `backoff`.
+    pub state: &'static str,
+    /// Rule 2 enabled.
+    pub invalid_spi_recovery: bool,
+    /// Rule 1 action.
+    pub on_invalid_spi: &'static str,
+    /// Seconds since the last recovery initiation.
+    pub last_initiation_secs_ago: Option<f64>,
+    /// Seconds before another initiation is allowed (hold-down / backoff).
+    pub hold_down_remaining_secs: f64,
+    /// Current backoff.
+    pub backoff_secs: f64,
+    /// Consecutive failed initiations.
+    pub failures: u32,
+    /// Stale SPIs waiting for the new IKE SA.
+    pub pending_spis: Vec<String>,
+}
+
+impl OnInvalidSpi {
+    /// Config-file name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnInvalidSpi::Delete => "delete",
+            OnInvalidSpi::Notify => "notify",
+            OnInvalidSpi::Both => "both",
+            OnInvalidSpi::None => "none",
+        }
+    }
+}
+
+/// A map bounded to `cap` entries keyed with a per-process random hash seed (keys are
+/// wire-controlled: SPIs, source addresses). When full, expired entries go first, then
+/// the oldest one.
+#[derive(Debug)]
+struct Bounded<K: Hash + Eq + Copy> {
+    map: HashMap<K, Instant, RandomState>,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Copy> Bounded<K> {
+    fn new(cap: usize) -> Self {
+        Bounded {
+            map: HashMap::with_hasher(RandomState::new()),
+            cap: cap.max(1),
+        }
+    }
+
+    /// True (and the entry refreshed) when `key` was not seen within `hold`.
+    fn admit(&mut self, now: Instant, key: K, hold: Duration) -> bool {
+        if let Some(t) = self.map.get(&key) {
+            if now.saturating_duration_since(*t) < hold {
+                return false;
+            }
+        }
+        if !self.map.contains_key(&key) && self.map.len() >= self.cap {
+            self.map
+                .retain(|_, t| now.saturating_duration_since(*t) < hold);
+            if self.map.len() >= self.cap {
+                // Still full (a flood within one hold-down): drop the oldest eighth at
+                // once, so this O(n) pass runs once per cap/8 new keys, not per packet.
+                let mut ages: Vec<Instant> = self.map.values().copied().collect();
+                let n = (self.cap / 8).min(ages.len() - 1);
+                let (_, cut, _) = ages.select_nth_unstable(n);
+                let cut = *cut;
+                self.map.retain(|_, t| *t > cut);
+            }
+        }
+        self.map.insert(key, now);
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Initiating,
+}
+
+#[derive(Debug)]
+struct PeerState {
+    name: String,
+    addr: Option<IpAddr>,
+    /// Where its current IKE SA is (learnt from the IKE SA, also for dynamic peers).
+    current: Option<IpAddr>,
+    cfg: PeerRecovery,
+    phase: Phase,
+    last_initiation: Option<Instant>,
+    attempt_deadline: Option<Instant>,
+    next_allowed: Option<Instant>,
+    backoff: Duration,
+    failures: u32,
+    pending: Vec<u32>,
+    last_suppressed_event: Option<Instant>,
+}
+
+/// Most stale SPIs remembered per peer until its new IKE SA is up.
+const MAX_PENDING: usize = 16;
+
+/// What the agent must do after [`Recovery::on_invalid_spi`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing.
+    None,
+    /// Send Delete/Notify for `spi` over the IKE SA with `src`.
+    Report {
+        /// Peer address.
+        src: IpAddr,
+        /// The SPI.
+        spi: u32,
+        /// Which payloads.
+        what: OnInvalidSpi,
+    },
+    /// Initiate an IKE SA to this peer (by name).
+    Initiate(String),
+}
+
+/// The recovery decision engine: rate limits, bounded tables, per-peer backoff.
+#[derive(Debug)]
+pub struct Recovery {
+    cfg: RecoveryConfig,
+    peers: Vec<PeerState>,
+    spi_seen: Bounded<(IpAddr, u32)>,
+    src_events: Bounded<IpAddr>,
+    liveness: Bounded<IpAddr>,
+    budget_start: Option<Instant>,
+    budget_used: u32,
+    budget_event: Option<Instant>,
+    attempt_timeout: Duration,
+    stats: RecoveryStats,
+    events: std::collections::VecDeque<RecoveryEvent>,
+}
+
+/// A configured IKE peer as the recovery engine sees it.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Name.
+    pub name: String,
+    /// Static address (`None` = dynamic).
+    pub addr: Option<IpAddr>,
+}
+
+impl Recovery {
+    /// An engine for these peers. `attempt_timeout`: how long a recovery initiation may
+    /// take before it counts as failed (the IKE retransmission schedule).
+    pub fn new(cfg: RecoveryConfig, peers: &[PeerInfo], attempt_timeout: Duration) -> Self {
+        let max = cfg.max_tracked;
+        let peers = peers
+            .iter()
+            .map(|p| PeerState {
+                name: p.name.clone(),
+                addr: p.addr,
+                current: None,
+                cfg: cfg.for_peer(&p.name).clone(),
+                phase: Phase::Idle,
+                last_initiation: None,
+                attempt_deadline: None,
+                next_allowed: None,
+                backoff: cfg.hold_down,
+                failures: 0,
+                pending: Vec::new(),
+                last_suppressed_event: None,
+            })
+            .collect();
+        Recovery {
+            peers,
+            spi_seen: Bounded::new(max),
+            src_events: Bounded::new(max),
+            liveness: Bounded::new(max),
+            budget_start: None,
+            budget_used: 0,
+            budget_event: None,
+            attempt_timeout,
+            stats: RecoveryStats::default(),
+            events: Default::default(),
+            cfg,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RecoveryConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RecoveryStats {
+        self.stats
+    }
+
+    /// Entries in the largest tracking table (≤ `max_tracked`).
+    pub fn tracked(&self) -> usize {
+        self.spi_seen
+            .len()
+            .max(self.src_events.len())
+            .max(self.liveness.len())
+    }
+
+    /// Next recovery event.
+    pub fn poll_event(&mut self) -> Option<RecoveryEvent> {
+        self.events.pop_front()
+    }
+
+    /// The recovery settings of the peer named `name`.
+    pub fn peer_config(&self, name: &str) -> Option<&PeerRecovery> {
+        self.peers.iter().find(|p| p.name == name).map(|p| &p.cfg)
+    }
+
+    fn emit(
+        &mut self,
+        at: Instant,
+        kind: RecoveryKind,
+        peer: Option<String>,
+        src: Option<IpAddr>,
+        spi: Option<u32>,
+    ) {
+        if matches!(kind, RecoveryKind::Suppressed { .. }) {
+            self.stats.recovery_suppressed += 1;
+        }
+        // The queue is drained by the agent after every call; the bound is a safety net.
+        if self.events.len() < 4096 {
+            self.events.push_back(RecoveryEvent {
+                at,
+                kind,
+                peer,
+                src,
+                spi,
+            });
+        }
+    }
+
+    fn budget(&mut self, now: Instant) -> bool {
+        let fresh = self
+            .budget_start
+            .is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(60));
+        if fresh {
+            self.budget_start = Some(now);
+            self.budget_used = 0;
+        }
+        if self.budget_used >= self.cfg.global_per_minute {
+            return false;
+        }
+        self.budget_used += 1;
+        true
+    }
+
+    fn over_budget(&mut self, now: Instant, peer: Option<String>, src: IpAddr, spi: u32) {
+        // One event per budget window; the rest is counted.
+        let show = self
+            .budget_event
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+        if show {
+            self.budget_event = Some(now);
+            self.emit(
+                now,
+                RecoveryKind::Suppressed {
+                    why: SuppressWhy::Budget,
+                },
+                peer,
+                Some(src),
+                Some(spi),
+            );
+        } else {
+            self.stats.recovery_suppressed += 1;
+        }
+    }
+
+    fn peer_by_addr(&self, src: IpAddr) -> Option<usize> {
+        self.peers
+            .iter()
+            .position(|p| p.addr == Some(src))
+            .or_else(|| self.peers.iter().position(|p| p.current == Some(src)))
+    }
+
+    /// The name of the peer whose IKE SA (or static address) is at `src`.
+    pub fn peer_name_by_addr(&self, src: IpAddr) -> Option<&str> {
+        self.peer_by_addr(src).map(|i| self.peers[i].name.as_str())
+    }
+
+    /// An ESP packet with unknown `spi` came from `src`. `ike_sa_up`: an established
+    /// IKE SA exists with `src`; `ike_sa_any(peer)`: an IKE SA with that peer exists or
+    /// is being set up.
+    pub fn on_invalid_spi(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        spi: u32,
+        ike_sa_up: bool,
+        ike_sa_any: impl Fn(&str) -> bool,
+    ) -> Action {
+        self.stats.invalid_spi_packets += 1;
+        let hold = self.cfg.hold_down;
+        if !self.spi_seen.admit(now, (src, spi), hold) {
+            // Rule 4: one action per SPI per hold-down; counted, never logged per packet.
+            self.stats.recovery_suppressed += 1;
+            return Action::None;
+        }
+        let pi = self.peer_by_addr(src);
+        let name = pi.map(|i| self.peers[i].name.clone());
+        self.emit(
+            now,
+            RecoveryKind::InvalidSpiSeen,
+            name.clone(),
+            Some(src),
+            Some(spi),
+        );
+        if ike_sa_up {
+            // Rule 1: always, whatever `invalid_spi_recovery`.
+            let what = pi
+                .map(|i| self.peers[i].cfg.on_invalid_spi)
+                .unwrap_or(self.cfg.default.on_invalid_spi);
+            if what == OnInvalidSpi::None {
+                return Action::None;
+            }
+            if !self.budget(now) {
+                self.over_budget(now, name, src, spi);
+                return Action::None;
+            }
+            return Action::Report { src, spi, what };
+        }
+        let static_peer = self.peers.iter().position(|p| p.addr == Some(src));
+        let Some(i) = static_peer else {
+            // Rule 3: recovery impossible. One event per source per hold-down.
+            let why = if self.peers.iter().any(|p| p.addr.is_none()) {
+                SuppressWhy::DynamicPeer
+            } else {
+                SuppressWhy::NotConfigured
+            };
+            if self.src_events.admit(now, src, hold) {
+                self.emit(
+                    now,
+                    RecoveryKind::Suppressed { why },
+                    name,
+                    Some(src),
+                    Some(spi),
+                );
+            } else {
+                self.stats.recovery_suppressed += 1;
+            }
+            return Action::None;
+        };
+        let p = &mut self.peers[i];
+        if !p.cfg.invalid_spi_recovery {
+            if self.src_events.admit(now, src, hold) {
+                self.emit(
+                    now,
+                    RecoveryKind::Suppressed {
+                        why: SuppressWhy::RecoveryOff,
+                    },
+                    name,
+                    Some(src),
+                    Some(spi),
+                );
+            } else {
+                self.stats.recovery_suppressed += 1;
+            }
+            return Action::None;
+        }
+        if !p.pending.contains(&spi) && p.pending.len() < MAX_PENDING {
+            p.pending.push(spi);
+        }
+        if p.phase == Phase::Initiating || ike_sa_any(&p.name) {
+            // The IKE SA is coming: the pending Delete goes over it.
+            return Action::None;
+        }
+        if p.next_allowed.is_some_and(|t| now < t) {
+            let show = p
+                .last_suppressed_event
+                .is_none_or(|t| now.saturating_duration_since(t) >= hold);
+            if show {
+                p.last_suppressed_event = Some(now);
+                self.emit(
+                    now,
+                    RecoveryKind::Suppressed {
+                        why: SuppressWhy::RateLimit,
+                    },
+                    name,
+                    Some(src),
+                    Some(spi),
+                );
+            } else {
+                self.stats.recovery_suppressed += 1;
+            }
+            return Action::None;
+        }
+        if !self.budget(now) {
+            self.over_budget(now, name, src, spi);
+            return Action::None;
+        }
+        let p = &mut self.peers[i];
+        p.phase = Phase::Initiating;
+        p.last_initiation = Some(now);
+        p.attempt_deadline = Some(now + self.attempt_timeout);
+        p.next_allowed = Some(now + p.backoff.max(hold));
+        Action::Initiate(p.name.clone())
+    }
+
+    /// The agent carried out [`Action::Report`].
+    pub fn reported(&mut self, now: Instant, src: IpAddr, spi: u32, what: OnInvalidSpi) {
+        let name = self.peer_name_by_addr(src).map(str::to_string);
+        if matches!(what, OnInvalidSpi::Delete | OnInvalidSpi::Both) {
+            self.stats.deletes_sent += 1;
+            self.emit(
+                now,
+                RecoveryKind::DeleteSent,
+                name.clone(),
+                Some(src),
+                Some(spi),
+            );
+        }
+        if matches!(what, OnInvalidSpi::Notify | OnInvalidSpi::Both) {
+            self.stats.notifies_sent += 1;
+            self.emit(now, RecoveryKind::NotifySent, name, Some(src), Some(spi));
+        }
+    }
+
+    /// The agent carried out [`Action::Initiate`] (`ok`: the endpoint accepted it).
+    pub fn initiated(&mut self, now: Instant, peer: &str, ok: bool) {
+        let Some(i) = self.peers.iter().position(|p| p.name == peer) else {
+            return;
+        };
+        let src = self.peers[i].addr;
+        if ok {
+            self.stats.ike_initiated += 1;
+            self.emit(
+                now,
+                RecoveryKind::IkeInitiated,
+                Some(peer.to_string()),
+                src,
+                None,
+            );
+        } else {
+            self.fail(now, i);
+        }
+    }
+
+    fn fail(&mut self, now: Instant, i: usize) {
+        let max = self.cfg.max_backoff;
+        let p = &mut self.peers[i];
+        p.phase = Phase::Idle;
+        p.attempt_deadline = None;
+        p.failures += 1;
+        // Exponential backoff, capped.
+        p.backoff = (p.backoff * 2).min(max);
+        p.next_allowed = Some(now + p.backoff);
+        let (name, src) = (p.name.clone(), p.addr);
+        self.stats.recovery_failed += 1;
+        self.emit(now, RecoveryKind::RecoveryFailed, Some(name), src, None);
+    }
+
+    /// An IKE SA with `peer` at `remote` is established: returns the stale SPIs to report
+    /// over it (with the action to use).
+    pub fn on_ike_established(
+        &mut self,
+        now: Instant,
+        peer: &str,
+        remote: IpAddr,
+    ) -> (Vec<u32>, OnInvalidSpi) {
+        let hold = self.cfg.hold_down;
+        let Some(i) = self.peers.iter().position(|p| p.name == peer) else {
+            return (Vec::new(), OnInvalidSpi::None);
+        };
+        let p = &mut self.peers[i];
+        p.current = Some(remote);
+        let was = p.phase == Phase::Initiating;
+        p.phase = Phase::Idle;
+        p.attempt_deadline = None;
+        p.failures = 0;
+        p.backoff = hold;
+        let mut spis = std::mem::take(&mut p.pending);
+        // The reports over the new IKE SA are actions too: within the global budget.
+        let mut allowed = 0;
+        while allowed < spis.len() && self.budget(now) {
+            allowed += 1;
+        }
+        let dropped = (spis.len() - allowed) as u64;
+        self.stats.recovery_suppressed += dropped;
+        spis.truncate(allowed);
+        let p = &mut self.peers[i];
+        // A Delete is what clears the peer's stale SA (strongSwan ignores INVALID_SPI):
+        // over a brand-new IKE SA always send it, plus the notify if configured so.
+        let what = match p.cfg.on_invalid_spi {
+            OnInvalidSpi::Both => OnInvalidSpi::Both,
+            _ => OnInvalidSpi::Delete,
+        };
+        if was {
+            self.stats.ike_established += 1;
+            self.emit(
+                now,
+                RecoveryKind::IkeEstablished,
+                Some(peer.to_string()),
+                Some(remote),
+                None,
+            );
+        }
+        (spis, what)
+    }
+
+    /// An IKE SA attempt with `peer` failed or the peer died.
+    pub fn on_ike_failed(&mut self, now: Instant, peer: &str, dead: bool) {
+        let Some(i) = self.peers.iter().position(|p| p.name == peer) else {
+            return;
+        };
+        if dead {
+            self.stats.peers_dead += 1;
+            let src = self.peers[i].current.or(self.peers[i].addr);
+            self.emit(
+                now,
+                RecoveryKind::PeerDead,
+                Some(peer.to_string()),
+                src,
+                None,
+            );
+        }
+        self.peers[i].current = None;
+        if self.peers[i].phase == Phase::Initiating {
+            self.fail(now, i);
+        }
+    }
+
+    /// The peer reported an SA we send on as stale.
+    pub fn on_stale_reported(&mut self, now: Instant, peer: &str, spi: u32) {
+        self.stats.stale_sa_deleted += 1;
+        let src = self
+            .peers
+            .iter()
+            .find(|p| p.name == peer)
+            .and_then(|p| p.current.or(p.addr));
+        self.emit(
+            now,
+            RecoveryKind::StaleSaDeletedOnPeerRequest,
+            Some(peer.to_string()),
+            src,
+            Some(spi),
+        );
+    }
+
+    /// An unprotected notification came from `src` (RFC 7296 §2.21.4: it never changes
+    /// SA state). Returns the peer to send a liveness check to, at most once per
+    /// hold-down per source.
+    pub fn on_unprotected(&mut self, now: Instant, src: IpAddr, ike_sa_up: bool) -> Option<String> {
+        if !ike_sa_up {
+            return None;
+        }
+        let name = self
+            .peers
+            .iter()
+            .find(|p| p.current == Some(src) || p.addr == Some(src))?
+            .name
+            .clone();
+        if !self.liveness.admit(now, src, self.cfg.hold_down) {
+            self.stats.recovery_suppressed += 1;
+            return None;
+        }
+        self.stats.liveness_checks += 1;
+        self.emit(
+            now,
+            RecoveryKind::LivenessCheck,
+            Some(name.clone()),
+            Some(src),
+            None,
+        );
+        Some(name)
+    }
+
+    /// Timers: recovery attempts that took too long count as failed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            if self.peers[i].attempt_deadline.is_some_and(|t| t <= now) {
+                self.fail(now, i);
+            }
+        }
+    }
+
+    /// The next attempt deadline.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.peers.iter().filter_map(|p| p.attempt_deadline).min()
+    }
+
+    /// Per-peer status.
+    pub fn status(&self, now: Instant) -> Vec<PeerRecoveryStatus> {
+        self.peers
+            .iter()
+            .map(|p| {
+                let remaining = p
+                    .next_allowed
+                    .map(|t| t.saturating_duration_since(now).as_secs_f64())
+                    .unwrap_or(0.0);
+                PeerRecoveryStatus {
+                    peer: p.name.clone(),
+                    address: p.addr,
+                    state: match p.phase {
+                        Phase::Initiating => "initiating",
+                        Phase::Idle if remaining > 0.0 && p.failures > 0 => "backoff",
+                        Phase::Idle => "idle",
+                    },
+                    invalid_spi_recovery: p.cfg.invalid_spi_recovery,
+                    on_invalid_spi: p.cfg.on_invalid_spi.as_str(),
+                    last_initiation_secs_ago: p
+                        .last_initiation
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    hold_down_remaining_secs: remaining,
+                    backoff_secs: p.backoff.as_secs_f64(),
+                    failures: p.failures,
+                    pending_spis: p.pending.iter().map(|s| format!("0x{s:08x}")).collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+
+    #[test]
+    fn bounded_table_evicts() {
+        let mut b = Bounded::new(4);
+        let t0 = Instant::now();
+        for i in 0..100u32 {
+            assert!(b.admit(
+                t0 + Duration::from_millis(i.into()),
+                i,
+                Duration::from_secs(10)
+            ));
+            assert!(b.len() <= 4);
+        }
+        assert!(!b.admit(t0 + Duration::from_millis(100), 99, Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn log_line_shape() {
+        let e = RecoveryEvent {
+            at: Instant::now(),
+            kind: RecoveryKind::Suppressed {
+                why: SuppressWhy::DynamicPeer,
+            },
+            peer: None,
+            src: Some("198.18.0.9".parse().unwrap()),
+            spi: Some(0x1234),
+        };
+        assert_eq!(
+            recovery_log_line(&e),
+            "%CRYPTO-6-INV_SPI_RECOVERY: recovery suppressed: dynamic peer srcaddr=198.18.0.9 spi=0x00001234"
+        );
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    fn engine() -> Recovery {
+        let cfg = RecoveryConfig {
+            default: PeerRecovery {
+                invalid_spi_recovery: true,
+                ..PeerRecovery::default()
+            },
+            ..RecoveryConfig::default()
+        };
+        let peers = [PeerInfo {
+            name: "b".into(),
+            addr: Some("198.18.0.2".parse().unwrap()),
+        }];
+        Recovery::new(cfg, &peers, Duration::from_secs(7))
+    }
+
+    #[test]
+    fn failed_attempts_back_off_exponentially_and_success_resets() {
+        let mut r = engine();
+        let src: IpAddr = "198.18.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut spi = 1000;
+        let mut try_at = |r: &mut Recovery, t: Instant| {
+            spi += 1;
+            r.on_invalid_spi(t, src, spi, false, |_| false)
+        };
+        assert_eq!(try_at(&mut r, s(0)), Action::Initiate("b".into()));
+        r.initiated(s(0), "b", true);
+        // No IKE SA after the retransmission schedule: failed, backoff 20 s.
+        r.handle_timeout(s(7));
+        assert_eq!(r.stats().recovery_failed, 1);
+        assert_eq!(try_at(&mut r, s(20)), Action::None, "backoff running");
+        assert_eq!(try_at(&mut r, s(27)), Action::Initiate("b".into()));
+        r.initiated(s(27), "b", true);
+        r.handle_timeout(s(34));
+        // 40 s now.
+        assert_eq!(try_at(&mut r, s(60)), Action::None);
+        assert_eq!(try_at(&mut r, s(74)), Action::Initiate("b".into()));
+        r.initiated(s(74), "b", true);
+        let st = &r.status(s(75))[0];
+        assert_eq!((st.state, st.failures), ("initiating", 2));
+        let (pending, what) = r.on_ike_established(s(75), "b", src);
+        assert_eq!(what, OnInvalidSpi::Delete);
+        assert!(!pending.is_empty());
+        let st = &r.status(s(75))[0];
+        assert_eq!((st.failures, st.backoff_secs), (0, 10.0));
+        assert!(st.pending_spis.is_empty());
+        // Capped at max_backoff.
+        let mut r = engine();
+        let mut t = s(0);
+        for _ in 0..12 {
+            loop {
+                if try_at(&mut r, t) != Action::None {
+                    break;
+                }
+                t += Duration::from_secs(1);
+            }
+            r.initiated(t, "b", true);
+            t += Duration::from_secs(7);
+            r.handle_timeout(t);
+        }
+        assert_eq!(r.status(t)[0].backoff_secs, 300.0);
+        assert_eq!(r.stats().ike_initiated, 12);
+    }
+}

@@ -168,12 +168,16 @@ impl Endpoint {
         }
         // Notifications first: INVALID_SPI's `known` refers to the state before any
         // Delete in the same message.
+        let mut invalid_known = Vec::new();
         for n in p.iter().filter_map(|x| match x {
             Payload::Notify(n) => Some(n),
             _ => None,
         }) {
             if let Some(spi) = n.invalid_spi() {
                 let known = sa.child_by_outbound(spi).is_some();
+                if known {
+                    invalid_known.push(spi);
+                }
                 self.event(IkeEvent::InvalidSpiNotifyReceived {
                     ike_sa: sa.id,
                     peer: peer.clone(),
@@ -223,6 +227,20 @@ impl Endpoint {
                     restart.push(c);
                 }
             }
+        }
+        // §1.5: the peer has no inbound SA for this outbound SPI of ours — the pair is
+        // useless, so it goes exactly as if the peer had deleted it (unless a Delete in
+        // the same message already removed it).
+        for spi in invalid_known {
+            let Some(i) = sa.child_by_outbound(spi) else {
+                continue;
+            };
+            if matches!(sa.children[i].state, ChildState::Rekeyed { .. }) {
+                continue;
+            }
+            let linger = self.delete_linger(sa, DeleteReason::Peer);
+            let c = self.remove_child(sa, i, linger, DeleteReason::Peer);
+            restart.push(c);
         }
         let mut response = Vec::new();
         if !ours.is_empty() {

@@ -1,0 +1,825 @@
+//! Flight recorder for invalid-SPI debugging (`[capture]`, docs/recovery.md).
+//!
+//! Intermittent invalid-SPI errors are hard to catch with a capture started afterwards, so the
+//! daemon keeps the last N underlay packets and IKE messages in a [`Ring`] and, when an
+//! invalid-SPI event fires, writes them to a classic pcap file with the Wireshark `esp_sa`
+//! lines beside it, then optionally runs a script ([`Capture::on_invalid_spi`]).
+//!
+//! The ring preallocates every slot at startup: recording a packet is one `memcpy` into a
+//! reused buffer plus a few scalar stores, so it can sit on the datapath. Outer IP/UDP
+//! headers are not stored; they are rebuilt from the addresses and ports at dump time.
+
+use crate::clock::rfc3339_millis;
+use esplab_esp::wire::{emit_outer, finish_udp6_checksum, OuterParams};
+use esplab_esp::Encap;
+use esplab_node::event::InvalidSpi;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Default number of ring slots (`[capture] ring`).
+pub const DEFAULT_RING: usize = 1000;
+
+/// Default minimum time between two dumps (`[capture] min_interval`).
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Room past the MTU in a slot: an ESP header, IV, trailer and ICV around a full inner packet,
+/// plus a UDP header and (for IPv4 raw ESP, stored with its header) an outer IP header.
+const SLOT_SLACK: usize = 128;
+
+/// pcap `LINKTYPE_RAW`: each record starts with an IPv4 or IPv6 header.
+pub const LINKTYPE_RAW: u32 = 101;
+
+/// Spawned `on_event` scripts still running are kept (to be reaped) up to this many; past it
+/// a new event does not start another script.
+const MAX_CHILDREN: usize = 16;
+
+/// `[capture]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Ring slots; 0 disables the recorder (and the dumps and the script).
+    pub ring: usize,
+    /// At most one dump (and one script run) per this interval.
+    pub min_interval: Duration,
+    /// Where dumps go.
+    pub dir: PathBuf,
+    /// Script run after each dump, with the event in its environment.
+    pub on_event: Option<PathBuf>,
+}
+
+impl CaptureConfig {
+    /// Defaults for a node: dumps go beside the log file, else to `/tmp/esplab-capture-NAME`.
+    pub fn defaults(name: &str, log_file: Option<&Path>) -> Self {
+        let dir = log_file
+            .and_then(|f| f.parent())
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/esplab-capture-{name}")));
+        Self {
+            ring: DEFAULT_RING,
+            min_interval: DEFAULT_MIN_INTERVAL,
+            dir,
+            on_event: None,
+        }
+    }
+}
+
+/// Which way a recorded packet went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Received from the underlay.
+    In,
+    /// Sent to the underlay.
+    Out,
+}
+
+/// How a recorded payload travelled, i.e. which outer headers to rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP (IKE on 500, RFC 3948 ESP-in-UDP or IKE on 4500): the payload is the UDP payload.
+    Udp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+    },
+    /// IP protocol 50: the payload is the ESP packet.
+    Esp,
+    /// The payload is already a whole IP packet (IPv4 raw-socket reads include the header).
+    Ip,
+}
+
+/// One recorded packet.
+#[derive(Debug, Clone)]
+struct Slot {
+    at: SystemTime,
+    dir: Direction,
+    src: IpAddr,
+    dst: IpAddr,
+    transport: Transport,
+    /// Length before truncation.
+    orig_len: usize,
+    /// The stored bytes; capacity fixed at startup, never grown.
+    data: Vec<u8>,
+}
+
+/// Fixed-size ring of the last packets; oldest overwritten first.
+#[derive(Debug)]
+pub struct Ring {
+    slots: Vec<Slot>,
+    /// Slot the next record goes into.
+    next: usize,
+    /// Slots in use.
+    len: usize,
+    slot_cap: usize,
+}
+
+/// A recorded packet, as [`Ring::iter`] returns it.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// Wall-clock time.
+    pub at: SystemTime,
+    /// Direction.
+    pub dir: Direction,
+    /// Outer source.
+    pub src: IpAddr,
+    /// Outer destination.
+    pub dst: IpAddr,
+    /// Transport.
+    pub transport: Transport,
+    /// Length on the wire of the payload before truncation.
+    pub orig_len: usize,
+    /// The stored (possibly truncated) payload.
+    pub data: &'a [u8],
+}
+
+impl Ring {
+    /// `n` slots of `slot_cap` bytes each, all allocated now.
+    pub fn new(n: usize, slot_cap: usize) -> Self {
+        let slots = (0..n)
+            .map(|_| Slot {
+                at: UNIX_EPOCH,
+                dir: Direction::In,
+                src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                transport: Transport::Esp,
+                orig_len: 0,
+                data: Vec::with_capacity(slot_cap),
+            })
+            .collect();
+        Self {
+            slots,
+            next: 0,
+            len: 0,
+            slot_cap,
+        }
+    }
+
+    /// A ring sized for a TUN MTU.
+    pub fn for_mtu(n: usize, mtu: usize) -> Self {
+        Self::new(n, mtu + SLOT_SLACK)
+    }
+
+    /// Slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes reserved per slot.
+    pub fn slot_capacity(&self) -> usize {
+        self.slot_cap
+    }
+
+    /// Stores a packet, overwriting the oldest when full. Longer payloads are truncated to
+    /// the slot size (their original length is kept). No allocation: the slot's buffer has
+    /// its capacity from [`Ring::new`].
+    pub fn record(
+        &mut self,
+        at: SystemTime,
+        dir: Direction,
+        src: IpAddr,
+        dst: IpAddr,
+        transport: Transport,
+        payload: &[u8],
+    ) {
+        let n = self.slots.len();
+        if n == 0 {
+            return;
+        }
+        let s = &mut self.slots[self.next];
+        s.at = at;
+        s.dir = dir;
+        s.src = src;
+        s.dst = dst;
+        s.transport = transport;
+        s.orig_len = payload.len();
+        s.data.clear();
+        s.data
+            .extend_from_slice(&payload[..payload.len().min(self.slot_cap)]);
+        self.next = (self.next + 1) % n;
+        self.len = (self.len + 1).min(n);
+    }
+
+    /// Records, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = Record<'_>> {
+        let n = self.slots.len();
+        let start = if n == 0 {
+            0
+        } else {
+            (self.next + n - self.len) % n
+        };
+        (0..self.len).map(move |i| {
+            let s = &self.slots[(start + i) % n];
+            Record {
+                at: s.at,
+                dir: s.dir,
+                src: s.src,
+                dst: s.dst,
+                transport: s.transport,
+                orig_len: s.orig_len,
+                data: &s.data,
+            }
+        })
+    }
+}
+
+/// Writes the classic pcap global header (microsecond timestamps, `LINKTYPE_RAW`).
+pub fn write_pcap_header(w: &mut impl Write) -> io::Result<()> {
+    let mut h = [0u8; 24];
+    h[0..4].copy_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    h[4..6].copy_from_slice(&2u16.to_le_bytes());
+    h[6..8].copy_from_slice(&4u16.to_le_bytes());
+    // thiszone, sigfigs: 0.
+    h[16..20].copy_from_slice(&65_535u32.to_le_bytes());
+    h[20..24].copy_from_slice(&LINKTYPE_RAW.to_le_bytes());
+    w.write_all(&h)
+}
+
+/// Rebuilds the IP packet of a record into `out` (cleared first); returns its length on the
+/// wire (which is larger than `out.len()` when the payload was truncated).
+pub fn rebuild(r: &Record<'_>, out: &mut Vec<u8>) -> io::Result<usize> {
+    out.clear();
+    let udp = match r.transport {
+        Transport::Ip => {
+            out.extend_from_slice(r.data);
+            return Ok(r.orig_len);
+        }
+        Transport::Udp { sport, dport } => Some((sport, dport)),
+        Transport::Esp => None,
+    };
+    let params = OuterParams {
+        src: r.src,
+        dst: r.dst,
+        udp,
+        ip_id: 0,
+        ttl: 64,
+    };
+    let hlen = params.header_len();
+    out.resize(hlen, 0);
+    emit_outer(out, &params, r.orig_len)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    out.extend_from_slice(r.data);
+    // RFC 8200 §8.1: UDP over IPv6 needs a checksum; only computable on the whole payload.
+    if udp.is_some() && r.src.is_ipv6() && r.data.len() == r.orig_len {
+        finish_udp6_checksum(out);
+    }
+    Ok(hlen + r.orig_len)
+}
+
+/// Writes every record of `ring` as a pcap file to `w`; returns the number of packets.
+pub fn write_pcap(ring: &Ring, w: &mut impl Write) -> io::Result<usize> {
+    write_pcap_header(w)?;
+    let mut buf = Vec::with_capacity(ring.slot_capacity() + 64);
+    let mut n = 0;
+    for r in ring.iter() {
+        let wire = rebuild(&r, &mut buf)?;
+        let d = r.at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&(d.as_secs() as u32).to_le_bytes());
+        h[4..8].copy_from_slice(&d.subsec_micros().to_le_bytes());
+        h[8..12].copy_from_slice(&(buf.len() as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&(wire as u32).to_le_bytes());
+        w.write_all(&h)?;
+        w.write_all(&buf)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// At most one action per interval.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    min: Duration,
+    last: Option<Instant>,
+}
+
+impl RateLimit {
+    /// One per `min` (zero: no limit).
+    pub fn new(min: Duration) -> Self {
+        Self { min, last: None }
+    }
+
+    /// Whether an action may run now (and if so, counts it).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        match self.last {
+            Some(l) if now.saturating_duration_since(l) < self.min => false,
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
+/// `2026-11-27T16:40:01.123Z` → `20261127T164001.123Z`: sorts, no `:` for file systems that
+/// refuse it.
+fn file_stamp(t: SystemTime) -> String {
+    rfc3339_millis(t)
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect()
+}
+
+/// The environment an `on_event` script gets for an invalid-SPI event.
+pub fn event_env(node: &str, e: &InvalidSpi, pcap: &Path) -> Vec<(&'static str, String)> {
+    let encap = match e.encap {
+        Encap::Raw => "esp".to_string(),
+        Encap::Udp { sport, dport } => format!("udp/{sport}/{dport}"),
+    };
+    let family = if e.src.is_ipv4() { "ipv4" } else { "ipv6" };
+    vec![
+        ("ESPLAB_EVENT", "invalid-spi".into()),
+        ("ESPLAB_SPI", format!("0x{:08x}", e.spi)),
+        ("ESPLAB_SRC", e.src.to_string()),
+        ("ESPLAB_DST", e.dst.to_string()),
+        ("ESPLAB_SEQ", e.seq.to_string()),
+        ("ESPLAB_FAMILY", family.into()),
+        ("ESPLAB_ENCAP", encap),
+        ("ESPLAB_NODE", node.into()),
+        ("ESPLAB_PCAP", pcap.display().to_string()),
+    ]
+}
+
+/// What a dump did, for the log.
+#[derive(Debug)]
+pub struct DumpReport {
+    /// Packets written.
+    pub packets: usize,
+    /// The pcap file.
+    pub pcap: PathBuf,
+    /// The UAT file.
+    pub uat: PathBuf,
+    /// Why the `on_event` command did not start, if it did not.
+    pub script_error: Option<String>,
+}
+
+/// The flight recorder with its dump policy; owned by the datapath.
+#[derive(Debug)]
+pub struct Capture {
+    cfg: CaptureConfig,
+    node: String,
+    ring: Ring,
+    limit: RateLimit,
+    /// `esp_sa` lines for manual SAs (from the config), fixed at startup.
+    manual_uat: Vec<String>,
+    /// `esp_sa` lines from negotiated CHILD SAs, newest last, bounded.
+    ike_uat: Vec<String>,
+    /// Whether key material may be written (`log.debug_keys`).
+    debug_keys: bool,
+    children: Vec<Child>,
+}
+
+/// Negotiated-SA UAT lines kept (two per CHILD SA; old pairs fall off).
+const MAX_IKE_UAT: usize = 256;
+
+impl Capture {
+    /// A recorder, or `None` when `ring = 0`.
+    pub fn new(
+        cfg: CaptureConfig,
+        node: &str,
+        mtu: usize,
+        manual_uat: Vec<String>,
+        debug_keys: bool,
+    ) -> Option<Self> {
+        if cfg.ring == 0 {
+            return None;
+        }
+        Some(Self {
+            ring: Ring::for_mtu(cfg.ring, mtu),
+            limit: RateLimit::new(cfg.min_interval),
+            node: node.to_string(),
+            cfg,
+            manual_uat,
+            ike_uat: Vec::new(),
+            debug_keys,
+            children: Vec::new(),
+        })
+    }
+
+    /// Records one packet (see [`Ring::record`]).
+    pub fn record(
+        &mut self,
+        at: SystemTime,
+        dir: Direction,
+        src: IpAddr,
+        dst: IpAddr,
+        transport: Transport,
+        payload: &[u8],
+    ) {
+        self.ring.record(at, dir, src, dst, transport, payload);
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// Remembers the `esp_sa` lines of a negotiated CHILD SA (empty without debug keys).
+    pub fn add_uat(&mut self, lines: &[String]) {
+        self.ike_uat.extend(lines.iter().cloned());
+        if self.ike_uat.len() > MAX_IKE_UAT {
+            let extra = self.ike_uat.len() - MAX_IKE_UAT;
+            self.ike_uat.drain(..extra);
+        }
+    }
+
+    /// The `.uat` file's text.
+    pub fn uat_text(&self) -> String {
+        let mut s = String::from(
+            "# Wireshark esp_sa UAT (Preferences > Protocols > ESP > ESP SAs, or copy to the\n# profile's esp_sa file); tshark: -o 'uat:esp_sa:LINE'\n",
+        );
+        if !self.debug_keys {
+            s.push_str(
+                "# key material not written: debug keys are off (set log.debug_keys = true or run esplab peer --debug-keys)\n",
+            );
+            return s;
+        }
+        for l in self.manual_uat.iter().chain(&self.ike_uat) {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Handles an invalid-SPI event: when the rate limit allows, dumps the ring and starts
+    /// the `on_event` script. `Ok(None)` when rate-limited.
+    pub fn on_invalid_spi(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        e: &InvalidSpi,
+    ) -> io::Result<Option<DumpReport>> {
+        self.reap();
+        if !self.limit.allow(now) {
+            return Ok(None);
+        }
+        let mut report = self.dump(wall, e.spi)?;
+        if let Some(script) = &self.cfg.on_event {
+            if self.children.len() >= MAX_CHILDREN {
+                report.script_error = Some(format!(
+                    "on_event {}: not started, {MAX_CHILDREN} earlier runs still going",
+                    script.display()
+                ));
+            } else {
+                match Command::new(script)
+                    .envs(event_env(&self.node, e, &report.pcap))
+                    .stdin(Stdio::null())
+                    .spawn()
+                {
+                    Ok(child) => self.children.push(child),
+                    Err(err) => {
+                        report.script_error = Some(format!("on_event {}: {err}", script.display()))
+                    }
+                }
+            }
+        }
+        Ok(Some(report))
+    }
+
+    /// Writes `<dir>/invalid-spi-<stamp>-spi-<hex>.pcap` and the `.uat` beside it.
+    pub fn dump(&self, wall: SystemTime, spi: u32) -> io::Result<DumpReport> {
+        std::fs::create_dir_all(&self.cfg.dir)?;
+        let stem = format!("invalid-spi-{}-spi-{spi:08x}", file_stamp(wall));
+        let pcap = self.cfg.dir.join(format!("{stem}.pcap"));
+        let uat = self.cfg.dir.join(format!("{stem}.uat"));
+        let mut w = io::BufWriter::new(std::fs::File::create(&pcap)?);
+        let packets = write_pcap(&self.ring, &mut w)?;
+        w.flush()?;
+        // Key material: owner-only.
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        o.open(&uat)?.write_all(self.uat_text().as_bytes())?;
+        Ok(DumpReport {
+            packets,
+            pcap,
+            uat,
+            script_error: None,
+        })
+    }
+
+    /// Collects finished scripts so none stays a zombie.
+    pub fn reap(&mut self) {
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esplab_esp::wire::{parse_underlay, Underlay};
+    use esplab_esp::Family;
+
+    fn a(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn t(i: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + i)
+    }
+
+    #[test]
+    fn ring_wraps_keeps_order_and_never_grows() {
+        let mut r = Ring::new(4, 16);
+        let ptrs: Vec<*const u8> = r.slots.iter().map(|s| s.data.as_ptr()).collect();
+        assert!(r.is_empty());
+        for i in 0..10u8 {
+            r.record(
+                t(i as u64),
+                Direction::In,
+                a("198.18.0.1"),
+                a("198.18.0.2"),
+                Transport::Esp,
+                &[i; 8],
+            );
+        }
+        assert_eq!(r.len(), 4);
+        let got: Vec<u8> = r.iter().map(|x| x.data[0]).collect();
+        assert_eq!(got, vec![6, 7, 8, 9]);
+        // Same buffers, same capacity: nothing was reallocated.
+        for (s, p) in r.slots.iter().zip(ptrs) {
+            assert_eq!(s.data.as_ptr(), p);
+            assert_eq!(s.data.capacity(), 16);
+        }
+    }
+
+    #[test]
+    fn ring_truncates_and_keeps_length() {
+        let mut r = Ring::new(2, 16);
+        r.record(
+            t(0),
+            Direction::Out,
+            a("198.18.0.1"),
+            a("198.18.0.2"),
+            Transport::Esp,
+            &[7; 100],
+        );
+        let x = r.iter().next().unwrap();
+        assert_eq!((x.data.len(), x.orig_len), (16, 100));
+        assert_eq!(r.slots[0].data.capacity(), 16);
+        // Zero slots: recording is a no-op.
+        let mut z = Ring::new(0, 16);
+        z.record(
+            t(0),
+            Direction::In,
+            a("198.18.0.1"),
+            a("198.18.0.2"),
+            Transport::Esp,
+            &[1],
+        );
+        assert!(z.is_empty());
+    }
+
+    fn esp(spi: u32, seq: u32, len: usize) -> Vec<u8> {
+        let mut v = vec![0xabu8; len];
+        v[0..4].copy_from_slice(&spi.to_be_bytes());
+        v[4..8].copy_from_slice(&seq.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn pcap_parses_and_headers_rebuild() {
+        let mut r = Ring::new(8, 1500);
+        r.record(
+            t(1),
+            Direction::In,
+            a("198.18.0.2"),
+            a("198.18.0.1"),
+            Transport::Udp {
+                sport: 4500,
+                dport: 4500,
+            },
+            &esp(0xc0de0001, 1, 64),
+        );
+        r.record(
+            t(2),
+            Direction::Out,
+            a("2001:db8::1"),
+            a("2001:db8::2"),
+            Transport::Udp {
+                sport: 4500,
+                dport: 4500,
+            },
+            &esp(0xc0de0002, 2, 64),
+        );
+        r.record(
+            t(3),
+            Direction::Out,
+            a("2001:db8::1"),
+            a("2001:db8::2"),
+            Transport::Esp,
+            &esp(0xc0de0003, 3, 64),
+        );
+        r.record(
+            t(4),
+            Direction::In,
+            a("198.18.0.2"),
+            a("198.18.0.1"),
+            Transport::Esp,
+            &esp(0xc0de0004, 4, 64),
+        );
+        let mut out = Vec::new();
+        assert_eq!(write_pcap(&r, &mut out).unwrap(), 4);
+        assert_eq!(&out[..4], &[0xd4, 0xc3, 0xb2, 0xa1]);
+        assert_eq!(&out[20..24], &101u32.to_le_bytes());
+
+        let mut reader = pcap_file::pcap::PcapReader::new(&out[..]).unwrap();
+        assert_eq!(
+            reader.header().datalink,
+            pcap_file::DataLink::RAW,
+            "LINKTYPE_RAW"
+        );
+        let mut spis = Vec::new();
+        let mut i = 1;
+        while let Some(p) = reader.next_packet() {
+            let p = p.unwrap();
+            assert_eq!(p.timestamp, Duration::from_millis(1_700_000_000_000 + i));
+            let data = p.data.into_owned();
+            let u = parse_underlay(&data).unwrap();
+            let (Underlay::Esp(o) | Underlay::Ike(o) | Underlay::Keepalive(o)) = &u;
+            assert!(matches!(u, Underlay::Esp(_)), "{u:?}");
+            let body = &data[o.payload.clone()];
+            spis.push(u32::from_be_bytes(body[0..4].try_into().unwrap()));
+            i += 1;
+        }
+        assert_eq!(spis, vec![0xc0de0001, 0xc0de0002, 0xc0de0003, 0xc0de0004]);
+    }
+
+    #[test]
+    fn ipv6_udp_checksum_is_valid() {
+        let rec = Record {
+            at: t(0),
+            dir: Direction::Out,
+            src: a("2001:db8::1"),
+            dst: a("2001:db8::2"),
+            transport: Transport::Udp {
+                sport: 4500,
+                dport: 4500,
+            },
+            orig_len: 40,
+            data: &esp(0x1000, 1, 40),
+        };
+        let mut out = Vec::new();
+        assert_eq!(rebuild(&rec, &mut out).unwrap(), 40 + 8 + 40);
+        assert_ne!(&out[46..48], &[0, 0], "UDP/IPv6 checksum set");
+        // Truncated: the IP header keeps the original length.
+        let mut r = Ring::new(1, 16);
+        r.record(
+            t(0),
+            Direction::In,
+            a("198.18.0.2"),
+            a("198.18.0.1"),
+            Transport::Esp,
+            &esp(0x1000, 1, 100),
+        );
+        let rec = r.iter().next().unwrap();
+        assert_eq!(rebuild(&rec, &mut out).unwrap(), 120);
+        assert_eq!(out.len(), 36);
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 120);
+    }
+
+    #[test]
+    fn rate_limit() {
+        let t0 = Instant::now();
+        let mut l = RateLimit::new(Duration::from_secs(60));
+        assert!(l.allow(t0));
+        assert!(!l.allow(t0 + Duration::from_secs(59)));
+        assert!(l.allow(t0 + Duration::from_secs(60)));
+        let mut l = RateLimit::new(Duration::ZERO);
+        assert!(l.allow(t0) && l.allow(t0));
+    }
+
+    fn event(spi: u32) -> InvalidSpi {
+        InvalidSpi {
+            at: Instant::now(),
+            spi,
+            src: a("198.18.0.2"),
+            dst: a("198.18.0.1"),
+            seq: 7,
+            family: Family::V4,
+            encap: Encap::Udp {
+                sport: 4500,
+                dport: 4500,
+            },
+            flow_label: 0,
+            len: 64,
+            logged: true,
+        }
+    }
+
+    #[test]
+    fn dump_is_rate_limited_and_runs_the_script() {
+        let dir = std::env::temp_dir().join(format!("esplab-capture-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("hook.sh");
+        let envfile = dir.join("env.txt");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nenv | grep ^ESPLAB_ > {}.tmp && mv {0}.tmp {0}\n",
+                envfile.display()
+            ),
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let cfg = CaptureConfig {
+            ring: 4,
+            min_interval: Duration::from_secs(60),
+            dir: dir.clone(),
+            on_event: Some(script),
+        };
+        let mut c = Capture::new(cfg, "a", 1400, vec!["\"IPv4\",\"x\"".into()], false).unwrap();
+        c.record(
+            t(0),
+            Direction::In,
+            a("198.18.0.2"),
+            a("198.18.0.1"),
+            Transport::Esp,
+            &esp(0xdead0001, 7, 64),
+        );
+        let now = Instant::now();
+        let rep = c
+            .on_invalid_spi(now, t(5), &event(0xdead0001))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rep.packets, 1);
+        assert!(rep.script_error.is_none(), "{:?}", rep.script_error);
+        let name = rep.pcap.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            name.starts_with("invalid-spi-20231114T") && name.ends_with("-spi-dead0001.pcap"),
+            "{name}"
+        );
+        let uat = std::fs::read_to_string(&rep.uat).unwrap();
+        assert!(
+            uat.contains("debug keys are off") && !uat.contains("\"IPv4\""),
+            "{uat}"
+        );
+        assert!(c
+            .on_invalid_spi(now + Duration::from_secs(1), t(6), &event(1))
+            .unwrap()
+            .is_none());
+        // The script ran with the event's fields.
+        let mut env = String::new();
+        for _ in 0..100 {
+            if let Ok(s) = std::fs::read_to_string(&envfile) {
+                env = s;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(env.contains("ESPLAB_EVENT=invalid-spi"), "{env}");
+        assert!(env.contains("ESPLAB_SPI=0xdead0001"), "{env}");
+        assert!(env.contains("ESPLAB_SEQ=7"), "{env}");
+        assert!(env.contains("ESPLAB_ENCAP=udp/4500/4500"), "{env}");
+        assert!(
+            env.contains(&format!("ESPLAB_PCAP={}", rep.pcap.display())),
+            "{env}"
+        );
+        for _ in 0..100 {
+            c.reap();
+            if c.children.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(c.children.is_empty(), "script reaped");
+        // With debug keys the lines are written.
+        c.debug_keys = true;
+        assert!(c.uat_text().contains("\"IPv4\",\"x\""));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn disabled_and_default_dir() {
+        let mut cfg = CaptureConfig::defaults("a", Some(Path::new("/var/log/esplab/a.log")));
+        assert_eq!(cfg.dir, PathBuf::from("/var/log/esplab"));
+        assert_eq!(
+            CaptureConfig::defaults("a", None).dir,
+            PathBuf::from("/tmp/esplab-capture-a")
+        );
+        cfg.ring = 0;
+        assert!(Capture::new(cfg, "a", 1400, Vec::new(), false).is_none());
+    }
+}

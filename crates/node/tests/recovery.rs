@@ -1,0 +1,656 @@
+//! Invalid-SPI recovery on a virtual clock: two [`Agent`]s and a latency wire (the
+//! harness of `agent.rs`), plus a third address that injects forged traffic. Counts are
+//! exact: each scenario says how many Deletes, initiations and events it allows.
+
+use esplab_ike::proposal::ProposalSpec;
+use esplab_ike::{
+    AddrRange, EndpointConfig, ExchangeType, Flags, Identity, IkeEvent, IkeHeader, IkePeerConfig,
+    IkeSaState, Message, Notify, NotifyType, PeerAction, Retransmit, TrafficSelector as IkeTs,
+};
+use esplab_node::{
+    Agent, AgentConfig, AgentEvent, DpdAction, Inbound, LogLimits, NodeConfig, OnInvalidSpi,
+    Outbound, PeerRecovery, RecoveryConfig, RecoveryKind, SuppressWhy, UnderlayEncap, HEADROOM,
+    TAILROOM,
+};
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Not a configured peer of anyone.
+const C_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 66);
+const A_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+const B_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
+const LATENCY: Duration = Duration::from_millis(5);
+const RTT: Duration = Duration::from_millis(10);
+
+fn net(o3: u8) -> IkeTs {
+    IkeTs::any_port(AddrRange::V4 {
+        start: Ipv4Addr::new(198, 19, o3, 0),
+        end: Ipv4Addr::new(198, 19, o3, 255),
+    })
+}
+
+fn peer_cfg(
+    name: &str,
+    local: Ipv4Addr,
+    remote: Option<Ipv4Addr>,
+    ids: (&str, &str),
+    nets: (u8, u8),
+) -> IkePeerConfig {
+    let mut p = IkePeerConfig::new(
+        name,
+        Identity::fqdn(ids.0),
+        Some(Identity::fqdn(ids.1)),
+        b"correct horse battery staple",
+    );
+    p.local_addr = Some(SocketAddr::new(local.into(), 500));
+    p.remote_addr = remote.map(|r| SocketAddr::new(r.into(), 500));
+    p.local_ts = vec![net(nets.0)];
+    p.remote_ts = vec![net(nets.1)];
+    p.ike_proposals = vec![ProposalSpec::parse_ike("aes128gcm16-prfsha256-x25519").unwrap()];
+    p.esp_proposals = vec![ProposalSpec::parse_esp("aes128gcm16").unwrap()];
+    p.on_peer_delete = PeerAction::Restart;
+    p
+}
+
+fn node_cfg(name: &str, local: Ipv4Addr) -> NodeConfig {
+    NodeConfig {
+        name: name.into(),
+        local: local.into(),
+        peers: Vec::new(),
+        log_limits: LogLimits::default(),
+        event_queue: 1024,
+        retired_grace: Duration::from_secs(10),
+    }
+}
+
+/// A short retransmission schedule (1, 2, 4 s: dead after 7 s) so DPD is quick.
+fn retransmit() -> Retransmit {
+    Retransmit {
+        tries: 2,
+        timeout: Duration::from_secs(1),
+        base: 2.0,
+        limit: None,
+    }
+}
+
+fn agent(
+    node: NodeConfig,
+    peer: IkePeerConfig,
+    recovery: RecoveryConfig,
+    seed: u64,
+    t0: Instant,
+) -> Agent {
+    Agent::new(
+        AgentConfig {
+            node,
+            ike: EndpointConfig {
+                peers: vec![peer],
+                rng_seed: Some(seed),
+                retransmit: retransmit(),
+                ..Default::default()
+            },
+            debug_keys: false,
+            recovery,
+        },
+        t0,
+    )
+    .unwrap()
+}
+
+/// Packets delivered to a TUN, with their arrival time.
+type Tun = Vec<(Instant, Vec<u8>)>;
+
+struct Dgram {
+    at: Instant,
+    src: SocketAddr,
+    dst: SocketAddr,
+    data: Vec<u8>,
+}
+
+struct Lab {
+    now: Instant,
+    a: Agent,
+    b: Agent,
+    wire: VecDeque<Dgram>,
+    /// (arrival, packet) at A's and B's TUN.
+    tun_a: Tun,
+    tun_b: Tun,
+    events_a: Vec<AgentEvent>,
+    events_b: Vec<AgentEvent>,
+    /// Inner packet id counter.
+    id: u16,
+}
+
+fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&28u16.to_be_bytes());
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&1234u16.to_be_bytes());
+    p[22..24].copy_from_slice(&5678u16.to_be_bytes());
+    p[24..26].copy_from_slice(&8u16.to_be_bytes());
+    p
+}
+
+/// A forged UDP-encapsulated ESP packet (RFC 3948: the SPI is the first word).
+fn forged_esp(spi: u32, seq: u32) -> Vec<u8> {
+    let mut v = vec![0u8; 64];
+    v[0..4].copy_from_slice(&spi.to_be_bytes());
+    v[4..8].copy_from_slice(&seq.to_be_bytes());
+    v
+}
+
+impl Lab {
+    fn agent(&mut self, ip: IpAddr) -> Option<(&mut Agent, &mut Tun)> {
+        if ip == IpAddr::V4(A_IP) {
+            Some((&mut self.a, &mut self.tun_a))
+        } else if ip == IpAddr::V4(B_IP) {
+            Some((&mut self.b, &mut self.tun_b))
+        } else {
+            None
+        }
+    }
+
+    fn collect(&mut self) {
+        let at = self.now + LATENCY;
+        for (ag, ev) in [
+            (&mut self.a, &mut self.events_a),
+            (&mut self.b, &mut self.events_b),
+        ] {
+            while let Some(t) = ag.poll_transmit() {
+                self.wire.push_back(Dgram {
+                    at,
+                    src: t.local,
+                    dst: t.remote,
+                    data: t.data,
+                });
+            }
+            while let Some(e) = ag.poll_event() {
+                ev.push(e);
+            }
+        }
+    }
+
+    fn send_inner(&mut self, from_a: bool) -> bool {
+        self.id = self.id.wrapping_add(1);
+        let pkt = if from_a {
+            ipv4_packet(A_HOST, B_HOST, self.id)
+        } else {
+            ipv4_packet(B_HOST, A_HOST, self.id)
+        };
+        let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
+        let (ag, src_ip) = if from_a {
+            (&mut self.a, A_IP)
+        } else {
+            (&mut self.b, B_IP)
+        };
+        match ag.handle_tun(self.now, &mut buf, HEADROOM..HEADROOM + pkt.len()) {
+            Outbound::Send {
+                esp,
+                dst,
+                port,
+                encap,
+            } => {
+                assert_eq!(encap, UnderlayEncap::Udp);
+                self.wire.push_back(Dgram {
+                    at: self.now + LATENCY,
+                    src: SocketAddr::new(src_ip.into(), 4500),
+                    dst: SocketAddr::new(dst, port),
+                    data: buf[esp].to_vec(),
+                });
+                true
+            }
+            Outbound::Drop(_) => false,
+        }
+    }
+
+    /// Delivers a datagram to A or B at once (forged traffic).
+    fn inject(&mut self, src: SocketAddr, dst: SocketAddr, mut data: Vec<u8>) {
+        let now = self.now;
+        if let Some((ag, tun)) = self.agent(dst.ip()) {
+            let n = data.len();
+            if let Inbound::Deliver(r) = ag.handle_underlay_udp(now, dst, src, &mut data, 0..n) {
+                tun.push((now, data[r].to_vec()));
+            }
+        }
+        self.collect();
+    }
+
+    fn run_until(&mut self, until: Instant) {
+        loop {
+            self.collect();
+            let next_wire = self.wire.iter().map(|d| d.at).min();
+            let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let next = [next_wire, next_timer].into_iter().flatten().min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    if next_wire.is_some_and(|w| w <= self.now) {
+                        let i = self.wire.iter().position(|d| d.at <= self.now).unwrap();
+                        let d = self.wire.remove(i).unwrap();
+                        self.inject(d.src, d.dst, d.data);
+                    } else {
+                        let now = self.now;
+                        if self.a.poll_timeout().is_some_and(|t| t <= now) {
+                            self.a.handle_timeout(now);
+                        }
+                        if self.b.poll_timeout().is_some_and(|t| t <= now) {
+                            self.b.handle_timeout(now);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = until.max(self.now);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Both sides send one packet every `every` for `dur`.
+    fn traffic(&mut self, dur: Duration, every: Duration) {
+        let end = self.now + dur;
+        while self.now < end {
+            self.send_inner(true);
+            self.send_inner(false);
+            self.step(every);
+        }
+    }
+
+    fn established(ag: &Agent, now: Instant) -> usize {
+        ag.ike_sas(now)
+            .iter()
+            .filter(|s| s.state == IkeSaState::Established)
+            .count()
+    }
+
+    /// First arrival at B's TUN after `t`.
+    fn first_at_b_after(&self, t: Instant) -> Option<Instant> {
+        self.tun_b.iter().map(|(at, _)| *at).find(|at| *at > t)
+    }
+}
+
+fn recovery(on: bool) -> RecoveryConfig {
+    RecoveryConfig {
+        default: PeerRecovery {
+            invalid_spi_recovery: on,
+            ..PeerRecovery::default()
+        },
+        ..RecoveryConfig::default()
+    }
+}
+
+fn b_agent(b_dynamic: bool, rec: RecoveryConfig, seed: u64, t0: Instant) -> Agent {
+    let remote = if b_dynamic { None } else { Some(A_IP) };
+    let pb = peer_cfg("a", B_IP, remote, ("b.example", "a.example"), (2, 1));
+    agent(node_cfg("b", B_IP), pb, rec, seed, t0)
+}
+
+/// A initiates; both sides established with traffic flowing.
+fn lab(rec_a: RecoveryConfig, rec_b: RecoveryConfig, b_dynamic: bool) -> Lab {
+    let t0 = Instant::now();
+    let mut pa = peer_cfg("b", A_IP, Some(B_IP), ("a.example", "b.example"), (1, 2));
+    pa.start = true;
+    let a = agent(node_cfg("a", A_IP), pa, rec_a, 1, t0);
+    let b = b_agent(b_dynamic, rec_b, 2, t0);
+    let mut l = Lab {
+        now: t0,
+        a,
+        b,
+        wire: VecDeque::new(),
+        tun_a: vec![],
+        tun_b: vec![],
+        events_a: vec![],
+        events_b: vec![],
+        id: 0,
+    };
+    l.step(Duration::from_secs(1));
+    assert_eq!(Lab::established(&l.a, l.now), 1);
+    assert_eq!(Lab::established(&l.b, l.now), 1);
+    l.traffic(Duration::from_millis(100), Duration::from_millis(10));
+    assert!(!l.tun_b.is_empty() && !l.tun_a.is_empty());
+    l
+}
+
+fn count(ev: &[AgentEvent], f: impl Fn(&RecoveryKind) -> bool) -> usize {
+    ev.iter()
+        .filter(|e| matches!(e, AgentEvent::Recovery(r) if f(&r.kind)))
+        .count()
+}
+
+fn initial_contacts(ev: &[AgentEvent]) -> usize {
+    ev.iter()
+        .filter(|e| matches!(e, AgentEvent::Ike(IkeEvent::MessageSent { exchange, payloads, response: false, retransmit: false, .. })
+            if *exchange == ExchangeType::IKE_AUTH && payloads.contains("INITIAL_CONTACT")))
+        .count()
+}
+
+/// B forgets its CHILD SAs (datapath only, IKE SA kept): rule 1, always on.
+#[test]
+fn child_sa_lost_one_delete_and_traffic_resumes() {
+    for on in [true, false] {
+        let mut l = lab(recovery(false), recovery(on), false);
+        let n = l.b.node_mut().clear_all(l.now);
+        assert!(n >= 2);
+        let t_loss = l.now;
+        l.events_b.clear();
+        l.traffic(Duration::from_secs(2), Duration::from_millis(10));
+        let s = l.b.recovery_stats();
+        assert_eq!(s.deletes_sent, 1, "recovery {on}: exactly one Delete");
+        assert_eq!(s.notifies_sent, 0);
+        assert_eq!(s.ike_initiated, 0);
+        assert_eq!(count(&l.events_b, |k| *k == RecoveryKind::DeleteSent), 1);
+        let a = l.a.recovery_stats();
+        assert_eq!(
+            a.stale_sa_deleted, 1,
+            "A dropped its stale SA on B's Delete"
+        );
+        // Both still have one IKE SA; the pair is new and traffic flows again.
+        assert_eq!(Lab::established(&l.a, l.now), 1);
+        let resumed = l.first_at_b_after(t_loss).expect("traffic resumes");
+        let blackhole = resumed - t_loss;
+        // First packet (≤10 ms) + Delete exchange (1 RTT) + CREATE_CHILD_SA (1 RTT) + a
+        // packet interval and its latency.
+        assert!(
+            blackhole <= Duration::from_millis(60),
+            "blackhole {blackhole:?}"
+        );
+        eprintln!("child-sa-lost (recovery {on}): blackhole {blackhole:?}");
+        let n_b = l.tun_b.len();
+        l.traffic(Duration::from_millis(100), Duration::from_millis(10));
+        assert_eq!(l.tun_b.len(), n_b + 10);
+    }
+}
+
+/// B reboots (a fresh agent) while A keeps sending: with recovery on, B builds one IKE
+/// SA with INITIAL_CONTACT and traffic resumes within a few RTTs.
+#[test]
+fn peer_reboot_recovery_on() {
+    let mut l = lab(recovery(false), recovery(true), false);
+    let t = l.now;
+    l.b = b_agent(false, recovery(true), 3, t);
+    l.events_b.clear();
+    let t_loss = l.now;
+    l.traffic(Duration::from_secs(3), Duration::from_millis(10));
+    let s = l.b.recovery_stats();
+    assert_eq!(s.ike_initiated, 1, "exactly one initiation");
+    assert_eq!(s.ike_established, 1);
+    assert_eq!(initial_contacts(&l.events_b), 1);
+    assert_eq!(
+        s.deletes_sent, 1,
+        "the stale SPI is deleted over the new IKE SA"
+    );
+    assert_eq!(count(&l.events_b, |k| *k == RecoveryKind::IkeInitiated), 1);
+    assert_eq!(
+        count(&l.events_b, |k| *k == RecoveryKind::IkeEstablished),
+        1
+    );
+    // A: INITIAL_CONTACT replaced the old IKE SA.
+    assert_eq!(Lab::established(&l.a, l.now), 1);
+    assert_eq!(Lab::established(&l.b, l.now), 1);
+    let resumed = l.first_at_b_after(t_loss).expect("traffic resumes");
+    let blackhole = resumed - t_loss;
+    assert!(
+        blackhole <= 5 * RTT + Duration::from_millis(20),
+        "blackhole {blackhole:?}"
+    );
+    eprintln!("peer-reboot recovery on: blackhole {blackhole:?}");
+    let n_b = l.tun_b.len();
+    l.traffic(Duration::from_millis(100), Duration::from_millis(10));
+    assert_eq!(l.tun_b.len(), n_b + 10);
+}
+
+/// Same with recovery off: a blackhole until A's DPD declares B dead (and restarts).
+#[test]
+fn peer_reboot_recovery_off_waits_for_dpd() {
+    let mut rec_a = recovery(false);
+    rec_a.default.dpd_delay = Some(Duration::from_secs(5));
+    rec_a.default.dpd_action = DpdAction::Restart;
+    let mut l = lab(rec_a, recovery(false), false);
+    let t = l.now;
+    l.b = b_agent(false, recovery(false), 3, t);
+    l.events_b.clear();
+    let t_loss = l.now;
+    l.traffic(Duration::from_secs(4), Duration::from_millis(100));
+    assert!(l.first_at_b_after(t_loss).is_none(), "blackhole before DPD");
+    l.traffic(Duration::from_secs(20), Duration::from_millis(100));
+    let s = l.b.recovery_stats();
+    assert_eq!(s.ike_initiated, 0, "B never initiates");
+    assert_eq!(initial_contacts(&l.events_b), 0);
+    assert_eq!(
+        count(&l.events_b, |k| *k
+            == RecoveryKind::Suppressed {
+                why: SuppressWhy::RecoveryOff
+            }),
+        // One per hold-down (10 s) until A's restart at ~12 s ends the unknown SPIs.
+        2
+    );
+    assert_eq!(l.a.recovery_stats().peers_dead, 1);
+    let resumed = l.first_at_b_after(t_loss).expect("A restarts after DPD");
+    let blackhole = resumed - t_loss;
+    // dpd_delay (5 s after the last IKE message) + 7 s of retransmissions.
+    assert!(
+        blackhole >= Duration::from_secs(7),
+        "recovery only after DPD: {blackhole:?}"
+    );
+    eprintln!("peer-reboot recovery off: blackhole {blackhole:?}");
+}
+
+/// B knows A only as a dynamic peer: recovery is impossible, said once per hold-down.
+#[test]
+fn dynamic_peer_no_initiation() {
+    let mut l = lab(recovery(false), recovery(true), true);
+    let t = l.now;
+    l.b = b_agent(true, recovery(true), 3, t);
+    l.events_b.clear();
+    l.traffic(Duration::from_secs(5), Duration::from_millis(10));
+    let s = l.b.recovery_stats();
+    assert_eq!(s.ike_initiated, 0);
+    assert_eq!(
+        count(&l.events_b, |k| *k
+            == RecoveryKind::Suppressed {
+                why: SuppressWhy::DynamicPeer
+            }),
+        1
+    );
+    l.traffic(Duration::from_secs(6), Duration::from_millis(10));
+    assert_eq!(
+        count(&l.events_b, |k| *k
+            == RecoveryKind::Suppressed {
+                why: SuppressWhy::DynamicPeer
+            }),
+        2,
+        "again after the hold-down"
+    );
+    assert_eq!(l.b.recovery_stats().ike_initiated, 0);
+}
+
+fn unprotected(notify: NotifyType, data: Vec<u8>, spi_i: u64) -> Vec<u8> {
+    let mut m = Message::new(IkeHeader {
+        spi_i,
+        spi_r: 0x1111_2222_3333_4444,
+        exchange_type: ExchangeType::INFORMATIONAL,
+        flags: Flags::INITIATOR,
+        message_id: 0,
+    });
+    m.payloads
+        .push(esplab_ike::Payload::Notify(Notify::new(notify, data)));
+    m.emit()
+}
+
+/// Unprotected INVALID_SPI / INVALID_IKE_SPI / Delete (§2.21.4) never change SA state.
+#[test]
+fn spoofed_notify_changes_nothing() {
+    let mut l = lab(recovery(true), recovery(true), false);
+    let a_spis = l.a.node().sa_info(l.now).len();
+    let a_ike = l.a.ike_sas(l.now)[0].spi_i;
+    let a_ike_r = l.a.ike_sas(l.now)[0].spi_r;
+    let b_in: Vec<u32> =
+        l.b.node()
+            .sa_info(l.now)
+            .iter()
+            .filter(|s| s.direction == "in")
+            .map(|s| s.spi)
+            .collect();
+    let dst = SocketAddr::new(A_IP.into(), 500);
+    for (i, src_ip) in [C_IP, B_IP].into_iter().enumerate() {
+        let src = SocketAddr::new(src_ip.into(), 500);
+        for k in 0..50u32 {
+            let spi = b_in[0];
+            l.inject(
+                src,
+                dst,
+                unprotected(NotifyType::INVALID_SPI, spi.to_be_bytes().to_vec(), a_ike),
+            );
+            l.inject(
+                src,
+                dst,
+                unprotected(NotifyType::INVALID_IKE_SPI, vec![], a_ike ^ u64::from(k)),
+            );
+            // A Delete of the real IKE SA and of B's inbound SA (A's outbound), with the
+            // real IKE SPIs but outside any SK payload.
+            let mut m = Message::new(IkeHeader {
+                spi_i: a_ike,
+                spi_r: a_ike_r,
+                exchange_type: ExchangeType::INFORMATIONAL,
+                flags: Flags::NONE,
+                message_id: 1 + k,
+            });
+            m.payloads
+                .push(esplab_ike::Payload::Delete(esplab_ike::Delete {
+                    protocol_id: esplab_ike::ProtocolId::ESP,
+                    spis: vec![spi],
+                }));
+            m.payloads
+                .push(esplab_ike::Payload::Delete(esplab_ike::Delete {
+                    protocol_id: esplab_ike::ProtocolId::IKE,
+                    spis: vec![],
+                }));
+            l.inject(src, dst, m.emit());
+            l.step(Duration::from_millis(10));
+        }
+        let s = l.a.recovery_stats();
+        // From C: no IKE SA there, nothing to check. From B's address: one check per
+        // hold-down (the check itself succeeds: B is alive).
+        assert_eq!(s.liveness_checks, i as u64, "from {src_ip}");
+        assert_eq!(s.stale_sa_deleted, 0);
+        assert_eq!(l.a.node().sa_info(l.now).len(), a_spis, "no SA deleted");
+        assert_eq!(Lab::established(&l.a, l.now), 1);
+    }
+    l.step(Duration::from_secs(10));
+    assert_eq!(l.a.recovery_stats().peers_dead, 0);
+    assert_eq!(Lab::established(&l.a, l.now), 1);
+}
+
+/// 10^4 random SPIs from an unconfigured address and from the (rebooted) peer's address.
+#[test]
+fn spi_flood_is_bounded() {
+    let mut rec = recovery(true);
+    rec.max_tracked = 512;
+    let mut l = lab(recovery(false), rec.clone(), false);
+    let t = l.now;
+    l.b = b_agent(false, rec.clone(), 3, t);
+    l.events_b.clear();
+    let mut x: u32 = 0x1234_5678;
+    let mut next = || {
+        // xorshift32: deterministic "random" SPIs.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x.max(256)
+    };
+    let dst = SocketAddr::new(B_IP.into(), 4500);
+    for i in 0..10_000u32 {
+        let spi = next();
+        l.inject(SocketAddr::new(C_IP.into(), 4500), dst, forged_esp(spi, i));
+        let spi = next();
+        l.inject(SocketAddr::new(A_IP.into(), 4500), dst, forged_esp(spi, i));
+        if i % 10 == 0 {
+            l.step(Duration::from_millis(2));
+        }
+        assert!(l.b.recovery_tracked() <= rec.max_tracked);
+    }
+    l.step(Duration::from_secs(1));
+    let s = l.b.recovery_stats();
+    eprintln!("spi-flood: {s:?}, took {:?}", l.now - t);
+    assert_eq!(
+        s.ike_initiated, 1,
+        "one initiation for the peer, none for C"
+    );
+    assert_eq!(s.ike_established, 1);
+    // Deletes share the per-minute budget with the initiation (the flood lasts < 1 min).
+    assert!(s.deletes_sent + s.ike_initiated <= u64::from(rec.global_per_minute));
+    assert!(s.deletes_sent >= 1);
+    assert_eq!(
+        count(&l.events_b, |k| *k
+            == RecoveryKind::Suppressed {
+                why: SuppressWhy::NotConfigured
+            }),
+        1,
+        "C is reported once per hold-down"
+    );
+    assert!(l.b.recovery_tracked() <= rec.max_tracked);
+    // No initiation or message was ever sent to C.
+    assert!(!l.events_b.iter().any(|e| matches!(e, AgentEvent::Ike(IkeEvent::MessageSent { remote, .. }) if remote.ip() == IpAddr::V4(C_IP))));
+    let _ = OnInvalidSpi::Delete;
+}
+
+/// Receiving side: a protected N(INVALID_SPI) alone (Notify-only policy at B) removes
+/// the pair at A and A re-creates it (on_peer_delete = restart).
+#[test]
+fn protected_invalid_spi_notify_acts_as_delete() {
+    let mut rec_b = recovery(false);
+    rec_b.default.on_invalid_spi = OnInvalidSpi::Notify;
+    let mut l = lab(recovery(false), rec_b, false);
+    l.b.node_mut().clear_all(l.now);
+    let t_loss = l.now;
+    l.traffic(Duration::from_secs(1), Duration::from_millis(10));
+    let s = l.b.recovery_stats();
+    assert_eq!((s.deletes_sent, s.notifies_sent), (0, 1));
+    assert_eq!(l.a.recovery_stats().stale_sa_deleted, 1);
+    assert!(
+        l.first_at_b_after(t_loss).is_some(),
+        "A re-created the pair"
+    );
+}
+
+/// DPD counts ESP too (RFC 7296 §2.4): no probe while protected traffic arrives, a probe
+/// once it stops for `dpd_delay`.
+#[test]
+fn dpd_waits_for_esp_silence() {
+    let mut rec_a = recovery(false);
+    rec_a.default.dpd_delay = Some(Duration::from_secs(2));
+    let mut l = lab(rec_a, recovery(false), false);
+    let probes = |ev: &[AgentEvent]| {
+        ev.iter()
+            .filter(|e| matches!(e, AgentEvent::Ike(IkeEvent::MessageSent { exchange, response: false, retransmit: false, .. }) if *exchange == ExchangeType::INFORMATIONAL))
+            .count()
+    };
+    l.events_a.clear();
+    // Only B→A traffic: A hears ESP from B all the time.
+    let end = l.now + Duration::from_secs(10);
+    while l.now < end {
+        l.send_inner(false);
+        l.step(Duration::from_millis(100));
+    }
+    assert_eq!(probes(&l.events_a), 0, "ESP from B is proof of liveness");
+    l.step(Duration::from_secs(3));
+    assert_eq!(probes(&l.events_a), 1, "silence: one liveness check");
+    assert_eq!(l.a.recovery_stats().peers_dead, 0);
+}

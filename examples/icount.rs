@@ -1,0 +1,98 @@
+//! Fixed-work driver for instruction counting (`just bench-icount`).
+//!
+//! `icount PATH N` runs N operations of one hot path after a fixed setup. Run it under
+//! `valgrind --tool=callgrind` with N and 2N: the difference of the two totals divided by N is
+//! the instructions per operation, with setup cancelled out. Instruction counts do not care
+//! what else the shared machine is doing, unlike wall-clock benchmarks.
+
+use esplab_esp::{decap, Algorithm, Backend, Cipher, OutboundSa, ReplayWindow, SaParams};
+use esplab_node::{LogLimits, Node, NodeConfig, PeerConfig, UnderlayEncap};
+use esplab_sad::{Lookup, Sad, SadConfig};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn lcg(x: &mut u64) -> u32 {
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*x >> 32) as u32
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args.get(1).map(String::as_str).unwrap_or("lookup-hit");
+    let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    match path {
+        "lookup-hit" | "lookup-miss" => {
+            let sad: Sad<u32> = Sad::new(SadConfig {
+                rng_seed: Some(1),
+                ..SadConfig::default()
+            });
+            let spis: Vec<u32> = (0..1024).map(|i| sad.allocate(i).unwrap()).collect();
+            let mut r = sad.reader();
+            let mut x = 7u64;
+            let mut hits = 0u32;
+            for i in 0..n {
+                let spi = if path == "lookup-hit" {
+                    spis[i & 1023]
+                } else {
+                    lcg(&mut x) | 0x100
+                };
+                if let Lookup::Hit(v) = r.lookup(black_box(spi)) {
+                    hits = hits.wrapping_add(*v);
+                }
+            }
+            black_box(hits);
+        }
+        "decap-gcm128-1400" | "decap-gcm128-64" => {
+            let size = if path.ends_with("1400") { 1400 } else { 64 };
+            let p = SaParams::new(0xc0de_0001, Algorithm::AesGcm128, &[0x42; 20], &[]);
+            let mut tx = OutboundSa::new(&p).unwrap();
+            let h = tx.header_len();
+            let mut buf = vec![0u8; h + size + tx.max_trailer_len()];
+            let r = tx.encap_slice(&mut buf, h..h + size, 4, None).unwrap();
+            let pkt = buf[r.esp].to_vec();
+            let cipher = Cipher::new(Algorithm::AesGcm128, Backend::Ring, &p.enc_key, &[]).unwrap();
+            let mut w = ReplayWindow::new(64, false).unwrap();
+            let mut b = pkt.clone();
+            for _ in 0..n {
+                b.copy_from_slice(&pkt);
+                w.reset();
+                black_box(decap(&cipher, 0xc0de_0001, &mut w, black_box(&mut b)).unwrap());
+            }
+        }
+        "drop-unknown-spi" => {
+            // The whole invalid-SPI path of the node: parse, SAD miss, counters, rate
+            // limiter, event queue (full after the first 1024: drop-and-count).
+            let ip = |s: &str| s.parse().unwrap();
+            let cfg = NodeConfig {
+                name: "b".into(),
+                local: ip("198.18.0.2"),
+                peers: vec![PeerConfig {
+                    name: "a".into(),
+                    address: ip("198.18.0.1"),
+                    encap: UnderlayEncap::Udp,
+                    port: 4500,
+                    local_ts: vec!["198.19.2.0/24".parse().unwrap()],
+                    remote_ts: vec!["198.19.1.0/24".parse().unwrap()],
+                }],
+                log_limits: LogLimits::default(),
+                event_queue: 1024,
+                retired_grace: Duration::from_secs(5),
+            };
+            let mut node = Node::new(cfg, Some(1));
+            let t0 = Instant::now();
+            let (src, dst) = (ip("198.18.0.1"), ip("198.18.0.2"));
+            let mut pkt = [0u8; 64];
+            let mut x = 9u64;
+            for _ in 0..n {
+                pkt[..4].copy_from_slice(&(lcg(&mut x) | 0x100).to_be_bytes());
+                black_box(node.inbound_udp(t0, src, 4500, dst, 4500, &mut pkt, 0..64));
+            }
+        }
+        other => {
+            eprintln!("icount: unknown path {other:?} (lookup-hit, lookup-miss, decap-gcm128-64, decap-gcm128-1400, drop-unknown-spi)");
+            std::process::exit(2);
+        }
+    }
+}

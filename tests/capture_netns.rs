@@ -1,0 +1,174 @@
+//! End-to-end test of the invalid-SPI flight recorder (`[capture]`, docs/recovery.md): two
+//! `esplab peer` daemons from `examples/two-peers/run.sh`, B restarted with capture, debug
+//! keys and an `on_event` script, then B's inbound SA cleared and A's pings sent into the
+//! void. B must dump a pcap and a `.uat` file, the pcap must decrypt in tshark with those
+//! lines, and the script must have run with the event in its environment.
+//!
+//! Needs root, `ip` and `ping` (else fails unless `ESPLAB_SKIP_NETNS=1`) and `tshark` (else
+//! fails unless `ESPLAB_SKIP_TSHARK=1`, which skips only the decryption check).
+
+#[path = "peer_netns/lab.rs"]
+#[allow(dead_code)]
+mod lab;
+
+use lab::{netns_available, run, Encap, Lab, Peer};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A's outbound SPI (B's inbound), as in examples/two-peers/{a,b}.toml.
+const SPI_A: &str = "0xc0de0001";
+
+fn tshark_available() -> bool {
+    if std::env::var("ESPLAB_SKIP_TSHARK").as_deref() == Ok("1") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "tshark check: skipped (ESPLAB_SKIP_TSHARK=1)"
+        );
+        return false;
+    }
+    let ok = Command::new("tshark")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "no working `tshark` on PATH: install it, or set ESPLAB_SKIP_TSHARK=1 to skip the decryption check"
+    );
+    true
+}
+
+/// Files in `dir` ending with `ext`.
+fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn invalid_spi_dumps_pcap_uat_and_runs_on_event() {
+    let test = "invalid_spi_dumps_pcap_uat_and_runs_on_event";
+    if !netns_available(test) {
+        return;
+    }
+    let lab = Lab::up("cap", Encap::Udp, 4);
+    let cap = lab.state.join("capture");
+    let hook = lab.state.join("hook.sh");
+    let env_file = lab.state.join("hook.env");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nenv | grep '^ESPLAB_' > {0}.tmp && mv {0}.tmp {0}\n",
+            env_file.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // run.sh ends the generated config with a [log] table: extend it, add [capture], and
+    // restart B to read it.
+    let cfg = lab.state.join("b.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        text.trim_end().ends_with(".jsonl\""),
+        "run.sh's generated config no longer ends in [log]: {text}"
+    );
+    text.push_str(&format!(
+        "debug_keys = true\n\n[capture]\nring = 200\nmin_interval = \"60s\"\ndir = \"{}\"\non_event = \"{}\"\n",
+        cap.display(),
+        hook.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    lab.restart(Peer::B);
+    wait_for("B's capture line", Duration::from_secs(10), || {
+        lab.log(Peer::B).contains("capture: recording the last 200")
+    });
+
+    let p = lab.ping(Peer::A, 2);
+    assert_eq!(p.received, 2, "A -> B before the clear: {p:?}");
+    lab.esplab(Peer::B, &["clear", "sa", "--spi", SPI_A]);
+    let p = lab.ping(Peer::A, 2);
+    assert_eq!(p.received, 0, "A -> B after B cleared {SPI_A}: {p:?}");
+
+    wait_for("a pcap in the capture dir", Duration::from_secs(10), || {
+        !files(&cap, "pcap").is_empty()
+    });
+    let pcaps = files(&cap, "pcap");
+    assert_eq!(pcaps.len(), 1, "one dump per min_interval: {pcaps:?}");
+    let pcap = &pcaps[0];
+    let name = pcap.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with("invalid-spi-") && name.ends_with("-spi-c0de0001.pcap"),
+        "{name}"
+    );
+    let uat = pcap.with_extension("uat");
+    let uat_text = std::fs::read_to_string(&uat).unwrap();
+    let lines: Vec<&str> = uat_text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("\"0xc0de0001\"")),
+        "{uat_text}"
+    );
+    let log = lab.log(Peer::B);
+    assert!(
+        log.contains("capture: wrote ") && log.contains(&pcap.display().to_string()),
+        "{log}"
+    );
+
+    wait_for("the on_event script", Duration::from_secs(10), || {
+        env_file.exists()
+    });
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    for want in [
+        "ESPLAB_EVENT=invalid-spi".to_string(),
+        "ESPLAB_SPI=0xc0de0001".to_string(),
+        "ESPLAB_SRC=198.18.0.1".to_string(),
+        "ESPLAB_DST=198.18.0.2".to_string(),
+        "ESPLAB_FAMILY=ipv4".to_string(),
+        "ESPLAB_ENCAP=udp/4500/4500".to_string(),
+        "ESPLAB_NODE=b".to_string(),
+        format!("ESPLAB_PCAP={}", pcap.display()),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} missing in:\n{env}");
+    }
+    assert!(env.contains("ESPLAB_SEQ="), "{env}");
+
+    if tshark_available() {
+        let mut cmd = Command::new("tshark");
+        cmd.arg("-r")
+            .arg(pcap)
+            .args(["-o", "esp.enable_encryption_decode:TRUE"]);
+        for l in &lines {
+            cmd.args(["-o", &format!("uat:esp_sa:{l}")]);
+        }
+        let o = run(&mut cmd, Duration::from_secs(60));
+        assert!(o.ok(), "tshark: {:?}\n{}{}", o.code, o.stdout, o.stderr);
+        // A's echo requests, before and after the clear, decrypt to ICMP.
+        let requests = o
+            .stdout
+            .lines()
+            .filter(|l| l.contains("Echo (ping) request"))
+            .count();
+        assert!(requests >= 3, "tshark decoded no pings:\n{}", o.stdout);
+    }
+}
