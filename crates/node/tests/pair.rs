@@ -361,7 +361,7 @@ fn batch_equals_single() {
     let pa = inner([198, 19, 1, 1], [198, 19, 2, 1], 40);
     for i in 0..70u32 {
         let v = match i % 7 {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let mut buf = vec![0u8; HEADROOM + pa.len() + TAILROOM];
                 buf[HEADROOM..HEADROOM + pa.len()].copy_from_slice(&pa);
                 match single
