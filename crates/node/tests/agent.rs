@@ -4,32 +4,14 @@
 
 use esplab_esp::{Algorithm, SaParams};
 use esplab_ike::proposal::ProposalSpec;
-use esplab_ike::{
-    AddrRange, EndpointConfig, Identity, IkeEvent, IkePeerConfig, IkeSaState, Lifetime,
-    TrafficSelector as IkeTs,
-};
-use esplab_node::{
-    Agent, AgentConfig, AgentEvent, Inbound, LogLimits, NodeConfig, Outbound, PeerConfig,
-    UnderlayEncap, HEADROOM, TAILROOM,
-};
+use esplab_ike::{EndpointConfig, Identity, IkeEvent, IkePeerConfig, Lifetime};
+use esplab_node::{Agent, AgentConfig, AgentEvent, NodeConfig, PeerConfig, UnderlayEncap};
 use esplab_sad::TrafficSelector;
-use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-/// Inner hosts behind A and B.
-const A_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
-const B_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
-const LATENCY: Duration = Duration::from_millis(5);
-
-fn net(o3: u8) -> IkeTs {
-    IkeTs::any_port(AddrRange::V4 {
-        start: Ipv4Addr::new(198, 19, o3, 0),
-        end: Ipv4Addr::new(198, 19, o3, 255),
-    })
-}
+mod common;
+use common::{ipv4_packet, net, node_cfg, A_HOST, A_IP, B_HOST, B_IP};
 
 fn peer_cfg(
     name: &str,
@@ -54,17 +36,6 @@ fn peer_cfg(
     p
 }
 
-fn node_cfg(name: &str, local: Ipv4Addr) -> NodeConfig {
-    NodeConfig {
-        name: name.into(),
-        local: local.into(),
-        peers: Vec::new(),
-        log_limits: LogLimits::default(),
-        event_queue: 1024,
-        retired_grace: Duration::from_secs(10),
-    }
-}
-
 fn agent(node: NodeConfig, peer: IkePeerConfig, seed: u64, t0: Instant) -> Agent {
     Agent::new(
         AgentConfig {
@@ -82,166 +53,16 @@ fn agent(node: NodeConfig, peer: IkePeerConfig, seed: u64, t0: Instant) -> Agent
     .unwrap()
 }
 
-/// A datagram in flight: UDP from `src` to `dst`.
-struct Dgram {
-    at: Instant,
-    src: SocketAddr,
-    dst: SocketAddr,
-    data: Vec<u8>,
-}
-
-struct Lab {
-    now: Instant,
-    a: Agent,
-    b: Agent,
-    wire: VecDeque<Dgram>,
-    /// Inner packets delivered to A's and B's TUN.
-    tun_a: Vec<Vec<u8>>,
-    tun_b: Vec<Vec<u8>>,
-    events_a: Vec<AgentEvent>,
-    events_b: Vec<AgentEvent>,
-}
-
-fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 28];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&28u16.to_be_bytes());
-    p[4..6].copy_from_slice(&id.to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p[20..22].copy_from_slice(&1234u16.to_be_bytes());
-    p[22..24].copy_from_slice(&5678u16.to_be_bytes());
-    p[24..26].copy_from_slice(&8u16.to_be_bytes());
-    p
-}
+type Lab = common::Lab<Vec<u8>>;
 
 impl Lab {
-    fn new(a: Agent, b: Agent, t0: Instant) -> Self {
-        Lab {
-            now: t0,
-            a,
-            b,
-            wire: VecDeque::new(),
-            tun_a: vec![],
-            tun_b: vec![],
-            events_a: vec![],
-            events_b: vec![],
-        }
-    }
-
-    fn agent(&mut self, ip: IpAddr) -> (&mut Agent, &mut Vec<Vec<u8>>, bool) {
-        if ip == IpAddr::V4(A_IP) {
-            (&mut self.a, &mut self.tun_a, true)
-        } else {
-            (&mut self.b, &mut self.tun_b, false)
-        }
-    }
-
-    /// Collects transmits and events of both agents.
-    fn collect(&mut self) {
-        let at = self.now + LATENCY;
-        for (ag, ev) in [
-            (&mut self.a, &mut self.events_a),
-            (&mut self.b, &mut self.events_b),
-        ] {
-            while let Some(t) = ag.poll_transmit() {
-                self.wire.push_back(Dgram {
-                    at,
-                    src: t.local,
-                    dst: t.remote,
-                    data: t.data,
-                });
-            }
-            while let Some(e) = ag.poll_event() {
-                ev.push(e);
-            }
-        }
-    }
-
-    /// Sends an inner packet into `from`'s TUN.
+    /// Sends an inner packet into A's (`from_a`) or B's TUN.
     fn send_inner(&mut self, from_a: bool, pkt: &[u8]) -> bool {
-        let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
-        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(pkt);
-        let (ag, src_ip) = if from_a {
-            (&mut self.a, A_IP)
-        } else {
-            (&mut self.b, B_IP)
-        };
-        match ag.handle_tun(self.now, &mut buf, HEADROOM..HEADROOM + pkt.len()) {
-            Outbound::Send {
-                esp,
-                dst,
-                port,
-                encap,
-            } => {
-                assert_eq!(encap, UnderlayEncap::Udp);
-                self.wire.push_back(Dgram {
-                    at: self.now + LATENCY,
-                    src: SocketAddr::new(src_ip.into(), 4500),
-                    dst: SocketAddr::new(dst, port),
-                    data: buf[esp].to_vec(),
-                });
-                true
-            }
-            Outbound::Drop(_) => false,
-        }
-    }
-
-    /// Advances the clock to `until`, delivering datagrams and firing timers on the way.
-    fn run_until(&mut self, until: Instant) {
-        loop {
-            self.collect();
-            let next_wire = self.wire.iter().map(|d| d.at).min();
-            let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let next = [next_wire, next_timer].into_iter().flatten().min();
-            match next {
-                Some(t) if t <= until => {
-                    self.now = self.now.max(t);
-                    if next_wire.is_some_and(|w| w <= self.now) {
-                        let i = self.wire.iter().position(|d| d.at <= self.now).unwrap();
-                        let d = self.wire.remove(i).unwrap();
-                        let now = self.now;
-                        let (ag, tun, _) = self.agent(d.dst.ip());
-                        let mut buf = d.data;
-                        let n = buf.len();
-                        if let Inbound::Deliver(r) =
-                            ag.handle_underlay_udp(now, d.dst, d.src, &mut buf, 0..n)
-                        {
-                            tun.push(buf[r].to_vec());
-                        }
-                    } else {
-                        let now = self.now;
-                        if self.a.poll_timeout().is_some_and(|t| t <= now) {
-                            self.a.handle_timeout(now);
-                        }
-                        if self.b.poll_timeout().is_some_and(|t| t <= now) {
-                            self.b.handle_timeout(now);
-                        }
-                    }
-                }
-                _ => {
-                    self.now = until.max(self.now);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn step(&mut self, d: Duration) {
-        let until = self.now + d;
-        self.run_until(until);
+        self.send_packet(from_a, pkt)
     }
 
     fn established(&self, ag: &Agent) -> usize {
-        ag.ike_sas(self.now)
-            .iter()
-            .filter(|s| s.state == IkeSaState::Established)
-            .count()
+        common::established(ag, self.now)
     }
 }
 

@@ -4,33 +4,22 @@
 
 use esplab_ike::proposal::ProposalSpec;
 use esplab_ike::{
-    AddrRange, EndpointConfig, ExchangeType, Flags, Identity, IkeEvent, IkeHeader, IkePeerConfig,
-    IkeSaState, Message, Notify, NotifyType, PeerAction, Retransmit, TrafficSelector as IkeTs,
+    EndpointConfig, ExchangeType, Flags, Identity, IkeEvent, IkeHeader, IkePeerConfig, Message,
+    Notify, NotifyType, PeerAction, Retransmit,
 };
 use esplab_node::{
-    Agent, AgentConfig, AgentEvent, DpdAction, Inbound, LogLimits, NodeConfig, OnInvalidSpi,
-    Outbound, PeerRecovery, RecoveryConfig, RecoveryKind, SuppressWhy, UnderlayEncap, HEADROOM,
-    TAILROOM,
+    Agent, AgentConfig, AgentEvent, DpdAction, NodeConfig, OnInvalidSpi, PeerRecovery,
+    RecoveryConfig, RecoveryKind, SuppressWhy,
 };
-use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+mod common;
+use common::{ipv4_packet, net, node_cfg, A_HOST, A_IP, B_HOST, B_IP};
+
 /// Not a configured peer of anyone.
 const C_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 66);
-const A_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
-const B_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
-const LATENCY: Duration = Duration::from_millis(5);
 const RTT: Duration = Duration::from_millis(10);
-
-fn net(o3: u8) -> IkeTs {
-    IkeTs::any_port(AddrRange::V4 {
-        start: Ipv4Addr::new(198, 19, o3, 0),
-        end: Ipv4Addr::new(198, 19, o3, 255),
-    })
-}
 
 fn peer_cfg(
     name: &str,
@@ -53,17 +42,6 @@ fn peer_cfg(
     p.esp_proposals = vec![ProposalSpec::parse_esp("aes128gcm16").unwrap()];
     p.on_peer_delete = PeerAction::Restart;
     p
-}
-
-fn node_cfg(name: &str, local: Ipv4Addr) -> NodeConfig {
-    NodeConfig {
-        name: name.into(),
-        local: local.into(),
-        peers: Vec::new(),
-        log_limits: LogLimits::default(),
-        event_queue: 1024,
-        retired_grace: Duration::from_secs(10),
-    }
 }
 
 /// A short retransmission schedule (1, 2, 4 s: dead after 7 s) so DPD is quick.
@@ -100,44 +78,8 @@ fn agent(
     .unwrap()
 }
 
-/// Packets delivered to a TUN, with their arrival time.
-type Tun = Vec<(Instant, Vec<u8>)>;
-
-struct Dgram {
-    at: Instant,
-    src: SocketAddr,
-    dst: SocketAddr,
-    data: Vec<u8>,
-}
-
-struct Lab {
-    now: Instant,
-    a: Agent,
-    b: Agent,
-    wire: VecDeque<Dgram>,
-    /// (arrival, packet) at A's and B's TUN.
-    tun_a: Tun,
-    tun_b: Tun,
-    events_a: Vec<AgentEvent>,
-    events_b: Vec<AgentEvent>,
-    /// Inner packet id counter.
-    id: u16,
-}
-
-fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 28];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&28u16.to_be_bytes());
-    p[4..6].copy_from_slice(&id.to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p[20..22].copy_from_slice(&1234u16.to_be_bytes());
-    p[22..24].copy_from_slice(&5678u16.to_be_bytes());
-    p[24..26].copy_from_slice(&8u16.to_be_bytes());
-    p
-}
+/// (arrival, packet) at A's and B's TUN.
+type Lab = common::Lab<(Instant, Vec<u8>)>;
 
 /// A forged UDP-encapsulated ESP packet (RFC 3948: the SPI is the first word).
 fn forged_esp(spi: u32, seq: u32) -> Vec<u8> {
@@ -148,36 +90,6 @@ fn forged_esp(spi: u32, seq: u32) -> Vec<u8> {
 }
 
 impl Lab {
-    fn agent(&mut self, ip: IpAddr) -> Option<(&mut Agent, &mut Tun)> {
-        if ip == IpAddr::V4(A_IP) {
-            Some((&mut self.a, &mut self.tun_a))
-        } else if ip == IpAddr::V4(B_IP) {
-            Some((&mut self.b, &mut self.tun_b))
-        } else {
-            None
-        }
-    }
-
-    fn collect(&mut self) {
-        let at = self.now + LATENCY;
-        for (ag, ev) in [
-            (&mut self.a, &mut self.events_a),
-            (&mut self.b, &mut self.events_b),
-        ] {
-            while let Some(t) = ag.poll_transmit() {
-                self.wire.push_back(Dgram {
-                    at,
-                    src: t.local,
-                    dst: t.remote,
-                    data: t.data,
-                });
-            }
-            while let Some(e) = ag.poll_event() {
-                ev.push(e);
-            }
-        }
-    }
-
     fn send_inner(&mut self, from_a: bool) -> bool {
         self.id = self.id.wrapping_add(1);
         let pkt = if from_a {
@@ -185,82 +97,13 @@ impl Lab {
         } else {
             ipv4_packet(B_HOST, A_HOST, self.id)
         };
-        let mut buf = vec![0u8; HEADROOM + pkt.len() + TAILROOM];
-        buf[HEADROOM..HEADROOM + pkt.len()].copy_from_slice(&pkt);
-        let (ag, src_ip) = if from_a {
-            (&mut self.a, A_IP)
-        } else {
-            (&mut self.b, B_IP)
-        };
-        match ag.handle_tun(self.now, &mut buf, HEADROOM..HEADROOM + pkt.len()) {
-            Outbound::Send {
-                esp,
-                dst,
-                port,
-                encap,
-            } => {
-                assert_eq!(encap, UnderlayEncap::Udp);
-                self.wire.push_back(Dgram {
-                    at: self.now + LATENCY,
-                    src: SocketAddr::new(src_ip.into(), 4500),
-                    dst: SocketAddr::new(dst, port),
-                    data: buf[esp].to_vec(),
-                });
-                true
-            }
-            Outbound::Drop(_) => false,
-        }
+        self.send_packet(from_a, &pkt)
     }
 
     /// Delivers a datagram to A or B at once (forged traffic).
-    fn inject(&mut self, src: SocketAddr, dst: SocketAddr, mut data: Vec<u8>) {
-        let now = self.now;
-        if let Some((ag, tun)) = self.agent(dst.ip()) {
-            let n = data.len();
-            if let Inbound::Deliver(r) = ag.handle_underlay_udp(now, dst, src, &mut data, 0..n) {
-                tun.push((now, data[r].to_vec()));
-            }
-        }
+    fn inject(&mut self, src: SocketAddr, dst: SocketAddr, data: Vec<u8>) {
+        self.deliver(src, dst, data);
         self.collect();
-    }
-
-    fn run_until(&mut self, until: Instant) {
-        loop {
-            self.collect();
-            let next_wire = self.wire.iter().map(|d| d.at).min();
-            let next_timer = [self.a.poll_timeout(), self.b.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let next = [next_wire, next_timer].into_iter().flatten().min();
-            match next {
-                Some(t) if t <= until => {
-                    self.now = self.now.max(t);
-                    if next_wire.is_some_and(|w| w <= self.now) {
-                        let i = self.wire.iter().position(|d| d.at <= self.now).unwrap();
-                        let d = self.wire.remove(i).unwrap();
-                        self.inject(d.src, d.dst, d.data);
-                    } else {
-                        let now = self.now;
-                        if self.a.poll_timeout().is_some_and(|t| t <= now) {
-                            self.a.handle_timeout(now);
-                        }
-                        if self.b.poll_timeout().is_some_and(|t| t <= now) {
-                            self.b.handle_timeout(now);
-                        }
-                    }
-                }
-                _ => {
-                    self.now = until.max(self.now);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn step(&mut self, d: Duration) {
-        let until = self.now + d;
-        self.run_until(until);
     }
 
     /// Both sides send one packet every `every` for `dur`.
@@ -274,10 +117,7 @@ impl Lab {
     }
 
     fn established(ag: &Agent, now: Instant) -> usize {
-        ag.ike_sas(now)
-            .iter()
-            .filter(|s| s.state == IkeSaState::Established)
-            .count()
+        common::established(ag, now)
     }
 
     /// First arrival at B's TUN after `t`.
@@ -309,17 +149,7 @@ fn lab(rec_a: RecoveryConfig, rec_b: RecoveryConfig, b_dynamic: bool) -> Lab {
     pa.start = true;
     let a = agent(node_cfg("a", A_IP), pa, rec_a, 1, t0);
     let b = b_agent(b_dynamic, rec_b, 2, t0);
-    let mut l = Lab {
-        now: t0,
-        a,
-        b,
-        wire: VecDeque::new(),
-        tun_a: vec![],
-        tun_b: vec![],
-        events_a: vec![],
-        events_b: vec![],
-        id: 0,
-    };
+    let mut l = Lab::new(a, b, t0);
     l.step(Duration::from_secs(1));
     assert_eq!(Lab::established(&l.a, l.now), 1);
     assert_eq!(Lab::established(&l.b, l.now), 1);

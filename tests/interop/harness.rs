@@ -1,0 +1,364 @@
+//! Network-namespace lab shared by tests/ike_interop.rs and tests/recovery_interop.rs
+//! (included with `#[path = "interop/harness.rs"] mod harness;`; being in a subdirectory
+//! it is not a test target of its own).
+//!
+//! Two namespaces, A and B, joined by a veth pair (198.18.0.1/2 underlay, 198.19.1.1 and
+//! 198.19.2.1 on loopback as the protected addresses), with `esplab peer` daemons and/or
+//! charon (via tests/interop/charon.sh) running in them. Needs root; `may_run` decides
+//! whether a test runs, fails or is skipped (ESPLAB_SKIP_NETNS / ESPLAB_SKIP_STRONGSWAN).
+//! Dropping the `Lab` stops the processes by PID and deletes the namespaces.
+
+// Each including test binary uses a different subset.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ESPLAB: &str = env!("CARGO_BIN_EXE_esplab");
+pub const CHARON: &str = "/usr/lib/ipsec/charon";
+pub const PSK: &str = "interop-test-psk-only";
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// False when the test must be skipped (and says why); panics when it may not be.
+pub fn may_run(strongswan: bool) -> bool {
+    if !is_root() {
+        if std::env::var("ESPLAB_SKIP_NETNS").as_deref() == Ok("1") {
+            eprintln!("skipped: not root (ESPLAB_SKIP_NETNS=1)");
+            return false;
+        }
+        panic!("needs root for network namespaces; set ESPLAB_SKIP_NETNS=1 to skip");
+    }
+    if strongswan && !Path::new(CHARON).exists() {
+        if std::env::var("ESPLAB_SKIP_STRONGSWAN").as_deref() == Ok("1") {
+            eprintln!("skipped: {CHARON} missing (ESPLAB_SKIP_STRONGSWAN=1)");
+            return false;
+        }
+        panic!(
+            "{CHARON} missing: apt-get install strongswan-charon strongswan-swanctl \
+             libcharon-extra-plugins libstrongswan-standard-plugins \
+             libstrongswan-extra-plugins, or set ESPLAB_SKIP_STRONGSWAN=1"
+        );
+    }
+    true
+}
+
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+pub fn must(cmd: &mut Command) -> String {
+    let dbg = format!("{cmd:?}");
+    let (ok, s) = run(cmd);
+    assert!(ok, "{dbg} failed: {s}");
+    s
+}
+
+pub fn ip(args: &[&str]) -> String {
+    must(Command::new("ip").args(args))
+}
+
+/// One `esplab peer` daemon: which side it runs on and what its config says beyond the
+/// common part.
+pub struct EsplabNode<'a> {
+    /// 0 = A (198.18.0.1, 198.19.1.0/24), 1 = B (198.18.0.2, 198.19.2.0/24).
+    pub side: usize,
+    /// Daemon name; also the stem of its .toml, .log and .sock files in the lab dir.
+    pub name: &'a str,
+    /// TUN interface name.
+    pub tun: &'a str,
+    /// (IKE proposal, ESP proposal).
+    pub suites: (&'a str, &'a str),
+    /// Whether the peer initiates on its own (`start`).
+    pub start: bool,
+    /// Extra top-level sections, placed between `[ike]` and `[[peer]]`.
+    pub sections: &'a str,
+    /// Extra lines for the `[[peer]]` table.
+    pub peer_extra: &'a str,
+}
+
+/// Two namespaces joined by a veth pair, with what runs in them. Dropping it stops the
+/// processes (by PID) and deletes the namespaces.
+pub struct Lab {
+    pub tag: String,
+    pub ns: [String; 2],
+    pub dir: PathBuf,
+    /// Running daemons, in start order.
+    peers: Vec<Child>,
+    /// Names of every esplab started (for diagnostics), without repeats.
+    names: Vec<String>,
+    charon: bool,
+}
+
+impl Lab {
+    /// Namespaces `{ns_prefix}-{tag}{pid}-a/-b`, files under `$TMP/{dir_prefix}-{tag}{pid}`.
+    pub fn new(ns_prefix: &str, dir_prefix: &str, tag: &str) -> Lab {
+        let id = std::process::id() % 100_000;
+        let tag = format!("{tag}{id}");
+        let ns = [
+            format!("{ns_prefix}-{tag}-a"),
+            format!("{ns_prefix}-{tag}-b"),
+        ];
+        let dir = std::env::temp_dir().join(format!("{dir_prefix}-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in &ns {
+            let _ = run(Command::new("ip").args(["netns", "del", n]));
+        }
+        let lab = Lab {
+            tag,
+            ns,
+            dir,
+            peers: Vec::new(),
+            names: Vec::new(),
+            charon: false,
+        };
+        let [a, b] = &lab.ns;
+        ip(&["netns", "add", a]);
+        ip(&["netns", "add", b]);
+        let (va, vb) = (format!("{}a", lab.tag), format!("{}b", lab.tag));
+        ip(&[
+            "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
+        ]);
+        ip(&["-n", a, "addr", "add", "198.18.0.1/24", "dev", &va]);
+        ip(&["-n", b, "addr", "add", "198.18.0.2/24", "dev", &vb]);
+        ip(&["-n", a, "addr", "add", "198.19.1.1/32", "dev", "lo"]);
+        ip(&["-n", b, "addr", "add", "198.19.2.1/32", "dev", "lo"]);
+        for (n, v) in [(a, &va), (b, &vb)] {
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+            ip(&["-n", n, "link", "set", v, "up"]);
+        }
+        lab
+    }
+
+    pub fn sock(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    pub fn charon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("charon/charon.log")).unwrap_or_default()
+    }
+
+    /// Starts `esplab peer` on `node.side` with an IKE peer for the other side, and waits
+    /// for its control socket. The log is appended to, so a restarted daemon keeps the
+    /// earlier run's lines.
+    pub fn start_esplab(&mut self, node: &EsplabNode) {
+        let side = node.side;
+        let (local, remote, lnet, rnet) = if side == 0 {
+            ("198.18.0.1", "198.18.0.2", "198.19.1.0/24", "198.19.2.0/24")
+        } else {
+            ("198.18.0.2", "198.18.0.1", "198.19.2.0/24", "198.19.1.0/24")
+        };
+        // esplab ↔ esplab uses its own ids; against charon ours is "esplab.esplab.test".
+        let (lid, rid) = if side == 0 {
+            ("esplab.esplab.test", "sw.esplab.test")
+        } else {
+            ("sw.esplab.test", "esplab.esplab.test")
+        };
+        let name = node.name;
+        let sock = self.sock(name);
+        let cfg = format!(
+            r#"name = "{name}"
+[underlay]
+local = "{local}"
+encap = "udp"
+[tun]
+name = "{tun}"
+mtu = 1400
+[control]
+socket = "{sock}"
+[ike]
+retransmit_tries = 2
+retransmit_timeout = "1s"
+{sections}[[peer]]
+name = "peer"
+address = "{remote}"
+local_ts = ["{lnet}"]
+remote_ts = ["{rnet}"]
+auth = "psk"
+local_id = "{lid}"
+remote_id = "{rid}"
+secret = "{PSK}"
+ike_proposals = ["{ike}"]
+esp_proposals = ["{esp}"]
+start = {start}
+{peer_extra}"#,
+            tun = node.tun,
+            sock = sock.display(),
+            sections = node.sections,
+            ike = node.suites.0,
+            esp = node.suites.1,
+            start = node.start,
+            peer_extra = node.peer_extra,
+        );
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        let _ = std::fs::remove_file(&sock);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns[side], ESPLAB, "peer", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.peers.push(child);
+        if !self.names.iter().any(|n| n == name) {
+            self.names.push(name.to_owned());
+        }
+        let t0 = Instant::now();
+        while !sock.exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "esplab {name} did not come up: {}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 of the most recently started esplab (no Delete, no cleanup: a crash).
+    pub fn crash_last_esplab(&mut self) {
+        if let Some(mut c) = self.peers.pop() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn charon_script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/charon.sh")
+    }
+
+    /// Starts charon on side B; `close_action` sets the CHILD SA's close_action (the
+    /// script's default is none).
+    pub fn strongswan(&mut self, suites: (&str, &str), start: bool, close_action: Option<&str>) {
+        self.charon = true;
+        let dir = self.dir.join("charon");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(Self::charon_script());
+        cmd.env("PSK", PSK);
+        if let Some(action) = close_action {
+            cmd.env("CLOSE_ACTION", action);
+        }
+        must(cmd.arg("start").arg(&dir).args([
+            self.ns[1].as_str(),
+            "198.18.0.2",
+            "198.18.0.1",
+            "198.19.2.0/24",
+            "198.19.1.0/24",
+            suites.0,
+            suites.1,
+            if start { "yes" } else { "no" },
+        ]));
+    }
+
+    pub fn swanctl(&self, args: &[&str]) -> String {
+        must(
+            Command::new(Self::charon_script())
+                .arg("swanctl")
+                .arg(self.dir.join("charon"))
+                .args(args),
+        )
+    }
+
+    /// `esplab ARGS --socket` against the daemon called `name`.
+    pub fn esplab_ctl(&self, name: &str, args: &[&str]) -> String {
+        must(
+            Command::new(ESPLAB)
+                .args(args)
+                .arg("--socket")
+                .arg(self.sock(name)),
+        )
+    }
+
+    /// Number of CHILD SAs (both directions) the daemon `name` shows.
+    pub fn esplab_sas(&self, name: &str) -> usize {
+        let out = self.esplab_ctl(name, &["show", "sa", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["sas"].as_array().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Number of installed CHILD SAs at charon.
+    pub fn sw_children(&self) -> usize {
+        self.swanctl(&["--list-sas"]).matches("INSTALLED").count()
+    }
+
+    /// Every esplab log, then charon's (when it ran), for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in &self.names {
+            s.push_str(&format!("--- esplab {n} ---\n{}\n", self.log(n)));
+        }
+        if self.charon {
+            s.push_str(&format!("--- charon ---\n{}", self.charon_log()));
+        }
+        s
+    }
+
+    /// Waits until `f` holds (at most `limit`).
+    pub fn wait(&self, what: &str, limit: Duration, f: impl Fn(&Lab) -> bool) {
+        let t0 = Instant::now();
+        while !f(self) {
+            if t0.elapsed() > limit {
+                panic!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.peers {
+            // `ip netns exec` execs esplab: this PID is the daemon's.
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        for c in &mut self.peers {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.charon {
+            let _ = Command::new(Self::charon_script())
+                .arg("stop")
+                .arg(self.dir.join("charon"))
+                .status();
+        }
+        for n in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
