@@ -6,6 +6,10 @@
 //! (a) esplab is killed -9 and restarted with `invalid_spi_recovery = true` while
 //!     strongSwan keeps pinging: esplab builds a new IKE SA with INITIAL_CONTACT and pings
 //!     resume without waiting for strongSwan's DPD (which is off here).
+//! (c) the same crash with recovery off (`invalid_spi_recovery = false`, the default) and
+//!     strongSwan's DPD on (2 s, `dpd_action = restart`): esplab only logs the invalid SPI
+//!     and initiates nothing; the blackhole lasts until strongSwan's DPD declares esplab
+//!     dead and strongSwan initiates again.
 //!
 //! Same rules as tests/ike_interop.rs: root, `/usr/lib/ipsec/charon` (or the
 //! ESPLAB_SKIP_NETNS / ESPLAB_SKIP_STRONGSWAN escapes), serial, cleanup in `Drop`.
@@ -26,6 +30,10 @@ const A: &str = "a";
 
 impl Lab {
     fn start_esplab_a(&mut self, start: bool) {
+        self.start_esplab_a_with(start, true);
+    }
+
+    fn start_esplab_a_with(&mut self, start: bool, recovery: bool) {
         let tun = format!("{}t", self.tag);
         self.start_esplab(&EsplabNode {
             side: 0,
@@ -34,9 +42,15 @@ impl Lab {
             suites: SUITES,
             start,
             sections: "[recovery]\nhold_down = \"5s\"\n",
-            peer_extra: "on_invalid_spi = \"delete\"\n\
-                         invalid_spi_recovery = true\n\
-                         on_peer_delete = \"restart\"\n",
+            peer_extra: if recovery {
+                "on_invalid_spi = \"delete\"\n\
+                 invalid_spi_recovery = true\n\
+                 on_peer_delete = \"restart\"\n"
+            } else {
+                "on_invalid_spi = \"delete\"\n\
+                 invalid_spi_recovery = false\n\
+                 on_peer_delete = \"restart\"\n"
+            },
         });
     }
 
@@ -132,6 +146,66 @@ fn strongswan_esplab_crash_recovers_without_dpd() {
     let s = lab.recovery();
     assert_eq!(s["ike_initiated"], 1, "{s}");
     assert_eq!(s["ike_established"], 1, "{s}");
+    lab.wait("one IKE SA at strongSwan", Duration::from_secs(10), |l| {
+        l.swanctl(&["--list-sas"]).matches("ESTABLISHED").count() == 1
+    });
+}
+
+/// strongSwan's DPD for case (c): checks after 2 s without inbound traffic; with the
+/// charon.sh retransmission schedule (2 tries, 1 s timeout, base 1.5: 1 + 1.5 + 2.25 s) it
+/// declares the peer dead 6.75 s after the first check at the earliest.
+const SW_DPD_DELAY: Duration = Duration::from_secs(2);
+const SW_RETRANSMITS: Duration = Duration::from_millis(4750);
+
+#[test]
+fn strongswan_esplab_crash_recovery_off_waits_for_dpd() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !may_run(true) {
+        return;
+    }
+    let mut lab = Lab::new("elr", "esplab-recovery-interop", "rc");
+    lab.strongswan_env(
+        SUITES,
+        false,
+        Some("start"),
+        &[("DPD_DELAY", "2s"), ("DPD_ACTION", "restart")],
+    );
+    lab.start_esplab_a_with(true, false);
+    lab.wait("CHILD SA with strongSwan", Duration::from_secs(15), |l| {
+        l.esplab_sas(A) == 2 && l.sw_children() == 1
+    });
+    assert!(lab.ping_from_b(), "ping before the desync");
+    let crash = Instant::now();
+    lab.crash_last_esplab();
+    lab.start_esplab_a_with(false, false);
+    let b = lab.blackhole(Duration::from_secs(30));
+    let since_crash = crash.elapsed();
+    eprintln!(
+        "recovery-interop (c) esplab crash + restart, recovery off, strongSwan DPD 2 s: \
+         blackhole {b:?} (after restart), {since_crash:?} after the crash"
+    );
+    let s = lab.recovery();
+    assert_eq!(s["ike_initiated"], 0, "{s}");
+    assert!(
+        s["invalid_spi_packets"].as_u64().unwrap_or(0) >= 1,
+        "{s}\n{}",
+        lab.logs()
+    );
+    let logs = lab.log(A);
+    assert!(logs.contains("RECVD_PKT_INV_SPI"), "{logs}");
+    // Case (a) resumes after about one lost ping; here only strongSwan's DPD ends it: at
+    // least one DPD delay plus the retransmission schedule after the last inbound packet
+    // strongSwan saw (just before the crash), with a second of slack for ping timing.
+    assert!(b > Duration::from_secs(3), "blackhole {b:?}");
+    assert!(
+        since_crash + Duration::from_secs(1) >= SW_DPD_DELAY + SW_RETRANSMITS,
+        "blackhole {since_crash:?} shorter than strongSwan's DPD"
+    );
+    let charon = lab.charon_log();
+    assert!(
+        charon.contains("giving up after") || charon.contains("DPD"),
+        "{charon}"
+    );
     lab.wait("one IKE SA at strongSwan", Duration::from_secs(10), |l| {
         l.swanctl(&["--list-sas"]).matches("ESTABLISHED").count() == 1
     });

@@ -5,7 +5,9 @@
 #   charon.sh stop DIR             stop the charon whose PID is in DIR/charon.pid
 #   charon.sh swanctl DIR ARGS...  swanctl against that charon's vici socket
 #
-# $CLOSE_ACTION (default none) is the CHILD SA's close_action (recovery tests use start).
+# $CLOSE_ACTION (default none) is the CHILD SA's close_action (recovery tests use start);
+# $DPD_DELAY (default 0s = off) the connection's dpd_delay, $DPD_ACTION (default clear) the
+# CHILD SA's dpd_action.
 # Identities: charon is "sw.esplab.test", its peer "esplab.esplab.test"; PSK from $PSK.
 # kernel-libipsec only does UDP-encapsulated ESP (encap = yes makes it explicit; charon
 # fakes NAT detection so the peer agrees). charon hard-codes /run/charon.pid, so /run is
@@ -55,6 +57,7 @@ connections {
         proposals = $ike
         encap = yes
         mobike = no
+        dpd_delay = ${DPD_DELAY:-0s}
         local { auth = psk
                 id = sw.esplab.test }
         remote { auth = psk
@@ -67,6 +70,7 @@ connections {
                 esp_proposals = $esp
                 start_action = $action
                 close_action = ${CLOSE_ACTION:-none}
+                dpd_action = ${DPD_ACTION:-clear}
             }
         }
     }

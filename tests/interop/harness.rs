@@ -257,11 +257,24 @@ start = {start}
     /// Starts charon on side B; `close_action` sets the CHILD SA's close_action (the
     /// script's default is none).
     pub fn strongswan(&mut self, suites: (&str, &str), start: bool, close_action: Option<&str>) {
+        self.strongswan_env(suites, start, close_action, &[]);
+    }
+
+    /// [`Lab::strongswan`] with extra environment for charon.sh (`DPD_DELAY`,
+    /// `DPD_ACTION`).
+    pub fn strongswan_env(
+        &mut self,
+        suites: (&str, &str),
+        start: bool,
+        close_action: Option<&str>,
+        env: &[(&str, &str)],
+    ) {
         self.charon = true;
         let dir = self.dir.join("charon");
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(Self::charon_script());
         cmd.env("PSK", PSK);
+        cmd.envs(env.iter().copied());
         if let Some(action) = close_action {
             cmd.env("CLOSE_ACTION", action);
         }

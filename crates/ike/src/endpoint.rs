@@ -1162,6 +1162,27 @@ impl Endpoint {
         id
     }
 
+    /// RFC 7296 §1.5: an unprotected one-way N(INVALID_SPI) to the source of an ESP
+    /// packet with an unknown SPI when there is no IKE SA with it. It is not part of any
+    /// exchange (no retransmission, no IKE SA state): a fresh random initiator SPI, zero
+    /// responder SPI, Message ID 0, the SPI as Notification Data (§3.10.1). The receiver
+    /// may take it only as a hint (§2.21.4), so the caller rate-limits it.
+    pub fn send_invalid_spi_hint(&mut self, local: SocketAddr, remote: SocketAddr, spi: u32) {
+        let header = IkeHeader {
+            spi_i: self.fresh_ike_spi(),
+            spi_r: 0,
+            exchange_type: ExchangeType::INFORMATIONAL,
+            flags: crate::header::Flags::INITIATOR,
+            message_id: 0,
+        };
+        let mut msg = Message::new(header);
+        msg.payloads.push(Payload::Notify(Notify::new(
+            NotifyType::INVALID_SPI,
+            spi.to_be_bytes().to_vec(),
+        )));
+        self.send_plain(None, local, remote, &msg);
+    }
+
     /// A random IKE SPI, never zero (§3.1) and unique among ours.
     pub(crate) fn fresh_ike_spi(&mut self) -> u64 {
         loop {

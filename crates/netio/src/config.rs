@@ -63,6 +63,7 @@ struct RawRecovery {
     max_backoff: Option<Spanned<String>>,
     global_per_minute: Option<Spanned<u32>>,
     max_tracked: Option<Spanned<usize>>,
+    unprotected_hint: Option<bool>,
 }
 
 /// Node-wide IKE settings (`[ike]`).
@@ -569,6 +570,9 @@ impl Config {
                     return Err(cx.err(n.span(), "recovery.max_tracked", "must be at least 1"));
                 }
                 recovery.max_tracked = *n.get_ref();
+            }
+            if let Some(b) = r.unprotected_hint {
+                recovery.unprotected_hint = b;
             }
         }
 
@@ -1341,13 +1345,14 @@ dpd_delay = "10s"
     fn recovery_keys() {
         // Line 24 is dpd_delay; the recovery keys follow it.
         let text = format!(
-            "{IKE}on_invalid_spi = \"both\"\ninvalid_spi_recovery = true\ndpd_action = \"restart\"\non_peer_delete = \"restart\"\n[recovery]\nhold_down = \"5s\"\nmax_backoff = \"2m\"\nglobal_per_minute = 30\nmax_tracked = 100\n"
+            "{IKE}on_invalid_spi = \"both\"\ninvalid_spi_recovery = true\ndpd_action = \"restart\"\non_peer_delete = \"restart\"\n[recovery]\nhold_down = \"5s\"\nmax_backoff = \"2m\"\nglobal_per_minute = 30\nmax_tracked = 100\nunprotected_hint = true\n"
         );
         let c = Config::parse(Path::new("a.toml"), &text).unwrap();
         let r = &c.recovery;
         assert_eq!(r.hold_down, Duration::from_secs(5));
         assert_eq!(r.max_backoff, Duration::from_secs(120));
         assert_eq!((r.global_per_minute, r.max_tracked), (30, 100));
+        assert!(r.unprotected_hint);
         let p = r.for_peer("b");
         assert_eq!(p.on_invalid_spi, OnInvalidSpi::Both);
         assert!(p.invalid_spi_recovery);
@@ -1369,6 +1374,8 @@ dpd_delay = "10s"
         assert!(e.starts_with("a.toml:25: peer[0].on_peer_delete:"), "{e}");
         let e = err_of(&format!("{IKE}[recovery]\nhold_down = \"soon\"\n"));
         assert!(e.starts_with("a.toml:26: recovery.hold_down:"), "{e}");
+        let e = err_of(&format!("{IKE}[recovery]\nunprotected_hint = \"yes\"\n"));
+        assert!(e.starts_with("a.toml:26"), "{e}");
         let e = err_of(&format!(
             "{IKE}[recovery]\nhold_down = \"60s\"\nmax_backoff = \"10s\"\n"
         ));

@@ -519,7 +519,8 @@ impl Agent {
     fn drain_node_events(&mut self, now: Instant) {
         while let Some(e) = self.node.poll_event() {
             if let Event::InvalidSpi(i) = &e {
-                self.on_invalid_spi(now, i.src, i.spi);
+                let (src, dst, spi, encap) = (i.src, i.dst, i.spi, i.encap);
+                self.on_invalid_spi(now, src, dst, spi, encap);
             }
             // The node's queue bound carries over: datapath events beyond it (a flood the
             // caller does not poll) are dropped and counted; IKE and recovery events never.
@@ -538,7 +539,7 @@ impl Agent {
         self.node_events_dropped
     }
 
-    fn on_invalid_spi(&mut self, now: Instant, src: IpAddr, spi: u32) {
+    fn on_invalid_spi(&mut self, now: Instant, src: IpAddr, dst: IpAddr, spi: u32, encap: Encap) {
         let up = self.ike.has_established_sa(src);
         let ike = &self.ike;
         let action = self
@@ -554,6 +555,23 @@ impl Agent {
             Action::Initiate(peer) => {
                 let ok = self.initiate(now, &peer).is_ok();
                 self.recovery.initiated(now, &peer, ok);
+            }
+            Action::Hint { src, spi } => {
+                // RFC 7296 §1.5: back to where the ESP came from: IKE port 500 for raw
+                // ESP, the NAT-T port (with the non-ESP marker, added by apply_outputs)
+                // to the packet's source port for UDP-encapsulated ESP (RFC 3948).
+                let (local, remote) = match encap {
+                    Encap::Udp { sport, .. } => (
+                        SocketAddr::new(dst, self.nat_t_port),
+                        SocketAddr::new(src, sport),
+                    ),
+                    Encap::Raw => (
+                        SocketAddr::new(dst, IKE_PORT),
+                        SocketAddr::new(src, IKE_PORT),
+                    ),
+                };
+                self.ike.send_invalid_spi_hint(local, remote, spi);
+                self.apply_outputs(now);
             }
         }
         self.drain_recovery_events();

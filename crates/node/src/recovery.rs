@@ -165,6 +165,8 @@ pub enum RecoveryKind {
     StaleSaDeletedOnPeerRequest,
     /// A liveness check was sent because of an unprotected notification.
     LivenessCheck,
+    /// An unprotected one-way N(INVALID_SPI) hint went to a non-static sender.
+    HintSent,
     /// The peer was declared dead (DPD / retransmissions).
     PeerDead,
 }
@@ -242,6 +244,11 @@ pub fn recovery_log_line(e: &RecoveryEvent) -> String {
             "INV_SPI_RECOVERY",
             "unprotected notification, liveness check sent".to_string(),
         ),
+        RecoveryKind::HintSent => (
+            6,
+            "INV_SPI_RECOVERY",
+            "sent unprotected INFORMATIONAL N(INVALID_SPI) hint".to_string(),
+        ),
         RecoveryKind::PeerDead => (4, "DPD", "peer declared dead".to_string()),
     };
     format!("%CRYPTO-{sev}-{tag}: {what}{ctx}")
@@ -270,6 +277,8 @@ pub struct RecoveryStats {
     pub liveness_checks: u64,
     /// Peers declared dead.
     pub peers_dead: u64,
+    /// Unprotected N(INVALID_SPI) hints sent (`unprotected_hint`).
+    pub hints_sent: u64,
 }
 
 /// Per-peer recovery state as shown by `esplab show recovery`.
@@ -397,6 +406,14 @@ pub enum Action {
     },
     /// Initiate an IKE SA to this peer (by name).
     Initiate(String),
+    /// Send an unprotected one-way N(INVALID_SPI) hint to `src` (RFC 7296 §1.5; only
+    /// with `unprotected_hint`, never to a static peer).
+    Hint {
+        /// The sender of the unknown SPI.
+        src: IpAddr,
+        /// The SPI.
+        spi: u32,
+    },
 }
 
 /// The recovery decision engine: rate limits, bounded tables, per-peer backoff.
@@ -613,10 +630,22 @@ impl Recovery {
                 self.emit(
                     now,
                     RecoveryKind::Suppressed { why },
-                    name,
+                    name.clone(),
                     Some(src),
                     Some(spi),
                 );
+                // Rule 3 option: the same once-per-source-per-hold-down admission bounds
+                // the unprotected hint, and the global budget on top (a spoofed flood
+                // must not make us a reflector).
+                if self.cfg.unprotected_hint {
+                    if !self.budget(now) {
+                        self.over_budget(now, name, src, spi);
+                        return Action::None;
+                    }
+                    self.stats.hints_sent += 1;
+                    self.emit(now, RecoveryKind::HintSent, name, Some(src), Some(spi));
+                    return Action::Hint { src, spi };
+                }
             } else {
                 self.stats.recovery_suppressed += 1;
             }

@@ -484,3 +484,113 @@ fn dpd_waits_for_esp_silence() {
     assert_eq!(probes(&l.events_a), 1, "silence: one liveness check");
     assert_eq!(l.a.recovery_stats().peers_dead, 0);
 }
+
+/// The unprotected N(INVALID_SPI) hints (RFC 7296 §1.5) B sent to `to`: checked to be
+/// one-way INFORMATIONALs without SK payload, each naming its SPI; returns those SPIs.
+fn hints_to(l: &Lab, to: Ipv4Addr) -> Vec<u32> {
+    l.elsewhere
+        .iter()
+        .filter(|d| d.dst.ip() == IpAddr::V4(to))
+        .map(|d| {
+            assert_eq!(d.src, SocketAddr::new(B_IP.into(), 4500));
+            assert_eq!(d.dst.port(), 4500);
+            // NAT-T port: the non-ESP marker first (RFC 3948 §2.2).
+            assert_eq!(&d.data[..4], &[0, 0, 0, 0]);
+            let m = Message::parse(&d.data[4..]).unwrap();
+            assert_eq!(m.header.exchange_type, ExchangeType::INFORMATIONAL);
+            assert!(!m.header.flags.is_response());
+            assert_eq!(m.header.message_id, 0);
+            assert!(m.encrypted().is_none(), "no SK payload");
+            assert_eq!(m.payloads.len(), 1);
+            let n = m.notify(NotifyType::INVALID_SPI).expect("N(INVALID_SPI)");
+            u32::from_be_bytes(n.data[..].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// Rule 3 option off (the default): nothing ever goes to an unconfigured sender.
+#[test]
+fn unprotected_hint_off_sends_nothing() {
+    let mut l = lab(recovery(false), recovery(false), false);
+    let dst = SocketAddr::new(B_IP.into(), 4500);
+    for i in 0..100u32 {
+        l.inject(
+            SocketAddr::new(C_IP.into(), 4500),
+            dst,
+            forged_esp(0xC0DE_0001, i),
+        );
+        l.step(Duration::from_millis(100));
+    }
+    assert!(hints_to(&l, C_IP).is_empty());
+    assert_eq!(l.b.recovery_stats().hints_sent, 0);
+    assert!(l.elsewhere.is_empty(), "nothing at all to C");
+}
+
+/// Rule 3 option on: one hint per source per hold-down whatever the flood, none to the
+/// static peer (it gets rule 1/2), none beyond the global budget.
+#[test]
+fn unprotected_hint_once_per_hold_down() {
+    let mut rec = recovery(false);
+    rec.unprotected_hint = true;
+    rec.hold_down = Duration::from_secs(10);
+    let mut l = lab(recovery(false), rec.clone(), false);
+    let t = l.now;
+    l.b = b_agent(false, rec.clone(), 3, t);
+    l.events_b.clear();
+    let dst = SocketAddr::new(B_IP.into(), 4500);
+    // 1000 packets with varying SPIs from C, and from A (static, recovery off) in 5 s.
+    for i in 0..1000u32 {
+        l.inject(
+            SocketAddr::new(C_IP.into(), 4500),
+            dst,
+            forged_esp(0xC0DE_0000 + (i % 7), i),
+        );
+        l.inject(
+            SocketAddr::new(A_IP.into(), 4500),
+            dst,
+            forged_esp(0xA000_0000 + i, i),
+        );
+        l.step(Duration::from_millis(5));
+    }
+    let hints = hints_to(&l, C_IP);
+    assert_eq!(
+        hints,
+        vec![0xC0DE_0000],
+        "exactly one hint, naming the first SPI"
+    );
+    assert_eq!(l.b.recovery_stats().hints_sent, 1);
+    assert_eq!(count(&l.events_b, |k| *k == RecoveryKind::HintSent), 1);
+    assert!(
+        l.elsewhere.iter().all(|d| d.dst.ip() == IpAddr::V4(C_IP)),
+        "only C gets hints"
+    );
+    assert!(!l
+        .events_b
+        .iter()
+        .any(|e| matches!(e, AgentEvent::Recovery(r)
+        if r.kind == RecoveryKind::HintSent && r.src == Some(IpAddr::V4(A_IP)))));
+    // After the hold-down: one more.
+    l.step(Duration::from_secs(6));
+    l.inject(
+        SocketAddr::new(C_IP.into(), 4500),
+        dst,
+        forged_esp(0xC0DE_0042, 1),
+    );
+    l.step(Duration::from_millis(10));
+    assert_eq!(hints_to(&l, C_IP), vec![0xC0DE_0000, 0xC0DE_0042]);
+
+    // Many sources: the global budget caps the hints.
+    let mut rec = recovery(false);
+    rec.unprotected_hint = true;
+    rec.global_per_minute = 5;
+    let t = l.now;
+    l.b = b_agent(false, rec, 4, t);
+    l.elsewhere.clear();
+    for i in 0..50u8 {
+        let src = SocketAddr::new(Ipv4Addr::new(203, 0, 113, 100 + i).into(), 4500);
+        l.inject(src, dst, forged_esp(0xD000_0000 + u32::from(i), 1));
+        l.step(Duration::from_millis(1));
+    }
+    assert_eq!(l.elsewhere.len(), 5, "global budget");
+    assert_eq!(l.b.recovery_stats().hints_sent, 5);
+}

@@ -105,6 +105,8 @@ pub struct Lab<T> {
     pub events_b: Vec<AgentEvent>,
     /// Inner packet id counter (for tests that number their packets here).
     pub id: u16,
+    /// Datagrams sent to addresses other than A and B (they vanish after being recorded).
+    pub elsewhere: Vec<Dgram>,
 }
 
 impl<T: Arrival> Lab<T> {
@@ -119,6 +121,7 @@ impl<T: Arrival> Lab<T> {
             events_a: vec![],
             events_b: vec![],
             id: 0,
+            elsewhere: vec![],
         }
     }
 
@@ -183,7 +186,8 @@ impl<T: Arrival> Lab<T> {
         }
     }
 
-    /// Hands a datagram to A or B now (datagrams to other addresses vanish).
+    /// Hands a datagram to A or B now (datagrams to other addresses are only recorded in
+    /// `elsewhere`).
     pub fn deliver(&mut self, src: SocketAddr, dst: SocketAddr, mut data: Vec<u8>) {
         let now = self.now;
         if let Some((ag, tun)) = self.side(dst.ip()) {
@@ -191,6 +195,13 @@ impl<T: Arrival> Lab<T> {
             if let Inbound::Deliver(r) = ag.handle_underlay_udp(now, dst, src, &mut data, 0..n) {
                 tun.push(T::arrival(now, data[r].to_vec()));
             }
+        } else {
+            self.elsewhere.push(Dgram {
+                at: now,
+                src,
+                dst,
+                data,
+            });
         }
     }
 
