@@ -1265,21 +1265,7 @@ impl Endpoint {
         };
         sa.next_msg_id = sa.next_msg_id.wrapping_add(1);
         let summary = summarize(&payloads, true);
-        self.out.push_back(Output::Send {
-            local: sa.local,
-            remote: sa.remote,
-            data: bytes.clone(),
-        });
-        self.event(IkeEvent::MessageSent {
-            ike_sa: Some(sa.id),
-            local: sa.local,
-            remote: sa.remote,
-            exchange,
-            message_id,
-            response: false,
-            retransmit: false,
-            payloads: summary.clone(),
-        });
+        self.emit_first_send(sa, exchange, message_id, false, &bytes, &summary);
         sa.outstanding = Some(Outstanding {
             message_id,
             exchange,
@@ -1288,6 +1274,34 @@ impl Endpoint {
             deadline: now + self.config.retransmit.wait(0),
             kind,
             summary,
+        });
+    }
+
+    /// Queues the first transmission of a protected message and its log event (both the
+    /// request and the response paths; retransmissions go through their own path).
+    fn emit_first_send(
+        &mut self,
+        sa: &IkeSa,
+        exchange: ExchangeType,
+        message_id: u32,
+        response: bool,
+        bytes: &[u8],
+        summary: &str,
+    ) {
+        self.out.push_back(Output::Send {
+            local: sa.local,
+            remote: sa.remote,
+            data: bytes.to_vec(),
+        });
+        self.event(IkeEvent::MessageSent {
+            ike_sa: Some(sa.id),
+            local: sa.local,
+            remote: sa.remote,
+            exchange,
+            message_id,
+            response,
+            retransmit: false,
+            payloads: summary.to_string(),
         });
     }
 
@@ -1304,21 +1318,7 @@ impl Endpoint {
             return;
         };
         let summary = summarize(&payloads, true);
-        self.out.push_back(Output::Send {
-            local: sa.local,
-            remote: sa.remote,
-            data: bytes.clone(),
-        });
-        self.event(IkeEvent::MessageSent {
-            ike_sa: Some(sa.id),
-            local: sa.local,
-            remote: sa.remote,
-            exchange,
-            message_id,
-            response: true,
-            retransmit: false,
-            payloads: summary.clone(),
-        });
+        self.emit_first_send(sa, exchange, message_id, true, &bytes, &summary);
         sa.last_response = Some(crate::ike_sa::CachedResponse {
             message_id,
             exchange,
