@@ -26,9 +26,10 @@ fmt-check:
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Criterion benchmarks (AEAD backends, decap, SAD lookup). Results: docs/PERFORMANCE.md.
+# Criterion benchmarks (AEAD backends, decap/encap, SAD lookup, invalid-SPI drop path, IKE
+# handshake). Results: docs/PERFORMANCE.md, docs/sad.md.
 bench *ARGS:
-    cargo bench --bench aead --bench sad -- {{ARGS}}
+    cargo bench --bench aead --bench sad --bench drop --bench ike -- {{ARGS}}
 
 # Decrypt an ESP packet from the test vectors (a quick demo of the packet tool).
 demo-esp:
@@ -45,12 +46,43 @@ bench-icount:
     ins() { valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 \
             | sed -n 's/.*Collected : *\([0-9]*\).*/\1/p'; }
     n=20000
-    printf '%-20s %14s\n' path instructions/op
-    for p in lookup-hit lookup-miss drop-unknown-spi decap-gcm128-64 decap-gcm128-1400; do
+    printf '%-26s %14s\n' path instructions/op
+    for p in lookup-hit lookup-miss drop-unknown-spi drop-unknown-spi-batch drop-one-flow \
+             drop-unknown-spi-drained decap-gcm128-64 decap-gcm128-1400; do
         a=$(ins "$p" "$n"); b=$(ins "$p" $((2 * n)))
-        awk -v p="$p" -v a="$a" -v b="$b" -v n="$n" 'BEGIN { printf "%-20s %14.1f\n", p, (b - a) / n }'
+        awk -v p="$p" -v a="$a" -v b="$b" -v n="$n" 'BEGIN { printf "%-26s %14.1f\n", p, (b - a) / n }'
     done
 
 # The desync lab on the simulator (no root): `just lab`, `just lab child-sa-lost`.
 lab name="peer-reboot" *ARGS:
     cargo run --release -- lab run {{name}} {{ARGS}}
+
+# iperf3 TCP 1/4 streams and loss-free UDP through the bare veth, esplab <-> esplab and
+# strongSwan kernel-libipsec <-> strongSwan, one after another. DURATION=3 for a quick run.
+# End to end over TUN, needs root (results: docs/PERFORMANCE.md).
+bench-e2e:
+    scripts/bench-e2e.sh
+
+# Fuzz each cargo-fuzz target (fuzz/, or only TARGETS) for SECS seconds, one after another,
+# then print executions per target (record them in docs/RELIABILITY.md). Stable Rust acts
+# as nightly for cargo-fuzz's -Z flags through RUSTC_BOOTSTRAP=1; `just fuzz 600 ike_state`.
+fuzz secs="60" *targets="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    export RUSTC_BOOTSTRAP=1
+    flags="-O -a --sanitizer none"
+    targets="{{targets}}"
+    [ -n "$targets" ] || targets=$(cargo fuzz list)
+    cargo fuzz build $flags
+    for t in $targets; do
+        mkdir -p "corpus/$t" "artifacts/$t"
+        cargo fuzz run $flags "$t" "corpus/$t" "seeds/$t" -- -jobs=1 -workers=1 \
+            -max_total_time={{secs}} -rss_limit_mb=2048 -print_final_stats=1 \
+            -artifact_prefix="artifacts/$t/" >/dev/null 2>&1 || true
+        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' fuzz-0.log | tail -1)
+        crashes=$(find "artifacts/$t" -type f | wc -l)
+        mv fuzz-0.log "target/fuzz-$t.log"
+        printf '%-14s %12s executions  %s artifacts\n' "$t" "${runs:-?}" "$crashes"
+    done

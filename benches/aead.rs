@@ -3,7 +3,11 @@
 //! Decides the datapath's default AES-GCM backend (ring vs RustCrypto `aes-gcm`) and measures
 //! what ESP processing adds on top of the bare cipher call. Criterion runs the cases one after
 //! another; on this shared 2-core machine that is noisy, so `interleaved()` at the end runs the
-//! two backends alternately in one process and prints the ratio (the number to quote).
+//! two backends alternately in one process and prints the ratio (the number to quote), then
+//! decap against the bare open it is built on, the same way.
+//!
+//! Cases: bare AES-GCM open (128 and 256, both backends), decap for every algorithm and
+//! AES-GCM backend, encap likewise, each at 64, 512, 1400 and 9000 bytes of payload.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use esplab_esp::{decap, Algorithm, Backend, Cipher, OutboundSa, ReplayWindow, SaParams};
@@ -34,16 +38,41 @@ fn esp_packet(p: &SaParams, size: usize) -> Vec<u8> {
 }
 
 struct BareRing(ring::aead::LessSafeKey);
-struct BareRustCrypto(aes_gcm::Aes128Gcm);
+// Two values per size, made once outside the timed loops: the variant size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum BareRustCrypto {
+    K128(aes_gcm::Aes128Gcm),
+    K256(aes_gcm::Aes256Gcm),
+}
 
-fn bare_ring() -> BareRing {
-    let k = ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &[0x42; 16]).unwrap();
+/// ring AES-GCM with a `key_len`-byte key (16 or 32).
+fn bare_ring_key(key_len: usize) -> BareRing {
+    let alg = if key_len == 32 {
+        &ring::aead::AES_256_GCM
+    } else {
+        &ring::aead::AES_128_GCM
+    };
+    let k = ring::aead::UnboundKey::new(alg, &vec![0x42; key_len]).unwrap();
     BareRing(ring::aead::LessSafeKey::new(k))
 }
 
-fn bare_rustcrypto() -> BareRustCrypto {
+fn bare_ring() -> BareRing {
+    bare_ring_key(16)
+}
+
+/// RustCrypto AES-GCM with a `key_len`-byte key (16 or 32).
+fn bare_rustcrypto_key(key_len: usize) -> BareRustCrypto {
     use aes_gcm::KeyInit;
-    BareRustCrypto(aes_gcm::Aes128Gcm::new_from_slice(&[0x42; 16]).unwrap())
+    let key = vec![0x42; key_len];
+    if key_len == 32 {
+        BareRustCrypto::K256(aes_gcm::Aes256Gcm::new_from_slice(&key).unwrap())
+    } else {
+        BareRustCrypto::K128(aes_gcm::Aes128Gcm::new_from_slice(&key).unwrap())
+    }
+}
+
+fn bare_rustcrypto() -> BareRustCrypto {
+    bare_rustcrypto_key(16)
 }
 
 impl BareRing {
@@ -72,36 +101,59 @@ impl BareRing {
 impl BareRustCrypto {
     fn open(&self, buf: &mut [u8], tag: [u8; 16]) -> bool {
         use aes_gcm::aead::AeadInPlace;
-        self.0
-            .decrypt_in_place_detached(&[1; 12].into(), &[0u8; 8], buf, &tag.into())
-            .is_ok()
+        let (n, t) = (&[1; 12].into(), &tag.into());
+        match self {
+            BareRustCrypto::K128(k) => k.decrypt_in_place_detached(n, &[0u8; 8], buf, t),
+            BareRustCrypto::K256(k) => k.decrypt_in_place_detached(n, &[0u8; 8], buf, t),
+        }
+        .is_ok()
     }
 }
 
-/// The bare AES-128-GCM open of each backend on the same buffer: the floor for decap.
+/// The bare AES-GCM open of each backend on the same buffer: the floor for decap.
 fn bare_open(c: &mut Criterion) {
-    let mut g = c.benchmark_group("bare_open_aes128gcm");
-    for size in SIZES {
-        g.throughput(Throughput::Bytes(size as u64));
-        let r = bare_ring();
-        let rc = bare_rustcrypto();
-        let mut ct = vec![0u8; size];
-        let tag = r.seal(&mut ct);
-        let mut buf = ct.clone();
-        g.bench_with_input(BenchmarkId::new("ring", size), &size, |b, _| {
-            b.iter(|| {
-                buf.copy_from_slice(&ct);
-                assert!(r.open(black_box(&mut buf), tag));
-            })
-        });
-        g.bench_with_input(BenchmarkId::new("rustcrypto", size), &size, |b, _| {
-            b.iter(|| {
-                buf.copy_from_slice(&ct);
-                assert!(rc.open(black_box(&mut buf), tag));
-            })
-        });
+    for (group, key_len) in [("bare_open_aes128gcm", 16), ("bare_open_aes256gcm", 32)] {
+        let mut g = c.benchmark_group(group);
+        for size in SIZES {
+            g.throughput(Throughput::Bytes(size as u64));
+            let r = bare_ring_key(key_len);
+            let rc = bare_rustcrypto_key(key_len);
+            let mut ct = vec![0u8; size];
+            let tag = r.seal(&mut ct);
+            let mut buf = ct.clone();
+            g.bench_with_input(BenchmarkId::new("ring", size), &size, |b, _| {
+                b.iter(|| {
+                    buf.copy_from_slice(&ct);
+                    assert!(r.open(black_box(&mut buf), tag));
+                })
+            });
+            g.bench_with_input(BenchmarkId::new("rustcrypto", size), &size, |b, _| {
+                b.iter(|| {
+                    buf.copy_from_slice(&ct);
+                    assert!(rc.open(black_box(&mut buf), tag));
+                })
+            });
+        }
+        g.finish();
     }
-    g.finish();
+}
+
+/// Every algorithm, with both AES-GCM backends (CBC+HMAC has one implementation).
+const CASES: [(Algorithm, Backend); 6] = [
+    (Algorithm::AesGcm128, Backend::Ring),
+    (Algorithm::AesGcm128, Backend::RustCrypto),
+    (Algorithm::AesGcm256, Backend::Ring),
+    (Algorithm::AesGcm256, Backend::RustCrypto),
+    (Algorithm::AesCbc128HmacSha256, Backend::Ring),
+    (Algorithm::AesCbc256HmacSha256, Backend::Ring),
+];
+
+fn case_name(alg: Algorithm, backend: Backend) -> String {
+    if alg.is_aead() {
+        format!("{}/{}", alg.name(), backend.name())
+    } else {
+        alg.name().to_string()
+    }
 }
 
 /// Full inbound decap (length/SPI checks, replay check, ICV + decrypt, trailer checks,
@@ -109,55 +161,51 @@ fn bare_open(c: &mut Criterion) {
 /// iteration (as in the bare case) and the replay window reset, so one packet can be reused.
 fn decap_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("decap");
-    let cases = [
-        (Algorithm::AesGcm128, Backend::Ring),
-        (Algorithm::AesGcm128, Backend::RustCrypto),
-        (Algorithm::AesGcm256, Backend::Ring),
-        (Algorithm::AesCbc128HmacSha256, Backend::Ring),
-        (Algorithm::AesCbc256HmacSha256, Backend::Ring),
-    ];
     for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
-        for (alg, backend) in cases {
+        for (alg, backend) in CASES {
             let p = params(alg, backend);
             let pkt = esp_packet(&p, size);
             let cipher = Cipher::new(alg, backend, &p.enc_key, &p.integ_key).unwrap();
             let mut replay = ReplayWindow::new(64, false).unwrap();
             let mut buf = pkt.clone();
-            let name = if alg.is_aead() {
-                format!("{}/{}", alg.name(), backend.name())
-            } else {
-                alg.name().to_string()
-            };
-            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
-                b.iter(|| {
-                    buf.copy_from_slice(&pkt);
-                    replay.reset();
-                    decap(&cipher, SPI, &mut replay, black_box(&mut buf)).unwrap()
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new(case_name(alg, backend), size),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        buf.copy_from_slice(&pkt);
+                        replay.reset();
+                        decap(&cipher, SPI, &mut replay, black_box(&mut buf)).unwrap()
+                    })
+                },
+            );
         }
     }
     g.finish();
 }
 
-/// Outbound encap per algorithm (default backend).
+/// Outbound encap per algorithm and AES-GCM backend.
 fn encap_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("encap");
-    for size in [64usize, 1400] {
+    for size in SIZES {
         g.throughput(Throughput::Bytes(size as u64));
-        for alg in Algorithm::ALL {
-            let p = params(alg, Backend::Ring);
+        for (alg, backend) in CASES {
+            let p = params(alg, backend);
             let mut tx = OutboundSa::new(&p).unwrap();
             let h = tx.header_len();
             let mut buf = vec![0u8; h + size + tx.max_trailer_len()];
-            g.bench_with_input(BenchmarkId::new(alg.name(), size), &size, |b, _| {
-                b.iter(|| {
-                    tx.set_next_seq(1);
-                    tx.encap_slice(black_box(&mut buf), h..h + size, 4, None)
-                        .unwrap()
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new(case_name(alg, backend), size),
+                &size,
+                |b, _| {
+                    b.iter(|| {
+                        tx.set_next_seq(1);
+                        tx.encap_slice(black_box(&mut buf), h..h + size, 4, None)
+                            .unwrap()
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -200,6 +248,58 @@ fn interleaved() {
         };
         let (a, b) = (med(&mut tr), med(&mut tc));
         println!("{size:>6} {a:>12.0} {b:>12.0} {:>7.2}x", b / a);
+    }
+    decap_vs_bare();
+}
+
+/// Decap AES-GCM (ring, the default) against the bare ring open of a buffer of the same
+/// length, alternating rounds, median of 15: what ESP processing adds to the cipher.
+fn decap_vs_bare() {
+    for (alg, key_len) in [(Algorithm::AesGcm128, 16), (Algorithm::AesGcm256, 32)] {
+        println!(
+            "\ninterleaved {} decap vs bare open, ring (median of 15 rounds)",
+            alg.name()
+        );
+        println!(
+            "{:>6} {:>12} {:>12} {:>8}",
+            "bytes", "bare ns", "decap ns", "ratio"
+        );
+        for size in SIZES {
+            let p = params(alg, Backend::Ring);
+            let pkt = esp_packet(&p, size);
+            let cipher = Cipher::new(alg, Backend::Ring, &p.enc_key, &p.integ_key).unwrap();
+            let mut replay = ReplayWindow::new(64, false).unwrap();
+            let mut dbuf = pkt.clone();
+            // The bare open decrypts what decap decrypts: payload + padding + trailer.
+            let text = pkt.len() - 8 - 8 - 16;
+            let r = bare_ring_key(key_len);
+            let mut ct = vec![0u8; text];
+            let tag = r.seal(&mut ct);
+            let mut buf = ct.clone();
+            let iters = (2_000_000 / size).max(1000);
+            let (mut tb, mut td) = (Vec::new(), Vec::new());
+            for _ in 0..15 {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    buf.copy_from_slice(&ct);
+                    black_box(r.open(black_box(&mut buf), tag));
+                }
+                tb.push(t.elapsed() / iters as u32);
+                let t = Instant::now();
+                for _ in 0..iters {
+                    dbuf.copy_from_slice(&pkt);
+                    replay.reset();
+                    black_box(decap(&cipher, SPI, &mut replay, black_box(&mut dbuf)).unwrap());
+                }
+                td.push(t.elapsed() / iters as u32);
+            }
+            let med = |v: &mut Vec<Duration>| {
+                v.sort();
+                v[v.len() / 2].as_nanos() as f64
+            };
+            let (a, b) = (med(&mut tb), med(&mut td));
+            println!("{size:>6} {a:>12.0} {b:>12.0} {:>7.2}x", b / a);
+        }
     }
 }
 

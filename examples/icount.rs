@@ -6,7 +6,7 @@
 //! what else the shared machine is doing, unlike wall-clock benchmarks.
 
 use esplab_esp::{decap, Algorithm, Backend, Cipher, OutboundSa, ReplayWindow, SaParams};
-use esplab_node::{LogLimits, Node, NodeConfig, PeerConfig, UnderlayEncap};
+use esplab_node::{Inbound, LogLimits, Node, NodeConfig, PeerConfig, UdpDatagram, UnderlayEncap};
 use esplab_sad::{Lookup, Sad, SadConfig};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -61,9 +61,15 @@ fn main() {
                 black_box(decap(&cipher, 0xc0de_0001, &mut w, black_box(&mut b)).unwrap());
             }
         }
-        "drop-unknown-spi" => {
+        "drop-unknown-spi"
+        | "drop-unknown-spi-batch"
+        | "drop-one-flow"
+        | "drop-unknown-spi-drained" => {
             // The whole invalid-SPI path of the node: parse, SAD miss, counters, rate
-            // limiter, event queue (full after the first 1024: drop-and-count).
+            // limiter, event queue (full after the first 1024: drop-and-count), with random
+            // SPIs one at a time, through `inbound_udp_batch` 32 at a time, with one stale
+            // SPI repeated (per-flow limiter case), or with the events taken after every 32
+            // packets (each packet builds and queues its event).
             let ip = |s: &str| s.parse().unwrap();
             let cfg = NodeConfig {
                 name: "b".into(),
@@ -83,15 +89,49 @@ fn main() {
             let mut node = Node::new(cfg, Some(1));
             let t0 = Instant::now();
             let (src, dst) = (ip("198.18.0.1"), ip("198.18.0.2"));
-            let mut pkt = [0u8; 64];
             let mut x = 9u64;
-            for _ in 0..n {
-                pkt[..4].copy_from_slice(&(lcg(&mut x) | 0x100).to_be_bytes());
-                black_box(node.inbound_udp(t0, src, 4500, dst, 4500, &mut pkt, 0..64));
+            if path == "drop-unknown-spi-batch" {
+                let mut bufs = [[0u8; 64]; esplab_node::BATCH];
+                let mut out = [const { Inbound::Keepalive }; esplab_node::BATCH];
+                for _ in 0..n / esplab_node::BATCH {
+                    for b in bufs.iter_mut() {
+                        b[..4].copy_from_slice(&(lcg(&mut x) | 0x100).to_be_bytes());
+                    }
+                    let mut it = bufs.iter_mut();
+                    let mut batch: [UdpDatagram<'_>; esplab_node::BATCH] =
+                        std::array::from_fn(|_| UdpDatagram {
+                            src,
+                            sport: 4500,
+                            dst,
+                            dport: 4500,
+                            buf: &mut it.next().unwrap()[..],
+                            payload: 0..64,
+                        });
+                    node.inbound_udp_batch(black_box(t0), black_box(&mut batch), &mut out);
+                    black_box(&out);
+                }
+            } else {
+                let mut pkt = [0u8; 64];
+                for i in 0..n {
+                    let spi = if path == "drop-one-flow" {
+                        0x5eed_0101
+                    } else {
+                        lcg(&mut x) | 0x100
+                    };
+                    pkt[..4].copy_from_slice(&spi.to_be_bytes());
+                    // Arguments through black_box: no constant folding of the addresses.
+                    let (t, s, d) = black_box((t0, src, dst));
+                    black_box(node.inbound_udp(t, s, 4500, d, 4500, &mut pkt, 0..64));
+                    if path == "drop-unknown-spi-drained" && i % 32 == 31 {
+                        while let Some(e) = node.poll_event() {
+                            black_box(e);
+                        }
+                    }
+                }
             }
         }
         other => {
-            eprintln!("icount: unknown path {other:?} (lookup-hit, lookup-miss, decap-gcm128-64, decap-gcm128-1400, drop-unknown-spi)");
+            eprintln!("icount: unknown path {other:?} (lookup-hit, lookup-miss, decap-gcm128-64, decap-gcm128-1400, drop-unknown-spi, drop-unknown-spi-batch, drop-one-flow, drop-unknown-spi-drained)");
             std::process::exit(2);
         }
     }

@@ -34,6 +34,8 @@ pub enum Command {
     Initiate(crate::ctl_cmd::IkeCmdArgs),
     /// Delete the IKE SAs (and CHILD SAs) with a peer, telling it (INFORMATIONAL Delete).
     Terminate(crate::ctl_cmd::IkeCmdArgs),
+    /// Rekey with a peer: its CHILD SAs (CREATE_CHILD_SA), one pair (--spi) or the IKE SA (--ike).
+    Rekey(crate::ctl_cmd::RekeyArgs),
     /// The desync lab: run SA-desync scenarios in a deterministic simulator, with reports.
     Lab(crate::lab_cmd::LabArgs),
 }
@@ -56,6 +58,9 @@ impl Command {
                 .map(|()| Status::Success)
                 .map_err(CliError::from),
             Command::Terminate(a) => crate::ctl_cmd::run_terminate(a, out)
+                .map(|()| Status::Success)
+                .map_err(CliError::from),
+            Command::Rekey(a) => crate::ctl_cmd::run_rekey(a, out)
                 .map(|()| Status::Success)
                 .map_err(CliError::from),
             Command::Lab(a) => crate::lab_cmd::run(a, out)

@@ -299,6 +299,48 @@ pub fn run_terminate(args: IkeCmdArgs, out: &mut dyn Write) -> Result<(), CtlErr
     Ok(())
 }
 
+/// `esplab rekey PEER [--ike] [--spi SPI]`.
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// Which daemon.
+    #[command(flatten)]
+    pub target: Target,
+    /// The peer name (`name` of its `[[peer]]`).
+    pub peer: String,
+    /// Rekey the IKE SA (its CHILD SAs move to the new one) instead of CHILD SAs.
+    #[arg(long, conflicts_with = "spi")]
+    pub ike: bool,
+    /// Only the CHILD SA pair with this inbound or outbound SPI, e.g. 0xc0de0001.
+    #[arg(long, value_name = "SPI", value_parser = parse_spi)]
+    pub spi: Option<u32>,
+}
+
+/// Runs `esplab rekey`: starts the rekey and returns (it completes in the background;
+/// `esplab show ike` / `show events` tell when it is done).
+pub fn run_rekey(args: RekeyArgs, out: &mut dyn Write) -> Result<(), CtlError> {
+    let mut client = args.target.connect()?;
+    let r = client.call(&Request::Rekey {
+        peer: args.peer.clone(),
+        ike: args.ike,
+        spi: args.spi,
+    })?;
+    let node = r.node.as_deref().unwrap_or("?");
+    match &r.rekeying {
+        Some(spis) if !args.ike => writeln!(
+            out,
+            "{node}: rekeying CHILD SA {} with {} (see `esplab show ike`)",
+            spis.join(", "),
+            args.peer
+        )?,
+        _ => writeln!(
+            out,
+            "{node}: rekeying the IKE SA with {} (see `esplab show ike`)",
+            args.peer
+        )?,
+    }
+    Ok(())
+}
+
 fn secs(v: &serde_json::Value) -> String {
     v.as_f64()
         .map(|s| format!("{s:.0}s"))

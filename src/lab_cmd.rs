@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use esplab_lab::report::write_outputs;
 use esplab_lab::scenario::NOT_YET;
-use esplab_lab::{run_scenario, RecoveryMode, Scenario, ScenarioError, BUILTIN};
+use esplab_lab::{run_scenario_with_progress, RecoveryMode, Scenario, ScenarioError, BUILTIN};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -22,6 +22,12 @@ pub enum LabCommand {
     List,
     /// Run a scenario (shipped name or a .toml file) in the simulator.
     Run(RunArgs),
+    /// The netns driver's traffic probe (run inside a namespace by `lab run --netns`).
+    #[command(hide = true)]
+    Probe(crate::lab_netns::probe::ProbeArgs),
+    /// The netns driver's cleanup watchdog (reads what to remove on stdin).
+    #[command(hide = true)]
+    NetnsReaper,
 }
 
 /// Which recovery settings to run.
@@ -55,6 +61,21 @@ pub struct RunArgs {
     /// Print report.json instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Run on real `esplab peer` processes in network namespaces instead of the simulator
+    /// (root; docs/lab.md, "--netns").
+    #[arg(long)]
+    pub netns: bool,
+    /// Multiply every time of the scenario given in seconds (fault times, durations, DPD,
+    /// hold-down) by this factor before running; `--duration` applies after it.
+    #[arg(long, value_name = "F", value_parser = parse_scale)]
+    pub time_scale: Option<f64>,
+}
+
+fn parse_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err(format!("not a time scale in (0, 100]: {s:?}")),
+    }
 }
 
 /// Why `esplab lab` failed.
@@ -74,6 +95,12 @@ pub enum LabError {
     /// Writing to stdout failed.
     #[error("writing results: {0}")]
     Stdout(#[from] std::io::Error),
+    /// The netns driver failed.
+    #[error(transparent)]
+    Netns(#[from] crate::lab_netns::NetnsError),
+    /// The netns probe failed.
+    #[error(transparent)]
+    Probe(#[from] crate::lab_netns::probe::ProbeError),
 }
 
 fn parse_duration(s: &str) -> Result<f64, String> {
@@ -141,6 +168,9 @@ pub fn run(args: LabArgs, out: &mut dyn Write) -> Result<(), LabError> {
         }
         LabCommand::Run(a) => {
             let mut sc = Scenario::load(&a.scenario)?;
+            if let Some(f) = a.time_scale {
+                crate::lab_netns::time_scale(&mut sc, f);
+            }
             if let Some(d) = a.duration {
                 sc.duration_s = d;
                 sc.faults.retain(|f| f.at <= d);
@@ -151,20 +181,39 @@ pub fn run(args: LabArgs, out: &mut dyn Write) -> Result<(), LabError> {
                 Some(RecoveryArg::Both) => RecoveryMode::Both,
                 None => sc.recovery,
             };
-            let outcome = run_scenario(&sc, a.seed, &mode.runs());
             let dir = a.out.unwrap_or_else(|| {
                 PathBuf::from("lab-out").join(format!("{}-{}", sc.name, timestamp()))
             });
-            let files = write_outputs(&dir, &outcome).map_err(|source| LabError::Write {
+            let (outcome, extra) = if a.netns {
+                crate::lab_netns::run(&sc, a.seed, &mode.runs(), &dir)?
+            } else {
+                let mut bar = crate::lab_render::Progress::new(&sc.name);
+                let o =
+                    run_scenario_with_progress(&sc, a.seed, &mode.runs(), &mut |f| bar.update(f));
+                bar.finish();
+                (o, Vec::new())
+            };
+            let mut files = write_outputs(&dir, &outcome).map_err(|source| LabError::Write {
                 path: dir.display().to_string(),
                 source,
             })?;
+            files.extend(extra);
+            let png = crate::lab_render::write_png(&dir, &outcome.report.to_svg());
+            files.extend(png.map_err(|source| LabError::Write {
+                path: dir.display().to_string(),
+                source,
+            })?);
             if a.json {
                 out.write_all(outcome.report.to_json().as_bytes())?;
             } else {
                 out.write_all(outcome.report.summary().as_bytes())?;
                 writeln!(out, "\nwrote {}/{{{}}}", dir.display(), files.join(","))?;
             }
+            Ok(())
+        }
+        LabCommand::Probe(p) => Ok(crate::lab_netns::probe::run(p, out)?),
+        LabCommand::NetnsReaper => {
+            crate::lab_netns::topo::reaper(&mut std::io::stdin().lock());
             Ok(())
         }
     }

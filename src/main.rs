@@ -10,6 +10,8 @@ mod ctl_cmd;
 mod esp_cmd;
 mod hexin;
 mod lab_cmd;
+mod lab_netns;
+mod lab_render;
 mod pcap_io;
 mod peer_cmd;
 mod sa_spec;

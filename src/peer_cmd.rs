@@ -12,10 +12,15 @@ pub struct PeerArgs {
     /// Peer configuration (TOML): underlay, TUN device, peers and their SAs, control socket.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Log the key material of negotiated SAs (Wireshark `esp_sa` UAT lines); same as
-    /// `log.debug_keys = true`. Never on a real network.
+    /// Log the key material of negotiated SAs (Wireshark `esp_sa` and
+    /// `ikev2_decryption_table` UAT lines); same as `log.debug_keys = true`. Never on a
+    /// real network.
     #[arg(long)]
     pub debug_keys: bool,
+    /// Drop root to this user (name or uid) once the TUN device, sockets and files are
+    /// open; overrides `user` in the config.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 /// Why `esplab peer` did not start, or stopped on an error. Printed as one line.
@@ -33,6 +38,9 @@ pub enum PeerError {
 pub fn run(args: PeerArgs) -> Result<(), PeerError> {
     let mut config = Config::load(&args.config)?;
     config.debug_keys |= args.debug_keys;
+    if args.user.is_some() {
+        config.user = args.user;
+    }
     daemon::run(config)?;
     Ok(())
 }

@@ -24,10 +24,14 @@ fn list_names_the_shipped_scenarios() {
         "nat-t",
         "spoofed-notify",
         "one-way-cut",
+        "rekey-early-switch",
+        "rekey-collision",
+        "hub-reboot",
+        "nat-rebind",
     ] {
         assert!(s.contains(name), "{name} missing from:\n{s}");
     }
-    assert!(s.contains("rekey-early-switch") && s.contains("not yet"));
+    assert!(!s.contains("not yet"), "{s}");
 }
 
 #[test]
@@ -56,14 +60,28 @@ fn run_writes_the_outputs_and_prints_json() {
     assert_eq!(v["runs"][0]["recovery"], "on");
     let on_disk = std::fs::read(dir.join("report.json")).unwrap();
     assert_eq!(on_disk, o.stdout);
-    for f in ["report.txt", "plot.svg", "underlay.pcap", "esp_sa"] {
+    for f in [
+        "report.txt",
+        "plot.svg",
+        "underlay.pcap",
+        "esp_sa",
+        "plot.png",
+    ] {
         assert!(dir.join(f).exists(), "{f}");
     }
+    // The plot rendered: a PNG of the SVG's size (960 wide, one 240-high panel per run).
+    let png = std::fs::read(dir.join("plot.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 960);
+    assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 280);
     // The summary names both runs side by side.
     let o = esplab(&["lab", "run", "ipv6", "--duration", "35", "--out", d]);
     assert!(o.status.success());
     let s = String::from_utf8(o.stdout).unwrap();
     assert!(s.contains("recovery on") && s.contains("recovery off") && s.contains("verdict:"));
+    assert!(s.contains("plot.png"), "{s}");
+    // Not a terminal: no progress bar on stderr.
+    assert!(!String::from_utf8_lossy(&o.stderr).contains('['));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,7 +3,8 @@
 //! it is not a test target of its own).
 //!
 //! Two namespaces, A and B, joined by a veth pair (198.18.0.1/2 underlay, 198.19.1.1 and
-//! 198.19.2.1 on loopback as the protected addresses), with `esplab peer` daemons and/or
+//! 198.19.2.1 on loopback as the protected addresses; with [`Lab::new_v6`] 2001:2::1/2
+//! and 2001:2:0:1::1 / 2001:2:0:2::1), with `esplab peer` daemons and/or
 //! charon (via tests/interop/charon.sh) running in them. Needs root; `may_run` decides
 //! whether a test runs, fails or is skipped (ESPLAB_SKIP_NETNS / ESPLAB_SKIP_STRONGSWAN).
 //! Dropping the `Lab` stops the processes by PID and deletes the namespaces.
@@ -72,6 +73,100 @@ pub fn ip(args: &[&str]) -> String {
     must(Command::new("ip").args(args))
 }
 
+/// The addresses of a lab, per side (0 = A, 1 = B).
+#[derive(Debug)]
+pub struct Addrs {
+    /// Underlay (veth) addresses.
+    pub under: [&'static str; 2],
+    /// Underlay prefix length.
+    pub under_len: &'static str,
+    /// Protected addresses (on loopback).
+    pub prot: [&'static str; 2],
+    /// Protected networks (the traffic selectors).
+    pub nets: [&'static str; 2],
+}
+
+pub const V4: Addrs = Addrs {
+    under: ["198.18.0.1", "198.18.0.2"],
+    under_len: "24",
+    prot: ["198.19.1.1", "198.19.2.1"],
+    nets: ["198.19.1.0/24", "198.19.2.0/24"],
+};
+
+pub const V6: Addrs = Addrs {
+    under: ["2001:2::1", "2001:2::2"],
+    under_len: "64",
+    prot: ["2001:2:0:1::1", "2001:2:0:2::1"],
+    nets: ["2001:2:0:1::/64", "2001:2:0:2::/64"],
+};
+
+/// What a finished `ping -q` reported.
+#[derive(Debug)]
+pub struct PingResult {
+    pub transmitted: u32,
+    pub received: u32,
+    pub output: String,
+}
+
+impl PingResult {
+    pub fn lost(&self) -> u32 {
+        self.transmitted.saturating_sub(self.received)
+    }
+}
+
+/// A `ping` running in the background (see [`Lab::spawn_ping`]).
+pub struct Ping {
+    /// `None` once finished.
+    child: Option<Child>,
+    pub what: String,
+}
+
+impl Ping {
+    /// Whether it is still sending.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for it and parses the summary line
+    /// (`N packets transmitted, M received, ...`).
+    pub fn finish(mut self) -> PingResult {
+        let child = self.child.take().expect("not finished yet");
+        let out = child.wait_with_output().expect("ping");
+        let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        let line = output
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("{}: no ping summary in {output:?}", self.what));
+        let num = |key: &str| -> u32 {
+            line.split(',')
+                .find(|f| f.contains(key))
+                .and_then(|f| f.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{}: cannot parse {line:?}", self.what))
+        };
+        PingResult {
+            transmitted: num("transmitted"),
+            received: num("received"),
+            output,
+        }
+    }
+}
+
+impl Drop for Ping {
+    fn drop(&mut self) {
+        // Only when a test fails mid-run: do not leave pings behind.
+        if let Some(c) = &mut self.child {
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
 /// One `esplab peer` daemon: which side it runs on and what its config says beyond the
 /// common part.
 pub struct EsplabNode<'a> {
@@ -97,6 +192,8 @@ pub struct Lab {
     pub tag: String,
     pub ns: [String; 2],
     pub dir: PathBuf,
+    /// The addresses (IPv4 or IPv6 lab).
+    pub addrs: &'static Addrs,
     /// Running daemons, in start order.
     peers: Vec<Child>,
     /// Names of every esplab started (for diagnostics), without repeats.
@@ -107,6 +204,15 @@ pub struct Lab {
 impl Lab {
     /// Namespaces `{ns_prefix}-{tag}{pid}-a/-b`, files under `$TMP/{dir_prefix}-{tag}{pid}`.
     pub fn new(ns_prefix: &str, dir_prefix: &str, tag: &str) -> Lab {
+        Self::with_addrs(ns_prefix, dir_prefix, tag, &V4)
+    }
+
+    /// [`Lab::new`] with an IPv6 underlay and IPv6 protected networks ([`V6`]).
+    pub fn new_v6(ns_prefix: &str, dir_prefix: &str, tag: &str) -> Lab {
+        Self::with_addrs(ns_prefix, dir_prefix, tag, &V6)
+    }
+
+    fn with_addrs(ns_prefix: &str, dir_prefix: &str, tag: &str, addrs: &'static Addrs) -> Lab {
         let id = std::process::id() % 100_000;
         let tag = format!("{tag}{id}");
         let ns = [
@@ -123,6 +229,7 @@ impl Lab {
             tag,
             ns,
             dir,
+            addrs,
             peers: Vec::new(),
             names: Vec::new(),
             charon: false,
@@ -134,11 +241,18 @@ impl Lab {
         ip(&[
             "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
         ]);
-        ip(&["-n", a, "addr", "add", "198.18.0.1/24", "dev", &va]);
-        ip(&["-n", b, "addr", "add", "198.18.0.2/24", "dev", &vb]);
-        ip(&["-n", a, "addr", "add", "198.19.1.1/32", "dev", "lo"]);
-        ip(&["-n", b, "addr", "add", "198.19.2.1/32", "dev", "lo"]);
-        for (n, v) in [(a, &va), (b, &vb)] {
+        let v6 = addrs.under[0].contains(':');
+        let host_len = if v6 { "128" } else { "32" };
+        for (side, (n, v)) in [(a, &va), (b, &vb)].into_iter().enumerate() {
+            let under = format!("{}/{}", addrs.under[side], addrs.under_len);
+            let prot = format!("{}/{host_len}", addrs.prot[side]);
+            // nodad: usable at once instead of after duplicate address detection.
+            let mut args = vec!["-n", n, "addr", "add", under.as_str(), "dev", v.as_str()];
+            if v6 {
+                args.push("nodad");
+            }
+            ip(&args);
+            ip(&["-n", n, "addr", "add", prot.as_str(), "dev", "lo"]);
             ip(&["-n", n, "link", "set", "lo", "up"]);
             ip(&["-n", n, "link", "set", v, "up"]);
         }
@@ -162,11 +276,13 @@ impl Lab {
     /// earlier run's lines.
     pub fn start_esplab(&mut self, node: &EsplabNode) {
         let side = node.side;
-        let (local, remote, lnet, rnet) = if side == 0 {
-            ("198.18.0.1", "198.18.0.2", "198.19.1.0/24", "198.19.2.0/24")
-        } else {
-            ("198.18.0.2", "198.18.0.1", "198.19.2.0/24", "198.19.1.0/24")
-        };
+        let a = self.addrs;
+        let (local, remote, lnet, rnet) = (
+            a.under[side],
+            a.under[1 - side],
+            a.nets[side],
+            a.nets[1 - side],
+        );
         // esplab ↔ esplab uses its own ids; against charon ours is "esplab.esplab.test".
         let (lid, rid) = if side == 0 {
             ("esplab.esplab.test", "sw.esplab.test")
@@ -278,12 +394,13 @@ start = {start}
         if let Some(action) = close_action {
             cmd.env("CLOSE_ACTION", action);
         }
+        let a = self.addrs;
         must(cmd.arg("start").arg(&dir).args([
             self.ns[1].as_str(),
-            "198.18.0.2",
-            "198.18.0.1",
-            "198.19.2.0/24",
-            "198.19.1.0/24",
+            a.under[1],
+            a.under[0],
+            a.nets[1],
+            a.nets[0],
             suites.0,
             suites.1,
             if start { "yes" } else { "no" },
@@ -321,6 +438,74 @@ start = {start}
         self.swanctl(&["--list-sas"]).matches("INSTALLED").count()
     }
 
+    /// Number of established IKE SAs at charon.
+    pub fn sw_ike_sas(&self) -> usize {
+        self.swanctl(&["--list-sas"]).matches("ESTABLISHED").count()
+    }
+
+    /// `esplab show ike --json` of the daemon `name`: its IKE SAs.
+    pub fn esplab_ike(&self, name: &str) -> Vec<serde_json::Value> {
+        let out = self.esplab_ctl(name, &["show", "ike", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["ike"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `esplab show events --json` of the daemon `name`: the recent events' types.
+    pub fn esplab_event_types(&self, name: &str) -> Vec<String> {
+        let out = self.esplab_ctl(name, &["show", "events", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["type"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Starts `count` pings `interval` seconds apart from `side`'s protected address to
+    /// the other side's (root may go below 0.2 s). A reply counts if it arrives within
+    /// 5 s after the last probe: with only `-c`, ping waits just twice the largest round
+    /// trip seen for the last replies, and a loaded machine would turn that into losses.
+    pub fn spawn_ping(&self, side: usize, count: u32, interval: &str) -> Ping {
+        let (src, dst) = (self.addrs.prot[side], self.addrs.prot[1 - side]);
+        let secs: f64 = interval.parse().expect("interval in seconds");
+        let deadline = (f64::from(count) * secs).ceil() as u64 + 5;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns[side], "ping", "-n", "-q", "-c"])
+            .arg(count.to_string())
+            .args(["-w", &deadline.to_string()])
+            .args(["-i", interval, "-I", src, dst])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ping");
+        Ping {
+            child: Some(child),
+            what: format!("ping {src} -> {dst}"),
+        }
+    }
+
+    /// Pings from each side's protected address to the other's: `count` each, 0.2 s apart.
+    pub fn ping_both_ways_n(&self, count: u32) {
+        let pings = [
+            self.spawn_ping(0, count, "0.2"),
+            self.spawn_ping(1, count, "0.2"),
+        ];
+        for p in pings {
+            let what = p.what.clone();
+            let r = p.finish();
+            assert!(
+                r.transmitted == count && r.lost() == 0,
+                "{what}: {}\n{}",
+                r.output,
+                self.logs()
+            );
+        }
+    }
+
     /// Every esplab log, then charon's (when it ran), for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -334,7 +519,7 @@ start = {start}
     }
 
     /// Waits until `f` holds (at most `limit`).
-    pub fn wait(&self, what: &str, limit: Duration, f: impl Fn(&Lab) -> bool) {
+    pub fn wait(&self, what: &str, limit: Duration, mut f: impl FnMut(&Lab) -> bool) {
         let t0 = Instant::now();
         while !f(self) {
             if t0.elapsed() > limit {

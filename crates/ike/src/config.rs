@@ -42,6 +42,11 @@ pub struct EndpointConfig {
     /// A responder whose IKE SA was rekeyed waits this long for the peer's Delete of the
     /// old IKE SA before deleting it itself.
     pub rekeyed_ike_grace: Duration,
+    /// Debugging only: hand every IKE SA's SK_e*/SK_a* to the caller as
+    /// [`crate::Output::IkeKeys`] (for Wireshark's `ikev2_decryption_table`), the first
+    /// one once IKE_SA_INIT is done and each one made by an IKE SA rekey. Off by default:
+    /// the keys decrypt every IKE message of the SA.
+    pub export_ike_keys: bool,
 }
 
 impl Default for EndpointConfig {
@@ -58,6 +63,7 @@ impl Default for EndpointConfig {
             rekey_retry: Duration::from_secs(30),
             max_init_restarts: 5,
             rekeyed_ike_grace: Duration::from_secs(30),
+            export_ike_keys: false,
         }
     }
 }
@@ -237,6 +243,8 @@ pub struct IkePeerConfig {
     pub on_peer_delete: PeerAction,
     /// What to do when the peer is declared dead (retransmissions exhausted).
     pub on_dead: PeerAction,
+    /// This peer's retransmission schedule (§2.1); `None` = [`EndpointConfig::retransmit`].
+    pub retransmit: Option<Retransmit>,
 }
 
 impl IkePeerConfig {
@@ -267,6 +275,7 @@ impl IkePeerConfig {
             dpd_delay: None,
             on_peer_delete: PeerAction::None,
             on_dead: PeerAction::None,
+            retransmit: None,
         }
     }
 

@@ -45,7 +45,7 @@ use crate::cookie::CookieJar;
 use crate::crypto::{ChildSaKeys, Direction, Role};
 use crate::error::CryptoError;
 use crate::header::IkeHeader;
-use crate::ike_sa::{Child, ChildState, IkeSa, Outstanding, Request, SaState, Task};
+use crate::ike_sa::{Child, ChildState, IkeSa, InitiatingSa, Outstanding, Request, SaState, Task};
 use crate::message::Message;
 use crate::notify::NotifyType;
 use crate::output::{
@@ -111,7 +111,11 @@ pub struct NoIkeSa(pub IpAddr);
 pub struct Endpoint {
     pub(crate) config: EndpointConfig,
     pub(crate) rng: StdRng,
+    /// Keyed IKE SAs (IKE_SA_INIT done).
     pub(crate) sas: BTreeMap<IkeSaId, IkeSa>,
+    /// IKE SAs we initiated that await the IKE_SA_INIT response (no keys yet). An id is
+    /// in one of the two maps, never both.
+    pub(crate) initiating: BTreeMap<IkeSaId, InitiatingSa>,
     /// Our SPI → SA. BTreeMap: the key comes off the wire.
     pub(crate) by_spi: BTreeMap<u64, IkeSaId>,
     /// Responder: (source, SPIi) of IKE_SA_INIT requests → SA, to answer retransmissions.
@@ -129,7 +133,7 @@ impl core::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Endpoint")
             .field("peers", &self.config.peers.len())
-            .field("ike_sas", &self.sas.len())
+            .field("ike_sas", &(self.sas.len() + self.initiating.len()))
             .field("pending_outputs", &self.out.len())
             .finish_non_exhaustive()
     }
@@ -183,6 +187,7 @@ impl Endpoint {
             config,
             rng,
             sas: BTreeMap::new(),
+            initiating: BTreeMap::new(),
             by_spi: BTreeMap::new(),
             init_index: BTreeMap::new(),
             next_id: 1,
@@ -220,6 +225,9 @@ impl Endpoint {
     /// at once). `None` when nothing is scheduled.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.starts.iter().map(|(t, _)| *t).min();
+        for isa in self.initiating.values() {
+            t = earliest(t, Some(isa.outstanding.deadline));
+        }
         for sa in self.sas.values() {
             t = earliest(t, sa.outstanding.as_ref().map(|o| o.deadline));
             t = earliest(t, sa.half_open_deadline);
@@ -236,6 +244,16 @@ impl Endpoint {
             }
         }
         t
+    }
+
+    /// The retransmission schedule for requests to peer `peer` (its own, else the
+    /// node-wide one).
+    pub(crate) fn retransmit_of(&self, peer: usize) -> crate::config::Retransmit {
+        self.config
+            .peers
+            .get(peer)
+            .and_then(|p| p.retransmit)
+            .unwrap_or(self.config.retransmit)
     }
 
     fn dpd_deadline(&self, sa: &IkeSa) -> Option<Instant> {
@@ -307,24 +325,21 @@ impl Endpoint {
         let Some(&id) = self.by_spi.get(&ours) else {
             return self.unknown_spi(local, remote, data, &h, DropReason::UnknownSpi);
         };
+        if let Some(isa) = self.initiating.get(&id) {
+            // No keys yet (IKE_SA_INIT response outstanding): nothing protected can be
+            // opened; the SPIr slot of a consistent message is still zero.
+            if !spis_consistent(Role::Initiator, isa.spi_i, 0, ours, &h) {
+                return self.unknown_spi(local, remote, data, &h, DropReason::SpiMismatch);
+            }
+            return self.dropped(local, remote, DropReason::WrongState);
+        }
         let Some(sa) = self.sas.get(&id) else {
             return self.dropped(local, remote, DropReason::UnknownSpi);
         };
-        let sender_is_initiator = sa.role == Role::Responder;
-        if sa.local_spi() != ours
-            || sa.remote_spi()
-                != (if h.flags.is_initiator() {
-                    h.spi_i
-                } else {
-                    h.spi_r
-                })
-            || h.flags.is_initiator() != sender_is_initiator
-        {
+        if !spis_consistent(sa.role, sa.local_spi(), sa.remote_spi(), ours, &h) {
             return self.unknown_spi(local, remote, data, &h, DropReason::SpiMismatch);
         }
-        let Some(keys) = &sa.keys else {
-            return self.dropped(local, remote, DropReason::WrongState);
-        };
+        let keys = &sa.keys;
         let opened = match keys.sk_cipher(sa.peer_role()).and_then(|c| c.open(data)) {
             Ok(o) => o,
             Err(CryptoError::NoEncryptedPayload) => {
@@ -370,17 +385,22 @@ impl Endpoint {
         // The message is authentic: the peer is alive.
         sa.last_heard = now;
         if h.flags.is_response() {
-            let matches = sa
+            // The response takes the request it answers out of the window: its handler
+            // consumes what the request left for it (see `handle_response`).
+            let Some(o) = sa
                 .outstanding
-                .as_ref()
-                .is_some_and(|o| o.message_id == h.message_id && o.exchange == h.exchange_type);
-            if !matches {
+                .take_if(|o| o.message_id == h.message_id && o.exchange == h.exchange_type)
+            else {
                 // §2.3: a response to no outstanding request is dropped.
                 return self.dropped(local, remote, DropReason::UnexpectedResponse);
-            }
+            };
             let payloads = match parsed {
                 Ok(p) => p,
-                Err(e) => return self.dropped(local, remote, DropReason::Malformed(e)),
+                Err(e) => {
+                    // Not an answer we can use: the request stays outstanding.
+                    sa.outstanding = Some(o);
+                    return self.dropped(local, remote, DropReason::Malformed(e));
+                }
             };
             self.event(IkeEvent::MessageReceived {
                 ike_sa: Some(sa.id),
@@ -391,9 +411,6 @@ impl Endpoint {
                 response: true,
                 payloads: summarize(&payloads, true),
             });
-            let Some(o) = sa.outstanding.take() else {
-                return;
-            };
             let msg = Received {
                 header: h,
                 payloads,
@@ -452,11 +469,15 @@ impl Endpoint {
                 DropReason::UnsupportedExchange(h.exchange_type),
             );
         }
-        if h.exchange_type == ExchangeType::IKE_AUTH
-            && !matches!(sa.state, SaState::InitResponded(_))
-        {
-            return self.dropped(local, remote, DropReason::WrongState);
-        }
+        // Only a half-open responder SA takes IKE_AUTH; it hands the handler the
+        // IKE_SA_INIT context AUTH covers, so the handler cannot run without it.
+        let auth_ctx = match (&sa.state, h.exchange_type) {
+            (SaState::InitResponded(ctx), ExchangeType::IKE_AUTH) => Some(ctx.clone()),
+            (_, ExchangeType::IKE_AUTH) => {
+                return self.dropped(local, remote, DropReason::WrongState);
+            }
+            _ => None,
+        };
         if (local, remote) != (sa.local, sa.remote) {
             // §2.23: the peer's (NATed or floated) address of the latest authentic request
             // is where our messages and its ESP go from now on.
@@ -509,10 +530,12 @@ impl Endpoint {
             raw_idi,
             raw_idr,
         };
-        match h.exchange_type {
-            ExchangeType::IKE_AUTH => self.handle_auth_request(sa, now, msg, spis),
-            ExchangeType::CREATE_CHILD_SA => self.handle_create_child_request(sa, now, msg, spis),
-            _ => self.handle_informational_request(sa, now, msg, spis),
+        match (auth_ctx, h.exchange_type) {
+            (Some(ctx), _) => self.handle_auth_request(sa, now, msg, ctx, spis),
+            (None, ExchangeType::CREATE_CHILD_SA) => {
+                self.handle_create_child_request(sa, now, msg, spis)
+            }
+            (None, _) => self.handle_informational_request(sa, now, msg, spis),
         }
     }
 
@@ -525,8 +548,7 @@ impl Endpoint {
         spis: &mut dyn SpiAllocator,
     ) {
         match o.kind {
-            Request::Init(_) => {}
-            Request::Auth(p) => self.handle_auth_response(sa, now, msg, p),
+            Request::Auth(a) => self.handle_auth_response(sa, now, msg, a),
             Request::CreateChild(r) => self.handle_create_child_response(sa, now, msg, r, spis),
             Request::RekeyIke(r) => self.handle_rekey_ike_response(sa, now, msg, r),
             Request::Delete(d) => self.handle_delete_response(sa, now, msg, d),
@@ -546,9 +568,20 @@ impl Endpoint {
                 let _ = self.start_ike_sa(now, idx);
             }
         }
-        let ids: Vec<IkeSaId> = self.sas.keys().copied().collect();
+        // Both maps in id order, as one table of SAs.
+        let mut ids: Vec<IkeSaId> = self
+            .sas
+            .keys()
+            .chain(self.initiating.keys())
+            .copied()
+            .collect();
+        ids.sort_unstable();
         for id in ids {
-            self.with_sa(id, now, |ep, sa| ep.sa_timeout(sa, now, spis));
+            if let Some(isa) = self.initiating.remove(&id) {
+                self.initiating_timeout(isa, now);
+            } else {
+                self.with_sa(id, now, |ep, sa| ep.sa_timeout(sa, now, spis));
+            }
         }
         self.pump_all(now);
         self.flush_released(spis);
@@ -557,34 +590,13 @@ impl Endpoint {
     fn sa_timeout(&mut self, sa: &mut IkeSa, now: Instant, spis: &mut dyn SpiAllocator) {
         // Retransmission (§2.1).
         if let Some(o) = sa.outstanding.as_mut() {
-            if o.deadline <= now {
-                if o.retransmits < self.config.retransmit.tries {
-                    o.retransmits += 1;
-                    o.deadline = now + self.config.retransmit.wait(o.retransmits);
-                    let (bytes, exchange, message_id, summary) =
-                        (o.bytes.clone(), o.exchange, o.message_id, o.summary.clone());
-                    self.out.push_back(Output::Send {
-                        local: sa.local,
-                        remote: sa.remote,
-                        data: bytes,
-                    });
-                    self.event(IkeEvent::MessageSent {
-                        ike_sa: Some(sa.id),
-                        local: sa.local,
-                        remote: sa.remote,
-                        exchange,
-                        message_id,
-                        response: false,
-                        retransmit: true,
-                        payloads: summary,
-                    });
-                } else {
-                    let Some(o) = sa.outstanding.take() else {
-                        return;
-                    };
-                    self.give_up(sa, now, o);
+            if o.deadline <= now && !self.retransmit(sa.id, sa.peer, (sa.local, sa.remote), o, now)
+            {
+                let Some(o) = sa.outstanding.take() else {
                     return;
-                }
+                };
+                self.give_up(sa, now, o);
+                return;
             }
         }
         if due(sa.half_open_deadline, now) {
@@ -651,6 +663,90 @@ impl Endpoint {
         }
     }
 
+    /// The timer of request `o` ran out: sends it again byte for byte (§2.1) and returns
+    /// true, or returns false when the retransmission schedule is used up.
+    fn retransmit<K>(
+        &mut self,
+        id: IkeSaId,
+        peer: usize,
+        (local, remote): (SocketAddr, SocketAddr),
+        o: &mut Outstanding<K>,
+        now: Instant,
+    ) -> bool {
+        let schedule = self.retransmit_of(peer);
+        if o.retransmits >= schedule.tries {
+            return false;
+        }
+        o.retransmits += 1;
+        o.deadline = now + schedule.wait(o.retransmits);
+        self.out.push_back(Output::Send {
+            local,
+            remote,
+            data: o.bytes.clone(),
+        });
+        self.event(IkeEvent::MessageSent {
+            ike_sa: Some(id),
+            local,
+            remote,
+            exchange: o.exchange,
+            message_id: o.message_id,
+            response: false,
+            retransmit: true,
+            payloads: o.summary.clone(),
+        });
+        true
+    }
+
+    /// Time passed for an SA awaiting the IKE_SA_INIT response: retransmission, or the
+    /// end of the schedule (§2.4: the peer is considered dead).
+    fn initiating_timeout(&mut self, mut isa: InitiatingSa, now: Instant) {
+        let o = &mut isa.outstanding;
+        if o.deadline > now || self.retransmit(isa.id, isa.peer, (isa.local, isa.remote), o, now) {
+            self.initiating.insert(isa.id, isa);
+            return;
+        }
+        let peer = self.config.peers[isa.peer].name.clone();
+        self.event(IkeEvent::RetransmitTimeout {
+            ike_sa: isa.id,
+            peer: peer.clone(),
+            exchange: isa.outstanding.exchange,
+            message_id: isa.outstanding.message_id,
+        });
+        self.event(IkeEvent::PeerDead {
+            ike_sa: isa.id,
+            peer,
+        });
+        let idx = isa.peer;
+        self.kill_initiating(isa, DeleteReason::PeerDead);
+        self.restart_if_configured(idx, now);
+    }
+
+    /// Ends an IKE SA still awaiting the IKE_SA_INIT response (it owns nothing else).
+    pub(crate) fn kill_initiating(&mut self, isa: InitiatingSa, reason: DeleteReason) {
+        let peer = self.config.peers[isa.peer].name.clone();
+        self.event(IkeEvent::IkeSaDeleted {
+            ike_sa: isa.id,
+            peer,
+            reason,
+        });
+        self.forget_initiating(isa);
+    }
+
+    /// Drops an SA awaiting the IKE_SA_INIT response from the SPI index.
+    pub(crate) fn forget_initiating(&mut self, isa: InitiatingSa) {
+        if self.by_spi.get(&isa.spi_i) == Some(&isa.id) {
+            self.by_spi.remove(&isa.spi_i);
+        }
+    }
+
+    /// `on_dead = restart`: schedules a new IKE SA with the peer.
+    fn restart_if_configured(&mut self, peer: usize, now: Instant) {
+        let cfg = &self.config.peers[peer];
+        if cfg.on_dead == crate::config::PeerAction::Restart && cfg.remote_addr.is_some() {
+            self.starts.push((now, peer));
+        }
+    }
+
     /// The retransmission schedule of `o` ran out (§2.4: the peer is considered dead).
     fn give_up(&mut self, sa: &mut IkeSa, now: Instant, o: Outstanding) {
         let peer = self.peer_name(sa);
@@ -678,10 +774,7 @@ impl Endpoint {
             peer,
         });
         self.kill_sa(sa, DeleteReason::PeerDead);
-        let cfg = &self.config.peers[sa.peer];
-        if cfg.on_dead == crate::config::PeerAction::Restart && cfg.remote_addr.is_some() {
-            self.starts.push((now, sa.peer));
-        }
+        self.restart_if_configured(sa.peer, now);
     }
 
     /// Initiates an IKE SA (with its first CHILD SA) to `peer`. If an IKE SA with the
@@ -724,16 +817,27 @@ impl Endpoint {
     pub fn terminate(&mut self, now: Instant, peer: &str) -> Result<(), CommandError> {
         let idx = self.peer_index(peer)?;
         self.starts.retain(|(_, i)| *i != idx);
-        let ids: Vec<IkeSaId> = self
+        let mut ids: Vec<IkeSaId> = self
             .sas
             .values()
             .filter(|sa| sa.peer == idx)
             .map(|sa| sa.id)
+            .chain(
+                self.initiating
+                    .values()
+                    .filter(|s| s.peer == idx)
+                    .map(|s| s.id),
+            )
             .collect();
         if ids.is_empty() {
             return Err(CommandError::NoIkeSa(peer.to_string()));
         }
+        ids.sort_unstable();
         for id in ids {
+            if let Some(isa) = self.initiating.remove(&id) {
+                self.kill_initiating(isa, DeleteReason::Local);
+                continue;
+            }
             self.with_sa(id, now, |ep, sa| match sa.state {
                 SaState::Established | SaState::Rekeyed { .. } => {
                     if !sa.ike_delete_pending() {
@@ -900,7 +1004,35 @@ impl Endpoint {
     /// A snapshot of all IKE SAs and their CHILD SAs.
     pub fn ike_sas(&self, now: Instant) -> Vec<IkeSaInfo> {
         let secs = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now).as_secs_f64());
-        self.sas
+        let initiating = self.initiating.values().map(|isa| {
+            let cfg = &self.config.peers[isa.peer];
+            IkeSaInfo {
+                id: isa.id,
+                peer: cfg.name.clone(),
+                role: Role::Initiator,
+                state: crate::output::IkeSaState::Connecting,
+                successor: None,
+                spi_i: isa.spi_i,
+                spi_r: 0,
+                local: isa.local,
+                remote: isa.remote,
+                local_id: cfg.local_id.to_string(),
+                remote_id: None,
+                suite: None,
+                nat: crate::output::NatInfo::default(),
+                age_secs: now.saturating_duration_since(isa.created).as_secs_f64(),
+                rekey_in_secs: None,
+                expire_in_secs: None,
+                // Message ID 0 is the IKE_SA_INIT request; IKE_AUTH will be 1 (§2.2).
+                next_message_id: 1,
+                peer_next_message_id: 0,
+                outstanding_request: Some(isa.outstanding.message_id),
+                queued_requests: 0,
+                children: Vec::new(),
+            }
+        });
+        let mut all: Vec<IkeSaInfo> = self
+            .sas
             .values()
             .map(|sa| {
                 let cfg = &self.config.peers[sa.peer];
@@ -919,7 +1051,7 @@ impl Endpoint {
                     remote: sa.remote,
                     local_id: cfg.local_id.to_string(),
                     remote_id: sa.remote_id.as_ref().map(Identity::to_string),
-                    suite: sa.keys.as_ref().map(|k| ike_suite_name(&k.suite())),
+                    suite: Some(ike_suite_name(&sa.keys.suite())),
                     nat: sa.nat,
                     age_secs: now.saturating_duration_since(sa.created).as_secs_f64(),
                     rekey_in_secs: secs(sa.expiry.soft),
@@ -947,7 +1079,10 @@ impl Endpoint {
                         .collect(),
                 }
             })
-            .collect()
+            .chain(initiating)
+            .collect();
+        all.sort_by_key(|i| i.id);
+        all
     }
 
     // ----- internals shared by the exchanges -----
@@ -970,6 +1105,12 @@ impl Endpoint {
                     && !sa.ike_delete_pending()
             })
             .map(|sa| sa.id)
+            .chain(
+                self.initiating
+                    .values()
+                    .filter(|s| s.peer == idx)
+                    .map(|s| s.id),
+            )
             .max()
     }
 
@@ -1044,7 +1185,7 @@ impl Endpoint {
 
     pub(crate) fn release_request_spi(&mut self, r: &Request) {
         match r {
-            Request::Auth(p) => self.released.push(p.inbound_spi),
+            Request::Auth(a) => self.released.push(a.child.inbound_spi),
             Request::CreateChild(c) => self.released.push(c.proposal.inbound_spi),
             _ => {}
         }
@@ -1241,8 +1382,8 @@ impl Endpoint {
     }
 
     fn seal(&mut self, sa: &IkeSa, header: &IkeHeader, payloads: &[Payload]) -> Option<Vec<u8>> {
-        let keys = sa.keys.as_ref()?;
-        keys.sk_cipher(sa.role)
+        sa.keys
+            .sk_cipher(sa.role)
             .and_then(|c| c.seal_random(header, payloads, &mut self.rng))
             .ok()
     }
@@ -1271,7 +1412,7 @@ impl Endpoint {
             exchange,
             bytes,
             retransmits: 0,
-            deadline: now + self.config.retransmit.wait(0),
+            deadline: now + self.retransmit_of(sa.peer).wait(0),
             kind,
             summary,
         });
@@ -1480,6 +1621,18 @@ impl Endpoint {
         }
         self.dropped(local, remote, otherwise);
     }
+}
+
+/// Whether the SPIs and I flag of `h` fit an IKE SA of ours with this role and SPIs
+/// (`ours`: the SPI slot the I flag says is ours, §3.1).
+fn spis_consistent(role: Role, local_spi: u64, remote_spi: u64, ours: u64, h: &IkeHeader) -> bool {
+    let sender_is_initiator = role == Role::Responder;
+    let theirs = if h.flags.is_initiator() {
+        h.spi_i
+    } else {
+        h.spi_r
+    };
+    local_spi == ours && remote_spi == theirs && h.flags.is_initiator() == sender_is_initiator
 }
 
 /// Payload types in strongSwan's log notation; `protected` wraps them in `SK{...}`.

@@ -2,10 +2,18 @@
 //! request and its retransmission state (§2.1), queued requests, the cached last
 //! response, and the CHILD SAs it owns.
 //!
-//! The exchange in progress is typed: [`Request`] holds exactly what the response to
-//! the outstanding request needs (our KE private value and nonce, the SPI offered, ...),
-//! and [`SaState`] what each phase of the IKE SA needs (the IKE_SA_INIT messages until
-//! AUTH is verified).
+//! The state machine is in the types (rustls style): an IKE SA whose IKE_SA_INIT
+//! response has not arrived is an [`InitiatingSa`] — it has no keys, and nothing that
+//! needs keys (sealing, AUTH, KEYMAT, rekeying) accepts it. Only the IKE_SA_INIT
+//! response handler consumes it, by value, and turns it into an [`IkeSa`], whose
+//! [`IkeSaKeys`] are a plain field (every phase after IKE_SA_INIT has them).
+//!
+//! Each awaited response has its own type holding exactly what its handler needs
+//! ([`AwaitInitResponse`], [`AwaitAuthResponse`], [`AwaitCreateChild`],
+//! [`AwaitIkeRekey`], [`AwaitDelete`]); the handler takes it by value out of the
+//! outstanding request ([`Request`]), so a response can only be processed by the handler
+//! of the request it answers. [`SaState`] holds what the phase itself needs (the
+//! responder's IKE_SA_INIT messages until AUTH is verified).
 
 use crate::codes::ExchangeType;
 use crate::config::{InvalidSpiAction, Mode};
@@ -35,15 +43,14 @@ pub(crate) struct AuthContext {
     pub nr: Vec<u8>,
 }
 
-/// Phase of an IKE SA.
+/// Phase of a keyed IKE SA (IKE_SA_INIT done). The phase before, an initiator waiting
+/// for the IKE_SA_INIT response, is the separate type [`InitiatingSa`].
 #[derive(Clone, Debug)]
 pub(crate) enum SaState {
-    /// Initiator: IKE_SA_INIT request outstanding ([`Request::Init`]).
-    InitSent,
     /// Responder: IKE_SA_INIT answered, waiting for IKE_AUTH (half-open).
     InitResponded(AuthContext),
-    /// Initiator: IKE_AUTH request outstanding.
-    AuthSent(AuthContext),
+    /// Initiator: IKE_AUTH request outstanding ([`Request::Auth`] holds its context).
+    AuthSent,
     /// Authenticated.
     Established,
     /// Replaced by an IKE SA rekey (§2.18); only the Delete of this SA remains.
@@ -69,7 +76,8 @@ pub(crate) struct Child {
     pub state: ChildState,
     pub outbound_active: bool,
     /// A rekey of this pair by the peer that we answered while our own rekey of it was
-    /// outstanding (§2.8.1 collision), to be resolved when our response arrives.
+    /// outstanding (§2.8.1 collision), to be resolved when our response arrives — or
+    /// earlier, by the peer's Delete of its pair (it lost) or of this one (it won).
     pub peer_rekey: Option<PeerRekey>,
 }
 
@@ -83,6 +91,9 @@ pub(crate) enum ChildState {
     Rekeyed {
         successor: u32,
     },
+    /// The peer's pair of a rekey collision our exchange won (RFC 7296 §2.8.1): the
+    /// peer, which created it, deletes it; that Delete is not a reason to restart.
+    Redundant,
 }
 
 /// The peer's side of a rekey collision: its nonces and the pair it created.
@@ -93,39 +104,48 @@ pub(crate) struct PeerRekey {
     pub new_inbound: u32,
 }
 
-/// Our request in flight (window size 1, §2.3).
+/// Our request in flight (window size 1, §2.3); `kind` is what its response needs.
 #[derive(Clone, Debug)]
-pub(crate) struct Outstanding {
+pub(crate) struct Outstanding<K = Request> {
     pub message_id: u32,
     pub exchange: ExchangeType,
     /// The message as sent: retransmitted byte for byte (§2.1).
     pub bytes: Vec<u8>,
     pub retransmits: u32,
     pub deadline: Instant,
-    pub kind: Request,
+    pub kind: K,
     /// Payload summary for log events.
     pub summary: String,
 }
 
-/// What the outstanding request was and what its response needs.
+/// What the outstanding request of a keyed IKE SA was and what its response needs.
+/// (The IKE_SA_INIT request is not here: only an [`InitiatingSa`] awaits it.)
 #[derive(Clone, Debug)]
 pub(crate) enum Request {
-    Init(InitRequest),
-    Auth(ChildProposal),
-    CreateChild(ChildRequest),
-    RekeyIke(IkeRekeyRequest),
-    Delete(DeleteRequest),
+    Auth(AwaitAuthResponse),
+    CreateChild(AwaitCreateChild),
+    RekeyIke(AwaitIkeRekey),
+    Delete(AwaitDelete),
     Liveness,
     InvalidSpi,
 }
 
+/// The IKE_SA_INIT request in flight: what the response needs to make the keys.
 #[derive(Clone, Debug)]
-pub(crate) struct InitRequest {
+pub(crate) struct AwaitInitResponse {
     pub ke: KeyExchange,
     pub ni: Vec<u8>,
     pub cookie: Option<Vec<u8>>,
     /// IKE_SA_INIT restarts so far (COOKIE, INVALID_KE_PAYLOAD).
     pub restarts: u8,
+}
+
+/// The IKE_AUTH request in flight: the IKE_SA_INIT messages and nonces AUTH and the
+/// first CHILD SA's KEYMAT use, and that CHILD SA's proposal.
+#[derive(Clone, Debug)]
+pub(crate) struct AwaitAuthResponse {
+    pub ctx: AuthContext,
+    pub child: ChildProposal,
 }
 
 /// The CHILD SA we proposed.
@@ -139,22 +159,26 @@ pub(crate) struct ChildProposal {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct ChildRequest {
+pub(crate) struct AwaitCreateChild {
     pub proposal: ChildProposal,
     pub rekey_of: Option<u32>,
     pub ni: Vec<u8>,
     pub ke: Option<KeyExchange>,
+    /// The peer's side of a §2.8.1 collision whose old pair the peer deleted (it won)
+    /// before this response arrived: the old [`Child`] and its `peer_rekey` are gone,
+    /// so the response handler learns from here that our pair may be redundant.
+    pub collision: Option<PeerRekey>,
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct IkeRekeyRequest {
+pub(crate) struct AwaitIkeRekey {
     pub new_spi: u64,
     pub ni: Vec<u8>,
     pub ke: KeyExchange,
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct DeleteRequest {
+pub(crate) struct AwaitDelete {
     /// Delete of the IKE SA itself (else ESP SPIs).
     pub ike: bool,
     pub reason: DeleteReason,
@@ -213,7 +237,22 @@ pub(crate) struct CachedResponse {
     pub summary: String,
 }
 
-/// One IKE SA.
+/// An IKE SA we initiated, awaiting the IKE_SA_INIT response: no keys exist yet, so
+/// it has no key field and is kept apart from keyed SAs ([`IkeSa`]). Its only request
+/// is the IKE_SA_INIT one, always outstanding.
+#[derive(Clone, Debug)]
+pub(crate) struct InitiatingSa {
+    pub id: IkeSaId,
+    /// Index of the peer configuration.
+    pub peer: usize,
+    pub spi_i: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub created: Instant,
+    pub outstanding: Outstanding<AwaitInitResponse>,
+}
+
+/// One keyed IKE SA (IKE_SA_INIT done).
 #[derive(Clone, Debug)]
 pub(crate) struct IkeSa {
     pub id: IkeSaId,
@@ -229,7 +268,8 @@ pub(crate) struct IkeSa {
     pub remote: SocketAddr,
     pub state: SaState,
     pub created: Instant,
-    pub keys: Option<IkeSaKeys>,
+    /// SK_d, SK_a*, SK_e*, SK_p* (§2.14): present in every phase of a keyed SA.
+    pub keys: IkeSaKeys,
     pub nat: NatInfo,
     pub remote_id: Option<Identity>,
     pub children: Vec<Child>,
@@ -247,9 +287,22 @@ pub(crate) struct IkeSa {
     pub init_key: Option<(SocketAddr, u64)>,
     /// Set when the SA is finished; the endpoint forgets it after the current step.
     pub dead: bool,
+    /// A rekey of this IKE SA by the peer that we answered while our own was outstanding
+    /// (§2.8.2 collision), to be resolved when our response arrives.
+    pub peer_ike_rekey: Option<PeerIkeRekey>,
+}
+
+/// The peer's side of an IKE SA rekey collision: its exchange's nonces and the IKE SA
+/// it created.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerIkeRekey {
+    pub ni: Vec<u8>,
+    pub nr: Vec<u8>,
+    pub new: IkeSaId,
 }
 
 impl IkeSa {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: IkeSaId,
         peer: usize,
@@ -257,6 +310,7 @@ impl IkeSa {
         (spi_i, spi_r): (u64, u64),
         (local, remote): (SocketAddr, SocketAddr),
         state: SaState,
+        keys: IkeSaKeys,
         now: Instant,
     ) -> Self {
         IkeSa {
@@ -270,7 +324,7 @@ impl IkeSa {
             remote,
             state,
             created: now,
-            keys: None,
+            keys,
             nat: NatInfo::default(),
             remote_id: None,
             children: Vec::new(),
@@ -284,6 +338,7 @@ impl IkeSa {
             half_open_deadline: None,
             init_key: None,
             dead: false,
+            peer_ike_rekey: None,
         }
     }
 
@@ -345,8 +400,7 @@ impl IkeSa {
 
     pub fn public_state(&self) -> IkeSaState {
         match self.state {
-            SaState::InitSent => IkeSaState::Connecting,
-            SaState::InitResponded(_) | SaState::AuthSent(_) => IkeSaState::Authenticating,
+            SaState::InitResponded(_) | SaState::AuthSent => IkeSaState::Authenticating,
             SaState::Established => IkeSaState::Established,
             SaState::Rekeyed { .. } => IkeSaState::Rekeyed,
             SaState::Deleting => IkeSaState::Deleting,
@@ -379,7 +433,161 @@ impl Child {
         match self.state {
             ChildState::Installed => ChildSaState::Installed,
             ChildState::Rekeying => ChildSaState::Rekeying,
-            ChildState::Rekeyed { .. } => ChildSaState::Rekeyed,
+            ChildState::Rekeyed { .. } | ChildState::Redundant => ChildSaState::Rekeyed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The phase split: an SA awaiting the IKE_SA_INIT response lives in
+    //! `Endpoint::initiating` (no keys) and becomes a keyed `IkeSa` in `Endpoint::sas`
+    //! when the response is processed.
+    use crate::codes::ExchangeType;
+    use crate::header::{Flags, IkeHeader};
+    use crate::message::Message;
+    use crate::output::{DeleteReason, DropReason, IkeEvent, IkeSaState, Output};
+    use crate::{Endpoint, EndpointConfig, Identity, IkePeerConfig, SpiAllocator};
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    struct Counter(u32);
+    impl SpiAllocator for Counter {
+        fn allocate_inbound_spi(&mut self) -> u32 {
+            self.0 += 1;
+            self.0
+        }
+    }
+
+    const A: &str = "192.0.2.1:500";
+    const B: &str = "192.0.2.2:500";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    fn endpoint(me: &str, them: &str, local: &str, remote: &str, seed: u64) -> Endpoint {
+        let mut p = IkePeerConfig::new(
+            them,
+            Identity::fqdn(me),
+            Some(Identity::fqdn(them)),
+            b"secret",
+        );
+        p.local_addr = Some(addr(local));
+        p.remote_addr = Some(addr(remote));
+        let config = EndpointConfig {
+            peers: vec![p],
+            rng_seed: Some(seed),
+            ..Default::default()
+        };
+        Endpoint::new(config, Instant::now()).expect("valid config")
+    }
+
+    /// Drains `ep`, returning the datagrams and the events.
+    fn drain(ep: &mut Endpoint) -> (Vec<Vec<u8>>, Vec<IkeEvent>) {
+        let (mut sent, mut events) = (vec![], vec![]);
+        while let Some(o) = ep.poll_output() {
+            match o {
+                Output::Send { data, .. } => sent.push(data),
+                Output::Event(e) => events.push(e),
+                _ => {}
+            }
+        }
+        (sent, events)
+    }
+
+    #[test]
+    fn initiating_sa_has_no_keyed_state_until_the_init_response() {
+        let now = Instant::now();
+        let mut a = endpoint("sun", "moon", A, B, 1);
+        let mut b = endpoint("moon", "sun", B, A, 2);
+        let (mut sa_spis, mut sb_spis) = (Counter(0x1000), Counter(0x2000));
+        let id = a.initiate(now, "moon", &mut sa_spis).expect("initiate");
+        assert!(a.sas.is_empty());
+        assert_eq!(a.initiating.len(), 1);
+        let info = &a.ike_sas(now)[0];
+        assert_eq!(info.id, id);
+        assert_eq!(info.state, IkeSaState::Connecting);
+        assert_eq!((info.spi_r, info.suite.as_deref()), (0, None));
+        assert_eq!(info.outstanding_request, Some(0));
+        assert_eq!(info.next_message_id, 1);
+        assert!(a.has_sa_for_peer("moon"));
+        let (init, _) = drain(&mut a);
+        b.handle_datagram(now, addr(B), addr(A), &init[0], &mut sb_spis);
+        let (resp, _) = drain(&mut b);
+        a.handle_datagram(now, addr(A), addr(B), &resp[0], &mut sa_spis);
+        // The same SA, now keyed and sending IKE_AUTH.
+        assert!(a.initiating.is_empty());
+        let sa = &a.sas[&id];
+        assert!(matches!(sa.state, super::SaState::AuthSent));
+        assert!(matches!(
+            sa.outstanding.as_ref().map(|o| &o.kind),
+            Some(super::Request::Auth(_))
+        ));
+        let info = &a.ike_sas(now)[0];
+        assert_eq!(info.state, IkeSaState::Authenticating);
+        assert!(info.suite.is_some() && info.spi_r != 0);
+        // A second copy of the IKE_SA_INIT response is no longer awaited.
+        drain(&mut a);
+        a.handle_datagram(now, addr(A), addr(B), &resp[0], &mut sa_spis);
+        let (_, events) = drain(&mut a);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            IkeEvent::MessageDropped {
+                reason: DropReason::UnexpectedResponse,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn protected_message_for_initiating_sa_is_dropped_without_keys() {
+        let now = Instant::now();
+        let mut a = endpoint("sun", "moon", A, B, 3);
+        let mut spis = Counter(0x1000);
+        a.initiate(now, "moon", &mut spis).expect("initiate");
+        drain(&mut a);
+        let spi_i = a.initiating.values().next().expect("initiating").spi_i;
+        let msg = |spi_r| {
+            Message::new(IkeHeader {
+                spi_i,
+                spi_r,
+                exchange_type: ExchangeType::INFORMATIONAL,
+                flags: Flags::RESPONSE,
+                message_id: 1,
+            })
+            .emit()
+        };
+        for (spi_r, want) in [(0, DropReason::WrongState), (7, DropReason::SpiMismatch)] {
+            a.handle_datagram(now, addr(A), addr(B), &msg(spi_r), &mut spis);
+            let (sent, events) = drain(&mut a);
+            assert!(sent.is_empty());
+            assert!(
+                events.iter().any(
+                    |e| matches!(e, IkeEvent::MessageDropped { reason, .. } if *reason == want)
+                ),
+                "{events:?}"
+            );
+            assert_eq!(a.initiating.len(), 1);
+        }
+    }
+
+    #[test]
+    fn terminate_while_initiating_forgets_the_sa() {
+        let now = Instant::now();
+        let mut a = endpoint("sun", "moon", A, B, 4);
+        let mut spis = Counter(0x1000);
+        let id = a.initiate(now, "moon", &mut spis).expect("initiate");
+        drain(&mut a);
+        a.terminate(now, "moon").expect("terminate");
+        let (_, events) = drain(&mut a);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            IkeEvent::IkeSaDeleted { ike_sa, reason: DeleteReason::Local, .. } if *ike_sa == id
+        )));
+        assert!(a.initiating.is_empty() && a.by_spi.is_empty());
+        assert!(a.ike_sas(now).is_empty());
+        assert_eq!(a.poll_timeout(), None);
+        assert!(!a.has_sa_for_peer("moon"));
     }
 }

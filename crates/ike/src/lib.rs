@@ -80,7 +80,7 @@ pub use message::Message;
 pub use notify::NotifyType;
 pub use output::{
     AuthFailure, ChildSa, ChildSaInfo, ChildSaState, DeleteReason, DropReason, IkeEvent, IkeSaId,
-    IkeSaInfo, IkeSaState, NatInfo, Output,
+    IkeSaInfo, IkeSaKeyExport, IkeSaState, NatInfo, Output,
 };
 pub use payload::{
     emit_payloads, parse_payloads, AuthPayload, CertPayload, CpPayload, Delete, Encrypted,

@@ -3,7 +3,7 @@
 
 use crate::codes::{AuthMethod, ExchangeType, ProtocolId};
 use crate::config::Mode;
-use crate::crypto::Role;
+use crate::crypto::{ikev2_decryption_table_line, IkeSaKeys, Role};
 use crate::error::{CryptoError, ParseError};
 use crate::notify::NotifyType;
 use crate::payload::Identity;
@@ -91,6 +91,63 @@ pub enum Output {
     },
     /// Something happened; for logs and for the recovery logic.
     Event(IkeEvent),
+    /// The keys of a new IKE SA, for decrypting captures. Only emitted with
+    /// [`crate::EndpointConfig::export_ike_keys`].
+    IkeKeys(Box<IkeSaKeyExport>),
+}
+
+/// An IKE SA's keys handed out for debugging ([`Output::IkeKeys`]): emitted when the keys
+/// exist (our IKE_SA_INIT done, or an IKE SA rekey, RFC 7296 §2.18), so even a failing
+/// IKE_AUTH can be decrypted. The keys stay in zeroizing storage until rendered with
+/// [`IkeSaKeyExport::ikev2_decryption_table_line`]; `Debug` does not show them.
+#[derive(Debug, Clone)]
+pub struct IkeSaKeyExport {
+    /// Peer name (for a responder before IKE_AUTH: the tentative one).
+    pub peer: String,
+    /// The IKE SA.
+    pub ike_sa: IkeSaId,
+    /// The IKE SA it replaces (IKE SA rekey).
+    pub rekey_of: Option<IkeSaId>,
+    /// Our role in this IKE SA (for a rekeyed SA: in the rekey exchange, §2.18).
+    pub role: Role,
+    /// IKE SA initiator's SPI.
+    pub spi_i: u64,
+    /// IKE SA responder's SPI.
+    pub spi_r: u64,
+    /// Our address.
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// The keys (SK_d, SK_a*, SK_e*, SK_p*) and their suite.
+    pub keys: IkeSaKeys,
+}
+
+impl IkeSaKeyExport {
+    /// The Wireshark `ikev2_decryption_table` UAT line of this SA (key material in clear).
+    pub fn ikev2_decryption_table_line(&self) -> String {
+        ikev2_decryption_table_line(self.spi_i, self.spi_r, &self.keys)
+    }
+}
+
+impl crate::Endpoint {
+    /// Queues [`Output::IkeKeys`] for `sa` if the configuration asks for it.
+    pub(crate) fn export_ike_keys(&mut self, sa: &crate::ike_sa::IkeSa, rekey_of: Option<IkeSaId>) {
+        if !self.config.export_ike_keys {
+            return;
+        }
+        let export = IkeSaKeyExport {
+            peer: self.peer_name(sa),
+            ike_sa: sa.id,
+            rekey_of,
+            role: sa.role,
+            spi_i: sa.spi_i,
+            spi_r: sa.spi_r,
+            local: sa.local,
+            remote: sa.remote,
+            keys: sa.keys.clone(),
+        };
+        self.out.push_back(Output::IkeKeys(Box::new(export)));
+    }
 }
 
 /// A negotiated CHILD SA pair, ready for the SAD.

@@ -175,6 +175,7 @@ proptest! {
                 }
                 Output::Send { .. } => sent += 1,
                 Output::Event(_) => {}
+                Output::IkeKeys(_) => {}
             }
         }
         prop_assert_eq!(fingerprint(&ep, *now), before);

@@ -173,6 +173,132 @@ fn simultaneous_child_rekey() {
     }
 }
 
+/// §2.8.1 with reordering: both sides rekey the same pair at once and both requests are
+/// answered, but the answer to `held`'s request is delayed until the other side has
+/// finished its rekey, settled the collision and sent its Delete — of its own redundant
+/// pair if it lost, of the old pair if it won. That Delete is part of the collision, not
+/// a pair the peer wants gone: with `on_peer_delete = restart` nothing is recreated, and
+/// each side ends with exactly one new pair (the old one deleted).
+#[test]
+fn simultaneous_child_rekey_delete_overtakes_response() {
+    let mut outcomes = [0u32; 2];
+    for seed in 0..8u64 {
+        for held_is_a in [true, false] {
+            let t0 = std::time::Instant::now();
+            let mut a = with_suites(
+                peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+                GCM_IKE,
+                "aes128gcm16",
+            );
+            let mut b = with_suites(
+                peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+                GCM_IKE,
+                "aes128gcm16",
+            );
+            a.on_peer_delete = PeerAction::Restart;
+            b.on_peer_delete = PeerAction::Restart;
+            let mut w = Wire::new(
+                t0,
+                endpoint(vec![a], 10 + seed, t0),
+                endpoint(vec![b], 100 + seed, t0),
+            );
+            w.establish();
+            let (a_in, a_out) = only_pair(&w.a);
+            let starts = (w.a.log.len(), w.b.log.len());
+            w.a.ep.rekey_child(w.now, a_in, &mut w.a.spis).unwrap();
+            w.b.ep.rekey_child(w.now, a_out, &mut w.b.spis).unwrap();
+            w.drain();
+            assert_eq!(w.in_flight.len(), 2, "both requests cross");
+            let (r1, r2) = (w.pop().unwrap(), w.pop().unwrap());
+            w.deliver(&r1);
+            w.deliver(&r2);
+            let (p1, p2) = (w.pop().unwrap(), w.pop().unwrap());
+            assert!(p1.is_response() && p2.is_response() && w.in_flight.is_empty());
+            let held_ip = if held_is_a { w.a.ip } else { w.b.ip };
+            let (held, other) = if p1.dst.ip() == held_ip {
+                (p1, p2)
+            } else {
+                (p2, p1)
+            };
+            w.deliver(&other);
+            // The other side finished its rekey and settled the collision: its Delete
+            // (and the answer to it) go through before the held response.
+            let del = w.pop().expect("the collision's Delete");
+            assert_eq!(del.exchange(), esplab_ike::ExchangeType::INFORMATIONAL);
+            assert_eq!(del.dst.ip(), held_ip);
+            w.deliver(&del);
+            w.run();
+            w.deliver(&held);
+            w.run();
+            let ctx = format!("seed {seed}, held {}", if held_is_a { "A" } else { "B" });
+            assert_eq!(assert_pairs_match(&w), 1, "{ctx}");
+            let (n_in, n_out) = only_pair(&w.a);
+            assert!(n_in != a_in && n_out != a_out, "{ctx}");
+            let won = |n: &Node, start: usize| {
+                let v: Vec<bool> = n.log[start..]
+                    .iter()
+                    .filter_map(|o| match o {
+                        Output::Event(IkeEvent::RekeyCollision { won, .. }) => Some(*won),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(v.len(), 1, "{ctx}: one collision settled");
+                v[0]
+            };
+            let (wa, wb) = (won(&w.a, starts.0), won(&w.b, starts.1));
+            assert_ne!(wa, wb, "{ctx}: exactly one winner");
+            outcomes[usize::from(wa == held_is_a)] += 1;
+            for (n, start) in [(&w.a, starts.0), (&w.b, starts.1)] {
+                let log = &n.log[start..];
+                // No pair was taken for one the peer wants gone, and none recreated.
+                assert!(
+                    !log.iter().any(|o| matches!(
+                        o,
+                        Output::Event(IkeEvent::ChildDeleted {
+                            reason: DeleteReason::Peer,
+                            ..
+                        })
+                    )),
+                    "{ctx}: {log:#?}"
+                );
+                let creates = log
+                    .iter()
+                    .filter(|o| {
+                        matches!(o, Output::Event(IkeEvent::MessageSent { exchange, response: false, .. })
+                            if *exchange == esplab_ike::ExchangeType::CREATE_CHILD_SA)
+                    })
+                    .count();
+                assert_eq!(creates, 1, "{ctx}: only the rekey itself");
+                // Three pairs existed (old + one per exchange); two went, with the
+                // collision's reasons.
+                let reasons: Vec<DeleteReason> = log
+                    .iter()
+                    .filter_map(|o| match o {
+                        Output::Event(IkeEvent::ChildDeleted { reason, .. }) => Some(*reason),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(reasons.len(), 2, "{ctx}: {reasons:?}");
+                assert!(reasons.contains(&DeleteReason::Rekeyed), "{ctx}");
+                assert!(reasons.contains(&DeleteReason::RekeyCollision), "{ctx}");
+                assert!(n.active.values().all(|a| *a), "{ctx}");
+                let s = &n.ep.ike_sas(w.now)[0];
+                assert!(s.outstanding_request.is_none() && s.queued_requests == 0);
+                assert_eq!(s.children.len(), 1);
+                assert_eq!(s.children[0].state, esplab_ike::ChildSaState::Installed);
+            }
+            // Nothing happens later either (no retransmission, no retry).
+            let deadline = w.now + Duration::from_secs(120);
+            let sent = w.history.len();
+            w.run_until(deadline);
+            assert_eq!(w.history.len(), sent, "{ctx}");
+        }
+    }
+    // Both orderings were met: the held side won (the loser's Delete overtook the
+    // winner's response) and lost (the winner's Delete of the old pair overtook it).
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+}
+
 fn check_ike_rekey(by_a: bool) {
     let mut w = established("aes128gcm16");
     let old = w.a.ep.ike_sas(w.now)[0].clone();
@@ -232,27 +358,187 @@ fn ike_rekey_by_responder() {
     check_ike_rekey(false);
 }
 
+/// §2.8.2: both sides rekey the IKE SA at once. Both requests are answered (no
+/// TEMPORARY_FAILURE, no retry), both new IKE SAs are made; the one from the exchange with
+/// the lowest nonce is deleted by its initiator, the other exchange's initiator deletes
+/// the old SA, and the CHILD SA ends up, untouched, on the same survivor on both sides.
 #[test]
-fn simultaneous_ike_rekey_settles() {
+fn simultaneous_ike_rekey_follows_the_nonce_rule() {
+    // [A's exchange lost, B's exchange lost]
+    let mut outcomes = [0u32; 2];
+    for seed in 0..12u64 {
+        let t0 = std::time::Instant::now();
+        let a = with_suites(
+            peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+            GCM_IKE,
+            "aes128gcm16",
+        );
+        let b = with_suites(
+            peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+            GCM_IKE,
+            "aes128gcm16",
+        );
+        // A exports its IKE SA keys, so the test can read the nonces of both exchanges.
+        let ea = esplab_ike::Endpoint::new(
+            esplab_ike::EndpointConfig {
+                peers: vec![a],
+                rng_seed: Some(20 + seed),
+                export_ike_keys: true,
+                ..Default::default()
+            },
+            t0,
+        )
+        .unwrap();
+        let mut w = Wire::new(t0, ea, endpoint(vec![b], 200 + seed, t0));
+        w.establish();
+        let old = w.a.ep.ike_sas(w.now)[0].clone();
+        let old_keys =
+            w.a.log
+                .iter()
+                .find_map(|o| match o {
+                    Output::IkeKeys(k) if k.rekey_of.is_none() => Some(k.keys.clone()),
+                    _ => None,
+                })
+                .expect("keys of the first IKE SA");
+        let history_start = w.history.len();
+        let pair_before = only_pair(&w.a);
+        w.a.ep.rekey_ike(w.now, "moon").unwrap();
+        w.b.ep.rekey_ike(w.now, "sun").unwrap();
+        w.drain();
+        assert_eq!(w.in_flight.len(), 2, "both requests cross");
+        let start = w.now;
+        w.run();
+        assert_eq!(w.now, start, "settled without any retry (seed {seed})");
+        for n in [&w.a, &w.b] {
+            let sas = n.ep.ike_sas(w.now);
+            assert_eq!(sas.len(), 1, "seed {seed}: {sas:#?}");
+            let s = &sas[0];
+            assert_eq!(s.state, IkeSaState::Established);
+            assert_ne!(s.id, old.id);
+            assert_ne!((s.spi_i, s.spi_r), (old.spi_i, old.spi_r));
+            assert_eq!(s.children.len(), 1, "CHILD SA on the survivor");
+            assert!(s.outstanding_request.is_none() && s.queued_requests == 0);
+            assert!(n.removes().is_empty(), "no CHILD SA was touched");
+            assert!(!n.events().iter().any(|e| matches!(
+                e,
+                IkeEvent::MessageSent { payloads, .. } if payloads.contains("TEMPORARY_FAILURE")
+            )));
+        }
+        let a = w.a.ep.ike_sas(w.now)[0].clone();
+        let b = w.b.ep.ike_sas(w.now)[0].clone();
+        assert_eq!((a.spi_i, a.spi_r), (b.spi_i, b.spi_r), "seed {seed}");
+        assert_eq!(only_pair(&w.a), pair_before);
+        assert_eq!(assert_pairs_match(&w), 1);
+        // Exactly one side deleted the redundant SA it created, and the survivor's
+        // original initiator is the other side (§2.18: the rekey initiator is the new
+        // SA's initiator).
+        let lost = |n: &Node| {
+            n.events().iter().any(|e| {
+                matches!(
+                    e,
+                    IkeEvent::IkeSaDeleted {
+                        reason: DeleteReason::RekeyCollision,
+                        ..
+                    }
+                )
+            })
+        };
+        let (a_lost, b_lost) = (lost(&w.a), lost(&w.b));
+        assert_ne!(a_lost, b_lost, "seed {seed}: exactly one redundant SA");
+        // The loser is the exchange that carried the lowest of the four nonces: read
+        // them from the two CREATE_CHILD_SA exchanges on the old SA.
+        let nonce_of = |from_a: bool, response: bool| -> Vec<u8> {
+            let p = w.history[history_start..]
+                .iter()
+                .find(|p| {
+                    let h = esplab_ike::IkeHeader::decode(&p.data).unwrap().header;
+                    p.exchange() == esplab_ike::ExchangeType::CREATE_CHILD_SA
+                        && (h.spi_i, h.spi_r) == (old.spi_i, old.spi_r)
+                        && (p.src.ip() == w.a.ip) == from_a
+                        && p.is_response() == response
+                })
+                .expect("exchange message");
+            // A is the old SA's original initiator: its messages use SK_ei/SK_ai.
+            let sender = if from_a {
+                esplab_ike::Role::Initiator
+            } else {
+                esplab_ike::Role::Responder
+            };
+            let opened = old_keys.sk_cipher(sender).unwrap().open(&p.data).unwrap();
+            opened
+                .payloads()
+                .unwrap()
+                .into_iter()
+                .find_map(|x| match x {
+                    esplab_ike::Payload::Nonce(n) => Some(n),
+                    _ => None,
+                })
+                .expect("nonce")
+        };
+        // A's exchange: A's request, B's response; B's: B's request, A's response.
+        let a_min = nonce_of(true, false).min(nonce_of(false, true));
+        let b_min = nonce_of(false, false).min(nonce_of(true, true));
+        assert_eq!(a_lost, a_min < b_min, "seed {seed}: the lowest nonce loses");
+        assert_eq!(a.role == esplab_ike::Role::Initiator, b_lost, "seed {seed}");
+        outcomes[usize::from(b_lost)] += 1;
+        // The survivor works: rekey the CHILD SA over it, then delete it.
+        let (a_in, _) = only_pair(&w.a);
+        w.b.ep.rekey_child(w.now, a_in, &mut w.b.spis).unwrap();
+        w.run();
+        assert_eq!(assert_pairs_match(&w), 1);
+        assert_ne!(only_pair(&w.a).0, a_in);
+        w.a.ep.terminate(w.now, "moon").unwrap();
+        w.run();
+        assert!(w.a.ep.ike_sas(w.now).is_empty() && w.b.ep.ike_sas(w.now).is_empty());
+    }
+    assert!(
+        outcomes[0] > 0 && outcomes[1] > 0,
+        "both sides win sometimes: {outcomes:?}"
+    );
+}
+
+/// §2.8.2 with reordering: both requests cross, but A gets B's answer to its own
+/// request before B's request. A finishes a plain rekey and refuses B's request on the old
+/// SA; B, whose answer to A already made A's new SA, keeps that one and does not retry.
+#[test]
+fn crossed_ike_rekey_with_reordering() {
     let mut w = established("aes128gcm16");
+    let pair_before = only_pair(&w.a);
     w.a.ep.rekey_ike(w.now, "moon").unwrap();
     w.b.ep.rekey_ike(w.now, "sun").unwrap();
     w.drain();
+    let (p1, p2) = (w.pop().unwrap(), w.pop().unwrap());
+    let (req_a, req_b) = if p1.dst.ip() == w.b.ip {
+        (p1, p2)
+    } else {
+        (p2, p1)
+    };
+    w.deliver(&req_a);
+    let resp_a = w.pop().unwrap();
+    assert!(resp_a.is_response());
+    w.deliver(&resp_a);
+    w.deliver(&req_b);
+    let start = w.now;
     w.run();
-    // Both got TEMPORARY_FAILURE; they retry after `rekey_retry` (30 s).
-    let mut retries = 0;
-    while w.a.ep.ike_sas(w.now).len() != 1 || w.a.ep.ike_sas(w.now)[0].id == esplab_ike::IkeSaId(1)
-    {
-        let t = w.now + Duration::from_secs(46);
-        w.run_until(t);
-        retries += 1;
-        assert!(retries < 5);
-    }
+    assert_eq!(w.now, start);
+    let a = w.a.ep.ike_sas(w.now);
+    let b = w.b.ep.ike_sas(w.now);
+    assert_eq!((a.len(), b.len()), (1, 1), "{a:#?} {b:#?}");
+    assert_eq!((a[0].spi_i, a[0].spi_r), (b[0].spi_i, b[0].spi_r));
+    assert_eq!(a[0].role, esplab_ike::Role::Initiator);
+    assert!(b[0].outstanding_request.is_none() && b[0].queued_requests == 0);
+    // A refused B's request on the old SA (whose Delete then reached B first).
+    assert!(w.a.events().iter().any(|e| matches!(
+        e,
+        IkeEvent::MessageSent { payloads, response: true, .. } if payloads.contains("TEMPORARY_FAILURE")
+    )));
+    assert_eq!(only_pair(&w.a), pair_before);
+    assert_eq!(assert_pairs_match(&w), 1);
+    // Nothing is retried later.
     let deadline = w.now + Duration::from_secs(100);
     w.run_until(deadline);
-    assert_eq!(w.a.ep.ike_sas(w.now).len(), 1);
+    assert_eq!(w.a.ep.ike_sas(w.now)[0].id, a[0].id);
     assert_eq!(w.b.ep.ike_sas(w.now).len(), 1);
-    assert_eq!(assert_pairs_match(&w), 1);
 }
 
 fn check_delete_child(by_a: bool) {
@@ -739,4 +1025,63 @@ fn terminate_during_ike_rekey() {
     assert!(w.a.ep.ike_sas(w.now).is_empty());
     assert!(w.b.ep.ike_sas(w.now).is_empty());
     assert!(w.a.installed.is_empty() && w.b.installed.is_empty());
+}
+
+/// A peer's own retransmission schedule overrides the endpoint's (§2.1): 3 transmissions
+/// 1 s, 2 s and 4 s apart-waits, dead after 7 s instead of the default ~150 s; the
+/// IKE_SA_INIT request follows it too.
+#[test]
+fn per_peer_retransmit_schedule() {
+    let t0 = std::time::Instant::now();
+    let mut a = with_suites(
+        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    a.retransmit = Some(esplab_ike::Retransmit {
+        tries: 2,
+        timeout: Duration::from_secs(1),
+        base: 2.0,
+        limit: None,
+    });
+    let b = with_suites(
+        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
+        GCM_IKE,
+        "aes128gcm16",
+    );
+    let mut w = Wire::new(t0, endpoint(vec![a], 5, t0), endpoint(vec![b], 6, t0));
+    // B keeps the endpoint default: its first wait is 4 s.
+    assert_eq!(w.b.ep.config().retransmit.timeout, Duration::from_secs(4));
+    w.a.ep.initiate(w.now, "moon", &mut w.a.spis).unwrap();
+    assert_eq!(w.a.ep.poll_timeout(), Some(w.now + Duration::from_secs(1)));
+    w.run();
+    assert_eq!(assert_pairs_match(&w), 1);
+    let start = w.now;
+    w.a.ep.send_liveness(w.now, "moon").unwrap();
+    w.drain();
+    assert_eq!(w.a.ep.poll_timeout(), Some(start + Duration::from_secs(1)));
+    w.run_until_with(start + Duration::from_millis(6900), |_| true);
+    assert_eq!(w.a.ep.ike_sas(w.now).len(), 1, "alive before 1 + 2 + 4 s");
+    w.run_until_with(start + Duration::from_secs(7), |_| true);
+    assert!(w.a.ep.ike_sas(w.now).is_empty(), "dead at 7 s");
+    let sends =
+        w.a.events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    IkeEvent::MessageSent {
+                        exchange: esplab_ike::ExchangeType::INFORMATIONAL,
+                        response: false,
+                        ..
+                    }
+                )
+            })
+            .count();
+    assert_eq!(sends, 3, "original + 2 retransmissions");
+    assert!(w
+        .a
+        .events()
+        .iter()
+        .any(|e| matches!(e, IkeEvent::PeerDead { .. })));
 }

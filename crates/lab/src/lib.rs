@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod hub;
 pub mod pcap;
 pub mod report;
 pub mod scenario;
@@ -14,4 +15,4 @@ pub mod sim;
 
 pub use report::{Report, RunReport};
 pub use scenario::{RecoveryMode, Scenario, ScenarioError, BUILTIN};
-pub use sim::{run_scenario, simulate};
+pub use sim::{run_scenario, run_scenario_with_progress, simulate};

@@ -92,6 +92,31 @@ pub struct Metrics {
     pub recovery_events: u64,
     /// Timeline entries left out (the timeline is capped).
     pub timeline_truncated: u64,
+    /// Hub-and-spokes runs only (`topology.spokes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubMetrics>,
+}
+
+/// Metrics of a hub-and-spokes run (`a_to_b` of the other metrics is hub → spokes).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HubMetrics {
+    /// Spokes in the topology.
+    pub spokes: u64,
+    /// Spokes that lost a generator packet after the fault.
+    pub spokes_affected: u64,
+    /// ... and of those, spokes with traffic flowing both ways again within the run.
+    pub spokes_recovered: u64,
+    /// Median time from the fault until a spoke recovered, ms.
+    pub median_recovery_ms: Option<f64>,
+    /// IKE_SA_INIT exchanges the hub started after the fault.
+    pub hub_initiated: u64,
+    /// IKE datagrams sent or received by the hub from the fault to the end of the run.
+    pub hub_ike_msgs_after_fault: u64,
+    /// The busiest second for IKE at the hub after the fault (datagrams in + out).
+    pub hub_ike_max_per_s: u32,
+    /// IKE datagrams per second at the hub, averaged from the fault until all spokes
+    /// recovered (or the end of the run).
+    pub hub_ike_avg_per_s: f64,
 }
 
 /// One line of the timeline.
@@ -201,7 +226,8 @@ pub struct Report {
     pub runs: Vec<RunReport>,
 }
 
-/// A report plus the captures of its runs and the Wireshark `esp_sa` lines.
+/// A report plus the captures of its runs and the Wireshark `esp_sa` and
+/// `ikev2_decryption_table` lines.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     /// The report.
@@ -210,6 +236,8 @@ pub struct Outcome {
     pub pcaps: Vec<PcapBuf>,
     /// Wireshark `esp_sa` UAT lines (both runs).
     pub uat: Vec<String>,
+    /// Wireshark `ikev2_decryption_table` UAT lines, one per IKE SA (both runs).
+    pub ike_uat: Vec<String>,
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -492,18 +520,39 @@ impl Report {
                     );
                 }
             }
-            for (t, label) in &p.marks {
+            // Marks close together (fault, detect, action within a few ms) would print
+            // their labels on top of each other: each label goes to the first row where
+            // it clears the previous label's right end.
+            let mut order: Vec<usize> = (0..p.marks.len()).collect();
+            order.sort_by(|&a, &b| p.marks[a].0.total_cmp(&p.marks[b].0));
+            let mut row_end: Vec<f64> = Vec::new();
+            for k in order {
+                let (t, label) = &p.marks[k];
                 let xs = x(t / p.bin_ms.max(1e-9));
                 let c = match label.as_str() {
                     "fault" => "#d62728",
-                    "recovered" => "#2ca02c",
+                    "recovered" | "all recovered" => "#2ca02c",
                     _ => "#7f7f7f",
                 };
+                // Right of the line, or left of it near the right edge.
+                let width = label_width(label);
+                let (lx, left, anchor) = if xs + 2.0 + width <= W {
+                    (xs + 2.0, xs + 2.0, "start")
+                } else {
+                    (xs - 2.0, xs - 2.0 - width, "end")
+                };
+                let row = row_end
+                    .iter()
+                    .position(|&e| e + 4.0 <= left)
+                    .unwrap_or(row_end.len());
+                if row == row_end.len() {
+                    row_end.push(0.0);
+                }
+                row_end[row] = left + width;
                 let _ = writeln!(
                     o,
-                    r#"<line x1="{xs:.1}" y1="{y1}" x2="{xs:.1}" y2="{y0}" stroke="{c}" stroke-dasharray="2 2"/><text x="{:.1}" y="{}" fill="{c}">{}</text>"#,
-                    xs + 2.0,
-                    y1 + 10.0,
+                    r#"<line x1="{xs:.1}" y1="{y1}" x2="{xs:.1}" y2="{y0}" stroke="{c}" stroke-dasharray="2 2"/><text x="{lx:.1}" y="{}" fill="{c}" text-anchor="{anchor}">{}</text>"#,
+                    y1 + 10.0 + 12.0 * row as f64,
                     xml(label)
                 );
             }
@@ -531,6 +580,12 @@ impl Report {
     }
 }
 
+/// Width of a mark label at font-size 11, px (a generous average glyph width: labels are
+/// short ASCII words).
+fn label_width(s: &str) -> f64 {
+    6.5 * s.chars().count() as f64
+}
+
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -538,7 +593,8 @@ fn xml(s: &str) -> String {
 }
 
 /// Writes report.json, report.txt, plot.svg, underlay.pcap (first run; one
-/// `underlay-<recovery>.pcap` per run) and `esp_sa` (Wireshark UAT) into `dir`.
+/// `underlay-<recovery>.pcap` per run), `esp_sa` and `ikev2_decryption_table` (Wireshark
+/// UATs, named as in a Wireshark profile directory) into `dir`.
 pub fn write_outputs(dir: &Path, out: &Outcome) -> std::io::Result<Vec<String>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
@@ -564,5 +620,11 @@ pub fn write_outputs(dir: &Path, out: &Outcome) -> std::io::Result<Vec<String>> 
         uat.push('\n');
     }
     put("esp_sa", uat.as_bytes())?;
+    let mut ike = String::new();
+    for l in &out.ike_uat {
+        ike.push_str(l);
+        ike.push('\n');
+    }
+    put("ikev2_decryption_table", ike.as_bytes())?;
     Ok(written)
 }

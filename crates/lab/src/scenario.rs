@@ -26,6 +26,16 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../scenarios/spoofed-notify.toml"),
     ),
     ("one-way-cut", include_str!("../scenarios/one-way-cut.toml")),
+    (
+        "rekey-early-switch",
+        include_str!("../scenarios/rekey-early-switch.toml"),
+    ),
+    (
+        "rekey-collision",
+        include_str!("../scenarios/rekey-collision.toml"),
+    ),
+    ("hub-reboot", include_str!("../scenarios/hub-reboot.toml")),
+    ("nat-rebind", include_str!("../scenarios/nat-rebind.toml")),
 ];
 
 /// Why a scenario could not be loaded.
@@ -149,6 +159,9 @@ pub struct Topology {
     pub child_linger_s: Option<f64>,
     /// How long a removed SPI counts as "retired" rather than unknown, seconds.
     pub retired_grace_s: f64,
+    /// Hub and spokes instead of A and B: A is a hub with this many spokes (B stands for
+    /// every spoke); 0 = the two-peer topology. IPv4 only, no NAT.
+    pub spokes: u32,
 }
 
 impl Default for Topology {
@@ -164,6 +177,7 @@ impl Default for Topology {
             child_lifetime_s: None,
             child_linger_s: None,
             retired_grace_s: 10.0,
+            spokes: 0,
         }
     }
 }
@@ -254,6 +268,8 @@ pub struct Policy {
     /// `restart` (re-create a CHILD SA the peer deleted, static peers only, as
     /// strongSwan's `close_action = start`) or `none`.
     pub on_peer_delete: String,
+    /// Recovery actions (Delete/Notify sent, IKE initiated) per minute per peer, overall.
+    pub global_per_minute: u32,
 }
 
 impl Default for Policy {
@@ -264,6 +280,7 @@ impl Default for Policy {
             log_per_flow_s: 60.0,
             log_global_max: 10,
             on_peer_delete: "restart".into(),
+            global_per_minute: 60,
         }
     }
 }
@@ -309,6 +326,16 @@ pub enum FaultKind {
         /// `INFORMATIONAL`); any when absent.
         #[serde(default)]
         exchange: Option<String>,
+        /// Only responses (`true`) or only requests (`false`); both when absent.
+        #[serde(default)]
+        response: Option<bool>,
+    },
+    /// Arm the early-switch rekey bug on `peer`: when it next installs a rekeyed CHILD SA
+    /// as the rekey responder, it sends on the new outbound SA at once instead of waiting
+    /// for the initiator to install its inbound SA (make-before-break broken).
+    EarlySwitch {
+        /// The buggy peer.
+        peer: Side,
     },
     /// Delay the next `count` IKE messages sent by `from`.
     DelayIke {
@@ -338,7 +365,8 @@ pub enum FaultKind {
         /// Seconds.
         duration_s: f64,
     },
-    /// The NAT in front of B picks new public ports.
+    /// The NAT in front of B picks new public ports (also spelled `rebind`).
+    #[serde(alias = "rebind")]
     NatRebind,
     /// The third host sends ESP with random SPIs to `to`.
     Flood {
@@ -489,6 +517,25 @@ impl Scenario {
         if !["restart", "none"].contains(&self.policy.on_peer_delete.as_str()) {
             return bad("policy.on_peer_delete must be restart or none");
         }
+        if self.topology.spokes > 0 {
+            let t = &self.topology;
+            if t.spokes > MAX_SPOKES {
+                return bad("topology.spokes above 4000");
+            }
+            if t.family != Family::Ipv4 || t.nat_b || t.b_dynamic {
+                return bad("topology.spokes needs an IPv4 underlay without nat_b and b_dynamic");
+            }
+            if !self.faults.iter().all(|f| {
+                matches!(
+                    f.kind,
+                    FaultKind::Restart { .. } | FaultKind::ClearChild { .. }
+                )
+            }) {
+                return bad(
+                    "with topology.spokes only restart and clear-child faults are modelled",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -501,15 +548,12 @@ impl Scenario {
     }
 }
 
-/// Scenarios of the table not shipped yet, with the reason.
-pub const NOT_YET: &[(&str, &str)] = &[
-    (
-        "rekey-early-switch",
-        "needs a hook in the IKE rekey to switch the outbound SA early (vendor bug emulation)",
-    ),
-    ("rekey-collision", "needs simultaneous-rekey injection"),
-    ("hub-reboot", "needs N-spoke topologies"),
-];
+/// Scenarios of the table not shipped yet, with the reason (all are shipped now).
+pub const NOT_YET: &[(&str, &str)] = &[];
+
+/// Most spokes of a hub topology (their protected /29 nets fit in 198.19.128.0/17, their
+/// underlay addresses in 198.18.16.0/19).
+pub const MAX_SPOKES: u32 = 4000;
 
 /// RFC 7296 §3.1 exchange type number of an exchange name.
 pub fn exchange_number(name: &str) -> Option<u8> {

@@ -149,7 +149,9 @@ struct World<'s> {
     last_timer: [Option<Us>; 2],
     flows: [Flow; 2],
     // Fault state.
-    drop_ike: [(u32, Option<u8>); 2],
+    drop_ike: [(u32, Option<u8>, Option<bool>); 2],
+    /// The early-switch rekey bug is armed on this peer.
+    early_switch: [bool; 2],
     delay_ike: [(u32, Us, Option<u8>); 2],
     delay_esp: [(u32, Us); 2],
     cuts: Vec<(Direction, Us, Us)>,
@@ -157,6 +159,8 @@ struct World<'s> {
     // Outputs.
     pcap: PcapBuf,
     uat: Vec<String>,
+    /// Wireshark `ikev2_decryption_table` lines of every IKE SA (first and rekeyed).
+    ike_uat: Vec<String>,
     timeline: Vec<TimelineEntry>,
     timeline_dropped: u64,
     m: Metrics,
@@ -172,11 +176,32 @@ struct World<'s> {
     cost_msgs: Vec<(Us, bool, bool)>,
     init_times: Vec<Us>,
     last_delivery: [Option<Us>; 2],
+    /// Told the fraction of virtual time done (progress bar), at most every 1 %.
+    progress: &'s mut dyn FnMut(f64),
+    reported: f64,
 }
 
 /// Runs `sc` once with recovery on or off and returns the run's report, plus the pcap and
-/// the UAT lines.
-pub fn simulate(sc: &Scenario, seed: u64, recovery: bool) -> (RunReport, PcapBuf, Vec<String>) {
+/// the UAT lines (`esp_sa`, `ikev2_decryption_table`).
+pub fn simulate(
+    sc: &Scenario,
+    seed: u64,
+    recovery: bool,
+) -> (RunReport, PcapBuf, Vec<String>, Vec<String>) {
+    simulate_with_progress(sc, seed, recovery, &mut |_| {})
+}
+
+/// [`simulate`], telling `progress` the fraction of virtual time done as it goes. Hub
+/// topologies (`topology.spokes > 0`) run in [`crate::hub`].
+pub fn simulate_with_progress(
+    sc: &Scenario,
+    seed: u64,
+    recovery: bool,
+    progress: &mut dyn FnMut(f64),
+) -> (RunReport, PcapBuf, Vec<String>, Vec<String>) {
+    if sc.topology.spokes > 0 {
+        return crate::hub::simulate_hub(sc, seed, recovery, progress);
+    }
     let t0 = Instant::now();
     let addrs = Addrs::new(sc.topology.family);
     let end = us(sc.duration_s);
@@ -198,13 +223,15 @@ pub fn simulate(sc: &Scenario, seed: u64, recovery: bool) -> (RunReport, PcapBuf
         restarts: [0; 2],
         last_timer: [None; 2],
         flows: Default::default(),
-        drop_ike: [(0, None); 2],
+        drop_ike: [(0, None, None); 2],
+        early_switch: [false; 2],
         delay_ike: [(0, 0, None); 2],
         delay_esp: [(0, 0); 2],
         cuts: Vec::new(),
         nat_offset: 0,
         pcap: PcapBuf::default(),
         uat: Vec::new(),
+        ike_uat: Vec::new(),
         timeline: Vec::new(),
         timeline_dropped: 0,
         m: Metrics::default(),
@@ -220,6 +247,8 @@ pub fn simulate(sc: &Scenario, seed: u64, recovery: bool) -> (RunReport, PcapBuf
         cost_msgs: Vec::new(),
         init_times: Vec::new(),
         last_delivery: [None; 2],
+        progress,
+        reported: 0.0,
     };
     w.agents = vec![w.new_agent(0), w.new_agent(1)];
     w.run();
@@ -410,6 +439,7 @@ impl World<'_> {
                 },
             },
             hold_down: Duration::from_secs_f64(sc.policy.hold_down_s),
+            global_per_minute: sc.policy.global_per_minute,
             ..Default::default()
         };
         let node = NodeConfig {
@@ -468,7 +498,16 @@ impl World<'_> {
         for (k, f) in self.sc.faults.iter().enumerate() {
             self.schedule(us(f.at), Ev::Fault(k));
         }
+        let mut steps = 0u64;
         loop {
+            steps += 1;
+            if steps.is_multiple_of(4096) {
+                let f = self.now as f64 / self.end.max(1) as f64;
+                if f >= self.reported + 0.01 {
+                    self.reported = f;
+                    (self.progress)(f);
+                }
+            }
             let next_q = self.queue.peek().map(|Reverse((t, _))| *t);
             let mut next_timer: Option<(Us, usize)> = None;
             for i in 0..2 {
@@ -526,6 +565,7 @@ impl World<'_> {
         m.insert("in_packets".into(), c.in_packets);
         m.insert("out_packets".into(), c.out_packets);
         m.insert("ike_in".into(), c.ike_in);
+        m.insert("peer_address_followed".into(), c.peer_address_followed);
         m.insert("events_dropped".into(), c.events_dropped);
         m.insert("invalid_spi_logged".into(), c.invalid_spi_logged);
         m.insert("invalid_spi_suppressed".into(), c.invalid_spi_suppressed);
@@ -655,9 +695,18 @@ impl World<'_> {
                 from,
                 count,
                 exchange,
+                response,
             } => {
-                self.drop_ike[from.idx()] = (count, exchange.as_deref().and_then(exchange_number));
+                self.drop_ike[from.idx()] = (
+                    count,
+                    exchange.as_deref().and_then(exchange_number),
+                    response,
+                );
                 self.note(from.idx(), "fault", text);
+            }
+            FaultKind::EarlySwitch { peer } => {
+                self.early_switch[peer.idx()] = true;
+                self.note(peer.idx(), "fault", text);
             }
             FaultKind::DelayIke {
                 from,
@@ -791,8 +840,17 @@ impl World<'_> {
                         .copied()
                 })
                 .flatten();
-            let (n, want) = self.drop_ike[from];
-            if exch.is_some() && n > 0 && (want.is_none() || want == exch) {
+            // RFC 7296 §3.1: the Response flag is bit 0x20 of the flags octet (19).
+            let is_response = (origin == Origin::Ike)
+                .then(|| data.get(19 + if src.port() == IKE_PORT { 0 } else { 4 }))
+                .flatten()
+                .map(|f| f & 0x20 != 0);
+            let (n, want, want_resp) = self.drop_ike[from];
+            if exch.is_some()
+                && n > 0
+                && (want.is_none() || want == exch)
+                && (want_resp.is_none() || want_resp == is_response)
+            {
                 self.drop_ike[from].0 -= 1;
                 self.note(
                     from,
@@ -1050,8 +1108,23 @@ impl World<'_> {
                 suite,
                 uat,
                 rekey_of,
+                active,
                 ..
             } => {
+                if self.early_switch[i] && rekey_of.is_some() && !active {
+                    // The emulated vendor bug: the rekey responder sends on its new
+                    // outbound SA at once, before the initiator has the response (and so
+                    // the new inbound SA). RFC 7296 §2.8 wants make-before-break.
+                    self.early_switch[i] = false;
+                    self.agents[i]
+                        .node_mut()
+                        .activate_child(inbound_spi, outbound_spi);
+                    self.note(
+                        i,
+                        "fault",
+                        format!("early switch: outbound 0x{outbound_spi:08x} used at once (bug)"),
+                    );
+                }
                 for l in uat {
                     if !self.uat.contains(&l) {
                         self.uat.push(l);
@@ -1065,6 +1138,12 @@ impl World<'_> {
                     "child-installed",
                     format!("CHILD SA installed in 0x{inbound_spi:08x} out 0x{outbound_spi:08x} {suite}{re}"),
                 );
+            }
+            AgentEvent::IkeKeys { uat, .. } => {
+                // Key material: into the UAT file only, never the timeline.
+                if !self.ike_uat.contains(&uat) {
+                    self.ike_uat.push(uat);
+                }
             }
             AgentEvent::ChildRemoved {
                 inbound_spi,
@@ -1167,7 +1246,7 @@ impl World<'_> {
         }
     }
 
-    fn finish(mut self) -> (RunReport, PcapBuf, Vec<String>) {
+    fn finish(mut self) -> (RunReport, PcapBuf, Vec<String>, Vec<String>) {
         if !self.snapped {
             self.counters_before = [self.snapshot_counters(0), self.snapshot_counters(1)];
         }
@@ -1258,13 +1337,13 @@ impl World<'_> {
             counters,
             plot: self.bins.finish(marks),
         };
-        (run, self.pcap, self.uat)
+        (run, self.pcap, self.uat, self.ike_uat)
     }
 }
 
 /// Debug text without `Instant { .. }` values: their absolute numbers depend on the host
 /// clock, and the event time is already in the timeline entry (determinism).
-fn scrub(text: &str) -> String {
+pub(crate) fn scrub(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(k) = rest.find("Instant {") {
@@ -1287,7 +1366,7 @@ fn scrub(text: &str) -> String {
 /// A recovery event that is an action on the wire (Delete / Notify sent, IKE initiated),
 /// not an observation or a decision to hold back. Matched by name: the event type may be
 /// newer than this crate.
-fn is_recovery_action(debug: &str) -> bool {
+pub(crate) fn is_recovery_action(debug: &str) -> bool {
     ["DeleteSent", "NotifySent", "IkeInitiated", "HintSent"]
         .iter()
         .any(|k| debug.contains(k))
@@ -1295,6 +1374,16 @@ fn is_recovery_action(debug: &str) -> bool {
 
 /// One run per recovery setting, side by side.
 pub fn run_scenario(sc: &Scenario, seed: u64, runs: &[bool]) -> crate::report::Outcome {
+    run_scenario_with_progress(sc, seed, runs, &mut |_| {})
+}
+
+/// [`run_scenario`], telling `progress` the fraction of all runs done (0.0 to 1.0).
+pub fn run_scenario_with_progress(
+    sc: &Scenario,
+    seed: u64,
+    runs: &[bool],
+    progress: &mut dyn FnMut(f64),
+) -> crate::report::Outcome {
     let mut report = crate::report::Report {
         scenario: sc.name.clone(),
         description: sc.description.clone(),
@@ -1306,8 +1395,12 @@ pub fn run_scenario(sc: &Scenario, seed: u64, runs: &[bool]) -> crate::report::O
     };
     let mut pcaps = Vec::new();
     let mut uat = Vec::new();
-    for &on in runs {
-        let (r, p, u) = simulate(sc, seed, on);
+    let mut ike_uat = Vec::new();
+    let total = runs.len().max(1) as f64;
+    for (k, &on) in runs.iter().enumerate() {
+        let (r, p, u, iu) = simulate_with_progress(sc, seed, on, &mut |f| {
+            progress((k as f64 + f) / total);
+        });
         report.runs.push(r);
         pcaps.push(p);
         for l in u {
@@ -1315,6 +1408,16 @@ pub fn run_scenario(sc: &Scenario, seed: u64, runs: &[bool]) -> crate::report::O
                 uat.push(l);
             }
         }
+        for l in iu {
+            if !ike_uat.contains(&l) {
+                ike_uat.push(l);
+            }
+        }
     }
-    crate::report::Outcome { report, pcaps, uat }
+    crate::report::Outcome {
+        report,
+        pcaps,
+        uat,
+        ike_uat,
+    }
 }

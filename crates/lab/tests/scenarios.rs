@@ -220,6 +220,24 @@ fn same_seed_same_bytes_different_seed_different() {
     assert_eq!(a, b);
     let c = run_scenario(&sc, 8, &[true, false]).report.to_json();
     assert_ne!(a, c);
+    // The new scenarios too (the hub one with fewer spokes: debug build).
+    for name in [
+        "rekey-early-switch",
+        "rekey-collision",
+        "nat-rebind",
+        "hub-reboot",
+    ] {
+        let mut sc = load(name);
+        if sc.topology.spokes > 0 {
+            sc.topology.spokes = 10;
+            sc.duration_s = 60.0;
+        }
+        let x = run_scenario(&sc, 5, &[true, false]);
+        let y = run_scenario(&sc, 5, &[true, false]);
+        assert_eq!(x.report.to_json(), y.report.to_json(), "{name}");
+        assert_eq!(x.pcaps[0].to_bytes(), y.pcaps[0].to_bytes(), "{name}");
+        assert_eq!(x.report.to_svg(), y.report.to_svg(), "{name}");
+    }
     // The link model draws from the same seeded RNG.
     let mut j = load("child-sa-lost");
     j.link.jitter_ms = 3.0;
@@ -317,4 +335,244 @@ exchange = "IKE_AUTH"
         "name = \"x\"\n[[fault]]\nat = 1\naction = \"drop-ike\"\nfrom = \"a\"\ncount = 1\nexchange = \"NOPE\"\n"
     )
     .is_err());
+}
+
+/// Negotiated CHILD SA pairs a peer holds at the end: installed minus removed.
+fn pairs_left(r: &RunReport, peer: &str) -> i64 {
+    let n = |kind: &str| {
+        r.timeline
+            .iter()
+            .filter(|e| e.peer == peer && e.kind == kind)
+            .count() as i64
+    };
+    n("child-installed") - n("child-removed")
+}
+
+#[test]
+fn rekey_early_switch_is_a_transient_with_one_log_line() {
+    let sc = load("rekey-early-switch");
+    let runs = run(&sc, 1, &[true, false]);
+    for r in &runs {
+        let m = &r.metrics;
+        assert!(
+            r.timeline
+                .iter()
+                .any(|e| e.kind == "fault" && e.text.starts_with("early switch")),
+            "{m:?}"
+        );
+        // The rekey starts at 30 s; A's next packet (10 ms period, 5 ms link) is the first
+        // on the new SA, and B installs it when the late response arrives (+100 ms).
+        assert!(
+            detect_delay(m) >= 1000.0 && detect_delay(m) <= 1020.0,
+            "{m:?}"
+        );
+        assert_eq!(m.log_lines, 1, "{m:?}");
+        assert_eq!(m.ike_initiated, 0);
+        assert_eq!(
+            m.drop_reasons.get("unknown-spi"),
+            Some(&m.invalid_spi_events)
+        );
+        assert!(
+            (9..=11).contains(&m.invalid_spi_events),
+            "about 100 ms of A->B at 100/s: {m:?}"
+        );
+        assert_eq!(m.lost.a_to_b, m.invalid_spi_events, "{m:?}");
+        assert_eq!(m.lost.b_to_a, 0, "{m:?}");
+        assert!(m.recovered && m.longest_gap_ms < 200.0, "{m:?}");
+        // No recovery action: the SPI was reserved for the exchange in flight. The one
+        // Delete is the rekey's own, for the old pair.
+        assert!(!r.timeline.iter().any(|e| e.kind == "recovery"
+            && ["DeleteSent", "NotifySent", "IkeInitiated"]
+                .iter()
+                .any(|k| e.text.contains(k))));
+        assert_eq!((m.deletes_sent, m.notifies_sent), (1, 0), "{m:?}");
+        assert_eq!(pairs_left(r, "A"), 1);
+        assert_eq!(pairs_left(r, "B"), 1);
+    }
+    assert_eq!(runs[0].metrics.lost, runs[1].metrics.lost);
+    // The contrast: the same rekey with make-before-break (no early switch) loses nothing.
+    let mut ok = sc.clone();
+    ok.faults
+        .retain(|f| !matches!(f.kind, FaultKind::EarlySwitch { .. }));
+    let m = &run(&ok, 1, &[true])[0].metrics;
+    assert_eq!(m.t_first_drop_ms, None, "{m:?}");
+    assert_eq!(m.invalid_spi_events, 0);
+    assert_eq!(m.lost.a_to_b + m.lost.b_to_a, 0);
+}
+
+#[test]
+fn rekey_collision_ends_with_one_pair_and_no_loss() {
+    let runs = run(&load("rekey-collision"), 1, &[true, false]);
+    for r in &runs {
+        let m = &r.metrics;
+        assert!(r
+            .timeline
+            .iter()
+            .any(|e| e.kind == "link" && e.text.contains("exchange 36")));
+        assert!(r.timeline.iter().any(|e| e.text.contains("RekeyCollision")));
+        assert_eq!(m.t_first_drop_ms, None, "{m:?}");
+        assert_eq!(m.lost.a_to_b + m.lost.b_to_a, 0, "{m:?}");
+        assert_eq!(m.invalid_spi_events, 0);
+        assert_eq!(m.ike_initiated, 0);
+        // §2.8.1: B, the loser, deletes its redundant pair while A's own rekey is still
+        // outstanding (its response was lost); A drops that pair as the collision's and
+        // does not create a replacement (`on_peer_delete = restart`): exactly one new
+        // pair per side and no CREATE_CHILD_SA besides the two rekeys.
+        for peer in ["A", "B"] {
+            let creates: Vec<&str> = r
+                .timeline
+                .iter()
+                .filter(|e| {
+                    e.peer == peer
+                        && e.kind == "ike-sent"
+                        && e.text.starts_with("CREATE_CHILD_SA request")
+                })
+                .map(|e| e.text.as_str())
+                .collect();
+            assert!(!creates.is_empty(), "{peer}: {:?}", r.timeline);
+            assert!(
+                creates.iter().all(|t| t.contains("REKEY_SA")),
+                "{peer}: {creates:?}"
+            );
+            assert_eq!(pairs_left(r, peer), 1, "{peer}: {:?}", r.timeline);
+            // The redundant pair goes as the collision's, never as a peer delete.
+            let deleted = |reason: &str| {
+                r.timeline.iter().any(|e| {
+                    e.peer == peer
+                        && e.text.contains("ChildDeleted")
+                        && e.text.contains(&format!("reason: {reason} "))
+                })
+            };
+            assert!(deleted("RekeyCollision"), "{peer}: {:?}", r.timeline);
+            assert!(!deleted("Peer"), "{peer}: {:?}", r.timeline);
+        }
+        assert_eq!(pairs_left(r, "B"), pairs_left(r, "A"));
+    }
+}
+
+#[test]
+fn hub_reboot_small_recovers_every_spoke() {
+    let mut sc = load("hub-reboot");
+    // 50 spokes in debug-build tests; `esplab lab run hub-reboot` runs 1000 (docs/lab.md).
+    sc.topology.spokes = 50;
+    let runs = run(&sc, 1, &[true, false]);
+    let (on, off) = (&runs[0].metrics, &runs[1].metrics);
+    let (hon, hoff) = (on.hub.as_ref().unwrap(), off.hub.as_ref().unwrap());
+    for (m, h) in [(on, hon), (off, hoff)] {
+        assert_eq!(h.spokes, 50);
+        assert_eq!(h.spokes_affected, 50, "{m:?}");
+        assert_eq!(h.spokes_recovered, 50, "{m:?}");
+        assert!(m.recovered, "{m:?}");
+        assert!(detect_delay(m) <= 20.0, "{m:?}");
+        assert!(h.hub_ike_msgs_after_fault > 0);
+    }
+    // Recovery on: the hub initiates to every spoke on its first packet, and all are
+    // back long before the spokes' liveness check (30 s idle) could have noticed.
+    assert_eq!(hon.hub_initiated, 50, "{hon:?}");
+    assert!(on.blackhole_ms.unwrap() < 5_000.0, "{on:?}");
+    // Off: nothing until the spokes' DPD declares the hub dead and they initiate again.
+    assert_eq!(hoff.hub_initiated, 0);
+    assert!(off.blackhole_ms.unwrap() > 60_000.0, "{off:?}");
+    assert!(hoff.median_recovery_ms.unwrap() > 60_000.0);
+    assert!(off.lost.a_to_b > 50 * 60, "{off:?}");
+    // A timeline that stays readable: the hub, spoke 1 and the milestones only.
+    let r = &runs[0];
+    assert!(r.timeline.iter().all(|e| e.peer == "A" || e.peer == "S1"));
+    assert!(r.counters["b_after"]["IN_US_V4_PKT_SA_NOT_FOUND_SPI"] == 0);
+    assert!(r.counters["a_after"]["IN_US_V4_PKT_SA_NOT_FOUND_SPI"] >= 50);
+}
+
+#[test]
+fn hub_recoveries_are_paced_by_the_global_budget() {
+    let mut sc = load("hub-reboot");
+    sc.topology.spokes = 30;
+    sc.policy.global_per_minute = 10;
+    sc.duration_s = 200.0;
+    let runs = run(&sc, 1, &[true]);
+    let r = &runs[0];
+    let h = r.metrics.hub.as_ref().unwrap();
+    // 10 initiations in the first minute window, then the spokes' own DPD (30 s idle +
+    // retransmissions) or the next window: never more than 10 a minute from the hub.
+    let starts: Vec<f64> = r
+        .timeline
+        .iter()
+        .filter(|e| e.peer == "A" && e.kind == "ike:SaInitSent")
+        .map(|e| e.t_ms)
+        .collect();
+    assert_eq!(starts.len() as u64, h.hub_initiated);
+    for w in starts.windows(11) {
+        assert!(w[10] - w[0] >= 60_000.0, "{starts:?}");
+    }
+    assert!(h.hub_initiated >= 10 && h.hub_initiated < 30, "{h:?}");
+    assert!(h.spokes_recovered >= 10, "{h:?}");
+}
+
+#[test]
+fn nat_rebind_is_followed_on_authenticated_esp() {
+    let runs = run(&load("nat-rebind"), 1, &[true, false]);
+    for r in &runs {
+        let m = &r.metrics;
+        // A follows B's new public port on the first new, authenticated ESP packet from
+        // it (RFC 7296 §2.23): only what A sent in the one-way delay before that is lost.
+        assert_eq!(after(r, "a", "peer_address_followed"), 1, "{m:?}");
+        assert_eq!(
+            after(r, "b", "peer_address_followed"),
+            0,
+            "B is behind the NAT"
+        );
+        assert!(m.recovered, "{m:?}");
+        assert!(m.lost.a_to_b <= 2 && m.lost.b_to_a == 0, "{m:?}");
+        assert!(m.longest_gap_ms < 100.0, "{m:?}");
+        assert_eq!(m.invalid_spi_events, 0);
+        assert_eq!(m.ike_initiated, 0);
+    }
+}
+
+#[test]
+fn scenario_keys_for_the_new_faults_parse() {
+    let sc = Scenario::from_toml(
+        "x",
+        "name = \"x\"\n[[fault]]\nat = 1\naction = \"rebind\"\n[[fault]]\nat = 2\naction = \"early-switch\"\npeer = \"b\"\n[[fault]]\nat = 3\naction = \"drop-ike\"\nfrom = \"a\"\ncount = 1\nresponse = false\n",
+    )
+    .unwrap();
+    assert!(matches!(sc.faults[0].kind, FaultKind::NatRebind));
+    assert!(matches!(sc.faults[1].kind, FaultKind::EarlySwitch { .. }));
+    assert!(matches!(
+        sc.faults[2].kind,
+        FaultKind::DropIke {
+            response: Some(false),
+            ..
+        }
+    ));
+    // Hub topologies model only restarts and cleared SAs, IPv4, no NAT.
+    let hub = "name = \"h\"\n[topology]\nspokes = 3\n";
+    assert!(Scenario::from_toml("h", hub).is_ok());
+    assert!(Scenario::from_toml("h", &format!("{hub}family = \"ipv6\"\n")).is_err());
+    assert!(Scenario::from_toml(
+        "h",
+        &format!("{hub}[[fault]]\nat = 1\naction = \"cut\"\ndir = \"a-to-b\"\nduration_s = 1\n")
+    )
+    .is_err());
+    assert!(Scenario::from_toml("h", "name = \"h\"\n[topology]\nspokes = 5000\n").is_err());
+}
+
+#[test]
+fn plot_labels_of_close_marks_do_not_overlap() {
+    // Three faults within a second: their labels go to three rows.
+    let out = run_scenario(&load("rekey-collision"), 1, &[true]);
+    let svg = out.report.to_svg();
+    let ys: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.contains(r##"fill="#d62728" text-anchor="start">fault</text>"##))
+        .filter_map(|l| {
+            l.split("<text")
+                .nth(1)?
+                .split("y=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+        })
+        .collect();
+    assert_eq!(ys.len(), 3, "{svg}");
+    assert!(ys[0] != ys[1] && ys[1] != ys[2] && ys[0] != ys[2], "{ys:?}");
 }

@@ -3,7 +3,8 @@
 //! Intermittent invalid-SPI errors are hard to catch with a capture started afterwards, so the
 //! daemon keeps the last N underlay packets and IKE messages in a [`Ring`] and, when an
 //! invalid-SPI event fires, writes them to a classic pcap file with the Wireshark `esp_sa`
-//! lines beside it, then optionally runs a script ([`Capture::on_invalid_spi`]).
+//! and `ikev2_decryption_table` lines beside it, then optionally runs a script
+//! ([`Capture::on_invalid_spi`]).
 //!
 //! The ring preallocates every slot at startup: recording a packet is one `memcpy` into a
 //! reused buffer plus a few scalar stores, so it can sit on the datapath. Outer IP/UDP
@@ -359,8 +360,10 @@ pub struct DumpReport {
     pub packets: usize,
     /// The pcap file.
     pub pcap: PathBuf,
-    /// The UAT file.
+    /// The UAT file (`esp_sa` lines).
     pub uat: PathBuf,
+    /// The `ikev2_decryption_table` UAT file.
+    pub ike_uat: PathBuf,
     /// Why the `on_event` command did not start, if it did not.
     pub script_error: Option<String>,
 }
@@ -376,6 +379,8 @@ pub struct Capture {
     manual_uat: Vec<String>,
     /// `esp_sa` lines from negotiated CHILD SAs, newest last, bounded.
     ike_uat: Vec<String>,
+    /// `ikev2_decryption_table` lines of the IKE SAs, newest last, bounded.
+    ikev2_uat: Vec<String>,
     /// Whether key material may be written (`log.debug_keys`).
     debug_keys: bool,
     children: Vec<Child>,
@@ -383,6 +388,9 @@ pub struct Capture {
 
 /// Negotiated-SA UAT lines kept (two per CHILD SA; old pairs fall off).
 const MAX_IKE_UAT: usize = 256;
+
+/// IKE SA UAT lines kept (one per IKE SA; old ones fall off).
+const MAX_IKEV2_UAT: usize = 64;
 
 impl Capture {
     /// A recorder, or `None` when `ring = 0`.
@@ -403,6 +411,7 @@ impl Capture {
             cfg,
             manual_uat,
             ike_uat: Vec::new(),
+            ikev2_uat: Vec::new(),
             debug_keys,
             children: Vec::new(),
         })
@@ -433,6 +442,36 @@ impl Capture {
             let extra = self.ike_uat.len() - MAX_IKE_UAT;
             self.ike_uat.drain(..extra);
         }
+    }
+
+    /// Remembers the `ikev2_decryption_table` line of an IKE SA (first or rekeyed).
+    pub fn add_ike_sa_uat(&mut self, line: &str) {
+        if self.ikev2_uat.iter().any(|l| l == line) {
+            return;
+        }
+        self.ikev2_uat.push(line.to_string());
+        if self.ikev2_uat.len() > MAX_IKEV2_UAT {
+            let extra = self.ikev2_uat.len() - MAX_IKEV2_UAT;
+            self.ikev2_uat.drain(..extra);
+        }
+    }
+
+    /// The `.ikev2_decryption_table` file's text (same key policy as [`Capture::uat_text`]).
+    pub fn ikev2_uat_text(&self) -> String {
+        let mut s = String::from(
+            "# Wireshark ikev2_decryption_table UAT (Preferences > Protocols > ISAKMP > IKEv2\n# Decryption Table, or copy to the profile's ikev2_decryption_table file); tshark:\n# -o 'uat:ikev2_decryption_table:LINE'\n",
+        );
+        if !self.debug_keys {
+            s.push_str(
+                "# key material not written: debug keys are off (set log.debug_keys = true or run esplab peer --debug-keys)\n",
+            );
+            return s;
+        }
+        for l in &self.ikev2_uat {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
     }
 
     /// The `.uat` file's text.
@@ -488,12 +527,14 @@ impl Capture {
         Ok(Some(report))
     }
 
-    /// Writes `<dir>/invalid-spi-<stamp>-spi-<hex>.pcap` and the `.uat` beside it.
+    /// Writes `<dir>/invalid-spi-<stamp>-spi-<hex>.pcap` and beside it the `.uat`
+    /// (`esp_sa`) and `.ikev2_decryption_table` files.
     pub fn dump(&self, wall: SystemTime, spi: u32) -> io::Result<DumpReport> {
         std::fs::create_dir_all(&self.cfg.dir)?;
         let stem = format!("invalid-spi-{}-spi-{spi:08x}", file_stamp(wall));
         let pcap = self.cfg.dir.join(format!("{stem}.pcap"));
         let uat = self.cfg.dir.join(format!("{stem}.uat"));
+        let ike_uat = self.cfg.dir.join(format!("{stem}.ikev2_decryption_table"));
         let mut w = io::BufWriter::new(std::fs::File::create(&pcap)?);
         let packets = write_pcap(&self.ring, &mut w)?;
         w.flush()?;
@@ -506,10 +547,13 @@ impl Capture {
             o.mode(0o600);
         }
         o.open(&uat)?.write_all(self.uat_text().as_bytes())?;
+        o.open(&ike_uat)?
+            .write_all(self.ikev2_uat_text().as_bytes())?;
         Ok(DumpReport {
             packets,
             pcap,
             uat,
+            ike_uat,
             script_error: None,
         })
     }
@@ -776,6 +820,17 @@ mod tests {
             uat.contains("debug keys are off") && !uat.contains("\"IPv4\""),
             "{uat}"
         );
+        c.add_ike_sa_uat("0102030405060708,1112131415161718,aa,bb,\"x\",,,\"y\"");
+        let ike = std::fs::read_to_string(&rep.ike_uat).unwrap();
+        assert!(
+            rep.ike_uat
+                .to_str()
+                .unwrap()
+                .ends_with("-spi-dead0001.ikev2_decryption_table")
+                && ike.contains("debug keys are off")
+                && !ike.contains("0102030405060708"),
+            "{ike}"
+        );
         assert!(c
             .on_invalid_spi(now + Duration::from_secs(1), t(6), &event(1))
             .unwrap()
@@ -808,6 +863,33 @@ mod tests {
         // With debug keys the lines are written.
         c.debug_keys = true;
         assert!(c.uat_text().contains("\"IPv4\",\"x\""));
+        assert!(c.ikev2_uat_text().contains("0102030405060708"));
+        // Rekeyed IKE SAs add lines; a repeated line is kept once; the oldest fall off.
+        c.add_ike_sa_uat("0102030405060708,1112131415161718,aa,bb,\"x\",,,\"y\"");
+        c.add_ike_sa_uat("0102030405060708,1112131415161718,aa,bb,\"x\",,,\"y\"");
+        let text = c.ikev2_uat_text();
+        assert_eq!(text.matches("0102030405060708,").count(), 1, "{text}");
+        for i in 0..MAX_IKEV2_UAT as u64 {
+            c.add_ike_sa_uat(&format!("{i:016x},01,aa,bb,\"x\",,,\"y\""));
+        }
+        let text = c.ikev2_uat_text();
+        assert!(!text.contains("0102030405060708,") && text.contains("0000000000000000,"));
+        assert_eq!(
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            MAX_IKEV2_UAT
+        );
+        let rep = c.dump(t(7), 0xdead0002).unwrap();
+        let ike = std::fs::read_to_string(&rep.ike_uat).unwrap();
+        assert!(ike.contains("0000000000000001,01,aa"), "{ike}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&rep.ike_uat)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "key file readable by others: {mode:o}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -34,6 +34,8 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     name: Option<String>,
+    /// Drop root to this user after opening the TUN device and sockets (privs.rs).
+    user: Option<Spanned<String>>,
     underlay: RawUnderlay,
     tun: RawTun,
     control: Option<RawControl>,
@@ -111,6 +113,7 @@ struct RawLog {
     event_queue: Option<usize>,
     retired_spi_grace: Option<Spanned<String>>,
     debug_keys: Option<bool>,
+    events_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +143,10 @@ struct RawPeer {
     rekey_margin: Option<Spanned<String>>,
     dpd_delay: Option<Spanned<String>>,
     initial_contact: Option<bool>,
+    // Per-peer retransmission schedule (overrides `[ike]`).
+    retransmit_tries: Option<Spanned<u32>>,
+    retransmit_timeout: Option<Spanned<String>>,
+    retransmit_base: Option<Spanned<f64>>,
     // Invalid-SPI recovery (docs/recovery.md).
     on_invalid_spi: Option<Spanned<String>>,
     invalid_spi_recovery: Option<Spanned<bool>>,
@@ -232,6 +239,11 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     /// The invalid-SPI flight recorder (`[capture]`).
     pub capture: crate::capture::CaptureConfig,
+    /// Run as this user once the TUN device and sockets are open (`user`, `esplab peer
+    /// --user`).
+    pub user: Option<String>,
+    /// Rate limit of the events file and followers (`log.events_per_second`, 0 = none).
+    pub events_per_second: u32,
 }
 
 /// strongSwan-style identity: an IP address is an IP identity, `user@host` an RFC 822
@@ -333,10 +345,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    // `try_`: `Duration::from_secs_f64` panics past u64::MAX seconds ("1e30s"); found by
+    // the `config` fuzz target. It also refuses negative, infinite and NaN values.
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}"))
 }
 
 fn parse_encap(s: &str) -> Result<UnderlayEncap, String> {
@@ -458,6 +469,7 @@ impl Config {
 
         let mut limits = LogLimits::default();
         let mut event_queue = 1024;
+        let mut events_per_second = crate::events::DEFAULT_EVENTS_PER_SECOND;
         let mut grace = Duration::from_secs(5);
         let (mut log_file, mut events_file) = (None, None);
         if let Some(l) = &raw.log {
@@ -493,6 +505,9 @@ impl Config {
             }
             if let Some(n) = l.event_queue {
                 event_queue = n.max(1);
+            }
+            if let Some(n) = l.events_per_second {
+                events_per_second = n;
             }
             log_file = l.file.as_ref().map(|f| base.join(f));
             events_file = l.events_file.as_ref().map(|f| base.join(f));
@@ -749,7 +764,7 @@ impl Config {
                     params,
                 });
             }
-            if let Some(ike_peer) = ike_peer(
+            if let Some(mut ike_peer) = ike_peer(
                 &cx,
                 p,
                 pi,
@@ -766,6 +781,7 @@ impl Config {
                         "a peer with auth = \"psk\" negotiates its SAs: remove its [[peer.sa]]",
                     ));
                 }
+                ike_peer.retransmit = peer_retransmit(&cx, p, pi, ike_cfg.retransmit)?;
                 if let Some(pr) = peer_recovery(&cx, p, pi, ike_peer.dpd_delay)? {
                     recovery.peers.insert(p.name.get_ref().clone(), pr);
                 }
@@ -809,6 +825,13 @@ impl Config {
             debug_keys,
             recovery,
             capture,
+            user: match &raw.user {
+                Some(u) if u.get_ref().trim().is_empty() => {
+                    return Err(cx.err(u.span(), "user", "empty user name"))
+                }
+                u => u.as_ref().map(|u| u.get_ref().clone()),
+            },
+            events_per_second,
         })
     }
 }
@@ -874,6 +897,39 @@ fn peer_recovery(
     Ok(Some(r))
 }
 
+/// A peer's own retransmission schedule: the `[ike]` one (`node_wide`) with the peer's
+/// `retransmit_*` keys applied; `None` when it has none.
+fn peer_retransmit(
+    cx: &Ctx<'_>,
+    p: &RawPeer,
+    pi: usize,
+    node_wide: esplab_ike::Retransmit,
+) -> Result<Option<esplab_ike::Retransmit>, ConfigError> {
+    let key = |k: &str| format!("peer[{pi}].{k}");
+    if p.retransmit_tries.is_none() && p.retransmit_timeout.is_none() && p.retransmit_base.is_none()
+    {
+        return Ok(None);
+    }
+    let mut r = node_wide;
+    if let Some(n) = &p.retransmit_tries {
+        r.tries = *n.get_ref();
+    }
+    if let Some(s) = &p.retransmit_timeout {
+        r.timeout = parse_duration(s.get_ref())
+            .map_err(|m| cx.err(s.span(), &key("retransmit_timeout"), m))?;
+        if r.timeout.is_zero() {
+            return Err(cx.err(s.span(), &key("retransmit_timeout"), "must be more than 0"));
+        }
+    }
+    if let Some(b) = &p.retransmit_base {
+        if !(1.0..=10.0).contains(b.get_ref()) {
+            return Err(cx.err(b.span(), &key("retransmit_base"), "expected 1.0..=10.0"));
+        }
+        r.base = *b.get_ref();
+    }
+    Ok(Some(r))
+}
+
 /// The IKE part of a `[[peer]]`, if it has `auth`; errors for IKE keys without it.
 #[allow(clippy::too_many_arguments)]
 fn ike_peer(
@@ -912,6 +968,18 @@ fn ike_peer(
                 p.invalid_spi_recovery.as_ref().map(|v| v.span()),
             ),
             ("dpd_action", p.dpd_action.as_ref().map(|v| v.span())),
+            (
+                "retransmit_tries",
+                p.retransmit_tries.as_ref().map(|v| v.span()),
+            ),
+            (
+                "retransmit_timeout",
+                p.retransmit_timeout.as_ref().map(|v| v.span()),
+            ),
+            (
+                "retransmit_base",
+                p.retransmit_base.as_ref().map(|v| v.span()),
+            ),
             (
                 "on_peer_delete",
                 p.on_peer_delete.as_ref().map(|v| v.span()),
@@ -1342,6 +1410,52 @@ dpd_delay = "10s"
     }
 
     #[test]
+    fn peer_retransmit_overrides_ike() {
+        // Without the keys the peer follows [ike] (tries 2, timeout 500ms).
+        let c = Config::parse(Path::new("a.toml"), IKE).unwrap();
+        assert_eq!(c.ike.unwrap().peers[0].retransmit, None);
+        // Line 25 is the first key after dpd_delay.
+        let text = format!("{IKE}retransmit_timeout = \"2s\"\nretransmit_base = 1.5\n");
+        let ike = Config::parse(Path::new("a.toml"), &text)
+            .unwrap()
+            .ike
+            .unwrap();
+        let r = ike.peers[0].retransmit.unwrap();
+        // tries from [ike], the rest from the peer.
+        assert_eq!(r.tries, 2);
+        assert_eq!(r.timeout, Duration::from_secs(2));
+        assert_eq!(r.base, 1.5);
+        assert_eq!(ike.retransmit.timeout, Duration::from_millis(500));
+        let ike = Config::parse(Path::new("a.toml"), &format!("{IKE}retransmit_tries = 7\n"))
+            .unwrap()
+            .ike
+            .unwrap();
+        assert_eq!(ike.peers[0].retransmit.unwrap().tries, 7);
+        let e = err_of(&format!("{IKE}retransmit_base = 0.5\n"));
+        assert!(
+            e.starts_with("a.toml:25: peer[0].retransmit_base: expected"),
+            "{e}"
+        );
+        let e = err_of(&format!(
+            "{IKE}retransmit_tries = 1\nretransmit_timeout = \"soon\"\n"
+        ));
+        assert!(
+            e.starts_with("a.toml:26: peer[0].retransmit_timeout:"),
+            "{e}"
+        );
+        let e = err_of(&format!("{IKE}retransmit_timeout = \"0s\"\n"));
+        assert!(
+            e.starts_with("a.toml:25: peer[0].retransmit_timeout:"),
+            "{e}"
+        );
+        // Only for IKE peers.
+        let e = err_of(&format!(
+            "{GOOD}[[peer]]\nname = \"c\"\naddress = \"198.18.0.3\"\nlocal_ts = [\"198.19.1.0/24\"]\nremote_ts = [\"198.19.3.0/24\"]\nretransmit_tries = 3\n"
+        ));
+        assert!(e.contains("retransmit_tries: only for IKE peers"), "{e}");
+    }
+
+    #[test]
     fn recovery_keys() {
         // Line 24 is dpd_delay; the recovery keys follow it.
         let text = format!(
@@ -1464,5 +1578,41 @@ dpd_delay = "10s"
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn psk_file_readable_by_others_warns_and_user_and_events_rate_parse() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("esplab-cfg-psk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("psk"), "0x0102030405\n").unwrap();
+        let text = IKE.replace("secret = \"0x0102030405\"", "secret_file = \"psk\"");
+        let cfg = dir.join("a.toml");
+        for (mode, warns) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+            std::fs::set_permissions(dir.join("psk"), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+            let c = Config::parse(&cfg, &text).unwrap();
+            let w = c
+                .warnings
+                .iter()
+                .any(|w| w.contains("readable by group or others"));
+            assert_eq!(w, warns, "mode {mode:o}: {:?}", c.warnings);
+            assert_eq!(c.ike.unwrap().peers[0].psk.as_bytes(), [1, 2, 3, 4, 5]);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let c = Config::parse(Path::new("a.toml"), IKE).unwrap();
+        assert_eq!(c.user, None);
+        assert_eq!(
+            c.events_per_second,
+            crate::events::DEFAULT_EVENTS_PER_SECOND
+        );
+        let text = format!("user = \"nobody\"\n{IKE}[log]\nevents_per_second = 0\n");
+        let c = Config::parse(Path::new("a.toml"), &text).unwrap();
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.events_per_second, 0);
+        let e = err_of(&format!("user = \" \"\n{IKE}"));
+        assert!(e.starts_with("a.toml:1: user:"), "{e}");
     }
 }

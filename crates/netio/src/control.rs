@@ -7,6 +7,8 @@
 //! ← {"ok":true,"node":"a","sas":[{"peer":"b","direction":"out","spi":"0xc0de0001",...}]}
 //! → {"cmd":"clear-sa","spi":"0xc0de0001"}
 //! ← {"ok":true,"node":"a","removed":1}
+//! → {"cmd":"rekey","peer":"b","spi":"0xc0de0001"}      ("ike":true for the IKE SA)
+//! ← {"ok":true,"node":"a","rekeying":["0xc0de0001"]}
 //! → {"cmd":"follow-events"}
 //! ← {"ok":true,"node":"a","events":[...the recent ones...]}
 //! ← {"time":"2026-11-27T16:40:01.123Z","node":"a","type":"invalid-spi",...}   (one line per new event)
@@ -69,6 +71,22 @@ pub enum Request {
     },
     /// Invalid-SPI recovery counters and per-peer state.
     ShowRecovery,
+    /// Rekey with a peer: its CHILD SAs (all of them, or the pair with `spi`) with
+    /// CREATE_CHILD_SA (RFC 7296 §1.3.3), or with `ike` its IKE SA (§1.3.2).
+    Rekey {
+        /// Peer name.
+        peer: String,
+        /// Rekey the IKE SA instead of CHILD SAs.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ike: bool,
+        /// Only the CHILD SA pair with this (inbound or outbound) SPI.
+        #[serde(
+            default,
+            with = "spi_hex::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        spi: Option<u32>,
+    },
 }
 
 /// The daemon's answer to one request.
@@ -100,6 +118,9 @@ pub struct Response {
     /// `show-recovery`: `{"stats": RecoveryStats, "peers": [PeerRecoveryStatus]}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<serde_json::Value>,
+    /// `rekey` of CHILD SAs: the inbound SPIs of the pairs whose rekey was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rekeying: Option<Vec<String>>,
 }
 
 impl Response {
@@ -188,7 +209,9 @@ pub struct EventRecord {
     /// The daemon's node name.
     pub node: String,
     /// `invalid-spi`, `invalid-spi-suppressed`, `retired-spi`, `sequence-exhausted`,
-    /// `sa-cleared`, `events-lost` (a follower fell behind) or `other`.
+    /// `sa-cleared`, `events-lost` (a follower fell behind), an IKE event (`ike-sa-*`,
+    /// `child-sa-*`, `ike-auth-failed`, `ike-peer-dead`, ...: see
+    /// `events::ike_record_of`) or `other`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The SPI concerned.
@@ -226,6 +249,20 @@ pub struct EventRecord {
     /// `invalid-spi-suppressed`: the window the count covers, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_secs: Option<u64>,
+    /// IKE events: the peer's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// IKE events: the IKE SA (the daemon's IKE SA number, as in `show ike`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ike_sa: Option<u64>,
+    /// IKE events: the other SA concerned (`ike-sa-rekeyed`: the new IKE SA;
+    /// `child-sa-*`: the outbound SPI as `0x%08x`; `child-sa-rekeyed`: the new inbound SPI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other: Option<String>,
+    /// IKE events: why (`ike-sa-deleted`, `child-sa-deleted`: `local`, `peer`, `rekeyed`,
+    /// `expired`, `peer-dead`, ...; failures: the notification or the check that failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The human-readable line (for `invalid-spi`, the vendor log line).
     pub message: String,
 }
@@ -247,6 +284,10 @@ impl EventRecord {
             logged: None,
             count: None,
             window_secs: None,
+            peer: None,
+            ike_sa: None,
+            other: None,
+            reason: None,
             message,
         }
     }
@@ -544,6 +585,53 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"clear-sa","spi":"zz"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn rekey_wire_format() {
+        let j = |r: &Request| serde_json::to_string(r).unwrap();
+        let child = Request::Rekey {
+            peer: "b".into(),
+            ike: false,
+            spi: None,
+        };
+        assert_eq!(j(&child), r#"{"cmd":"rekey","peer":"b"}"#);
+        let ike = Request::Rekey {
+            peer: "b".into(),
+            ike: true,
+            spi: None,
+        };
+        assert_eq!(j(&ike), r#"{"cmd":"rekey","peer":"b","ike":true}"#);
+        let one = Request::Rekey {
+            peer: "b".into(),
+            ike: false,
+            spi: Some(0xc0de0001),
+        };
+        assert_eq!(j(&one), r#"{"cmd":"rekey","peer":"b","spi":"0xc0de0001"}"#);
+        for r in [child, ike, one] {
+            assert_eq!(serde_json::from_str::<Request>(&j(&r)).unwrap(), r);
+        }
+        // Hand-typed: a decimal SPI; a missing peer is refused.
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"rekey","peer":"b","spi":3235774465}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Rekey {
+                peer: "b".into(),
+                ike: false,
+                spi: Some(0xc0de0001)
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"rekey"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Request>(r#"{"cmd":"rekey","peer":"b","spi":"x"}"#).is_err()
+        );
+        // The answer lists the pairs being rekeyed.
+        let mut resp = Response::ok("a");
+        resp.rekeying = Some(vec!["0xc0de0001".into()]);
+        let line = serde_json::to_string(&resp).unwrap();
+        assert!(line.contains(r#""rekeying":["0xc0de0001"]"#), "{line}");
+        assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), resp);
     }
 
     #[test]

@@ -9,16 +9,20 @@
 //! cores needs per-queue nodes or SA sharding, which is a later step.
 //!
 //! Loop: wait until the TUN device, a socket, the control channel, the 1 s tick or a
-//! signal is ready; drain up to [`BATCH`] packets from the ready source with non-blocking
-//! reads into one reused buffer per direction; then hand the node's events to the log, the
-//! ring, followers and the events file.
+//! signal is ready; drain the ready source with non-blocking batched reads (up to [`BATCH`]
+//! TUN reads, each possibly a 64 KiB offloaded super-packet; one `recvmmsg` of up to 64
+//! datagrams or GRO runs) into buffers made once at start (pool.rs); send the results in
+//! one batched write (`sendmmsg` with UDP GSO, batch.rs; tun-rs `send_multiple` with GRO);
+//! then hand the node's events to the log, the ring, followers and the events file.
 
+use crate::batch::{self, SendQueue};
 use crate::capture::{Capture, Direction, Transport};
 use crate::clock::WallClock;
 use crate::config::{Config, SaDirection};
 use crate::control::{CounterRow, EventRecord, Request, Response, SaRow};
 use crate::events::EventSink;
 use crate::log::Logger;
+use crate::pool::{Knobs, TunReader, TunWriter, UdpRx, TUN_READ_ROOM, TUN_SEGMENTS};
 use crate::route::{self, RouteError, Routes};
 use crate::server::{self, ControlError, Ctl};
 use crate::tun::{self, TunError};
@@ -26,12 +30,14 @@ use crate::underlay::{Underlay, UnderlayError};
 use esplab_esp::Encap;
 use esplab_node::{
     Agent, AgentConfig, AgentError, AgentEvent, Event, Inbound, NodeError, Outbound, UnderlayEncap,
-    HEADROOM, TAILROOM,
+    HEADROOM,
 };
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tun_rs::AsyncDevice;
@@ -105,6 +111,9 @@ pub enum DaemonError {
     /// The async runtime or signal handlers could not be set up.
     #[error("cannot start: {0}")]
     Runtime(io::Error),
+    /// `ESPLAB_DATAPATH` names a switch that does not exist.
+    #[error("ESPLAB_DATAPATH: unknown switch {0:?} (known: no-tun-offload, no-udp-gso, no-udp-gro, no-batch)")]
+    Knobs(String),
 }
 
 /// Runs the daemon until SIGINT or SIGTERM (then returns `Ok`), or until a fatal error.
@@ -138,13 +147,13 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             source,
         })?;
     let clock = WallClock::new();
-    let events = EventSink::new(&name, clock, config.events_file.as_deref()).map_err(|source| {
-        DaemonError::File {
+    let events = EventSink::new(&name, clock, config.events_file.as_deref())
+        .map(|e| e.with_rate_limit(config.events_per_second))
+        .map_err(|source| DaemonError::File {
             what: "log.events_file",
             path: config.events_file.clone().unwrap_or_default(),
             source,
-        }
-    })?;
+        })?;
     for w in &config.warnings {
         log.line(&format!("warning: {w}"));
     }
@@ -202,7 +211,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             .iter()
             .flat_map(|p| p.local_ts.iter().chain(&p.remote_ts))
             .any(|t| t.start_addr().is_ipv6());
-    let tun = tun::open(&config.tun, v6)?;
+    // Datapath optimisations, all on unless switched off for a measurement (pool.rs).
+    let knobs = match std::env::var("ESPLAB_DATAPATH") {
+        Ok(v) => Knobs::parse(&v).map_err(DaemonError::Knobs)?,
+        Err(_) => Knobs::default(),
+    };
+    let tun = tun::open(&config.tun, v6, knobs.tun_offload)?;
     let local = config.node.local;
     let port = peers
         .first()
@@ -221,7 +235,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let underlay = Underlay::open(
         local,
         port,
-        peers.iter().any(|p| p.encap == UnderlayEncap::Udp),
+        crate::underlay::needs_udp(peers.iter().map(|p| p.encap), config.ike.is_some()),
         peers.iter().any(|p| p.encap == UnderlayEncap::Raw),
     )?;
     let routes = if config.tun.routes {
@@ -231,6 +245,11 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         Routes::add(&config.tun.name, &[])?
     };
     let (listener, socket_file) = server::bind(&config.control_socket)?;
+    // The last privileged step was above: from here on, no root (privs.rs).
+    let dropped = crate::privs::drop_if_configured(config.user.as_deref());
+    if let Some(l) = dropped.map_err(DaemonError::Runtime)? {
+        log.line(&l);
+    }
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let server = tokio::spawn(server::serve(listener, ctl_tx, name.clone()));
 
@@ -297,6 +316,21 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
                 .unwrap_or_default()
         ));
     }
+    // UDP GRO needs the kernel's consent (Linux 5.0+); without it datagrams come one by one.
+    let udp_gro = knobs.udp_gro
+        && underlay
+            .udp
+            .as_ref()
+            .is_some_and(|u| batch::enable_gro(u.as_raw_fd()));
+    log.line(&format!(
+        "datapath: {}{}",
+        knobs.describe(),
+        if knobs.udp_gro && !udp_gro {
+            " (UDP GRO refused by the kernel)"
+        } else {
+            ""
+        }
+    ));
     let mut dp = Datapath {
         agent,
         ike_sock,
@@ -307,7 +341,11 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         events,
         io: IoCounters::default(),
         io_note: None,
-        to_net: vec![0; HEADROOM + mtu + TUN_SLACK + TAILROOM],
+        tun_rx: TunReader::new(mtu, TUN_SLACK),
+        tun_tx: TunWriter::new(),
+        udp_rx: UdpRx::new(if knobs.batch { batch::MAX_BATCH } else { 1 }),
+        udp_tx: SendQueue::new(TUN_SEGMENTS, knobs.udp_gso),
+        knobs,
         to_tun: vec![0; UNDERLAY_BUF],
         capture,
         clock,
@@ -337,10 +375,11 @@ struct IoCounters {
     underlay_tx_errors: u64,
     underlay_rx_errors: u64,
     tun_tx_errors: u64,
+    tun_rx_errors: u64,
 }
 
 impl IoCounters {
-    fn named(&self) -> [CounterRow; 3] {
+    fn named(&self) -> [CounterRow; 4] {
         let c = |name: &str, value| CounterRow {
             name: name.into(),
             value,
@@ -349,6 +388,7 @@ impl IoCounters {
             c("UNDERLAY_TX_ERRORS", self.underlay_tx_errors),
             c("UNDERLAY_RX_ERRORS", self.underlay_rx_errors),
             c("TUN_TX_ERRORS", self.tun_tx_errors),
+            c("TUN_RX_ERRORS", self.tun_rx_errors),
         ]
     }
 }
@@ -379,14 +419,45 @@ struct Datapath {
     io: IoCounters,
     /// When the last I/O error line was printed, and how many errors since.
     io_note: Option<(Instant, u64)>,
-    /// TUN → underlay: HEADROOM, the inner packet, then TAILROOM.
-    to_net: Vec<u8>,
+    /// TUN → underlay: one buffer per packet of a batch (HEADROOM, packet, TAILROOM).
+    tun_rx: TunReader,
+    /// Underlay → TUN: decrypted packets waiting for one batched write.
+    tun_tx: TunWriter,
+    /// Underlay → TUN: the `recvmmsg` slots of the NAT-T socket.
+    udp_rx: UdpRx,
+    /// TUN → underlay: encrypted packets waiting for one `sendmmsg` (they stay in
+    /// `tun_rx` until then).
+    udp_tx: SendQueue,
+    /// Which datapath optimisations are on.
+    knobs: Knobs,
     /// Underlay → TUN: decrypted in place.
     to_tun: Vec<u8>,
     /// The invalid-SPI flight recorder (`None` when `capture.ring = 0`).
     capture: Option<Capture>,
     /// Wall time for recorded packets.
     clock: WallClock,
+}
+
+/// Records a UDP datagram received from `from` on `local`, before it is decrypted in place.
+fn record_udp(
+    c: &mut Capture,
+    clock: &WallClock,
+    now: Instant,
+    from: SocketAddr,
+    local: SocketAddr,
+    bytes: &[u8],
+) {
+    c.record(
+        clock.wall(now),
+        Direction::In,
+        from.ip(),
+        local.ip(),
+        Transport::Udp {
+            sport: from.port(),
+            dport: local.port(),
+        },
+        bytes,
+    );
 }
 
 /// Waits on an optional channel (forever once it is gone).
@@ -543,13 +614,15 @@ impl Datapath {
             match &ev {
                 AgentEvent::Node(e) => self.events.node_event(e, &mut self.log),
                 other => {
-                    for l in crate::ike_log::lines(other) {
-                        self.log.line(&l);
-                    }
+                    // IKE and recovery lines are rate-limited there.
+                    self.events.agent_log(other, &mut self.log);
+                    self.events.agent_event(other);
                 }
             }
             any = true;
         }
+        // The rate limit's "events-suppressed" summary also comes when the flood is over.
+        any |= self.events.tick(Instant::now(), &mut self.log);
         if any {
             self.events.flush();
         }
@@ -585,6 +658,7 @@ impl Datapath {
         let Some(c) = &mut self.capture else { return };
         match ev {
             AgentEvent::ChildInstalled { uat, .. } => c.add_uat(uat),
+            AgentEvent::IkeKeys { uat, .. } => c.add_ike_sa_uat(uat),
             AgentEvent::Node(Event::InvalidSpi(e)) => {
                 // Rare (rate-limited) file I/O on the datapath thread: a dump of the default
                 // ring is about 1.5 MB, written once a minute at most.
@@ -592,10 +666,11 @@ impl Datapath {
                 match c.on_invalid_spi(now, self.clock.wall(now), e) {
                     Ok(Some(r)) => {
                         self.log.line(&format!(
-                            "capture: wrote {} packets to {} (keys: {})",
+                            "capture: wrote {} packets to {} (keys: {}, {})",
                             r.packets,
                             r.pcap.display(),
-                            r.uat.display()
+                            r.uat.display(),
+                            r.ike_uat.display()
                         ));
                         if let Some(err) = r.script_error {
                             self.log.line(&format!("capture: {err}"));
@@ -626,31 +701,51 @@ impl Datapath {
         }
     }
 
-    /// Inner packets from the kernel: encrypt and send to the peer.
+    /// Inner packets from the kernel: encrypt and send to the peer. Each TUN read may
+    /// yield many packets (a GSO super-packet split by tun-rs); they are encrypted in
+    /// place in their own buffers and the UDP ones leave in one batched send.
     fn tun_to_net(&mut self) -> Result<(), DaemonError> {
-        let room = HEADROOM..self.to_net.len() - TAILROOM;
+        // Buffers [0, used) hold packets of this batch (queued in `udp_tx` or dropped).
+        let mut used = 0;
         for _ in 0..BATCH {
-            let n = match self.tun.try_recv(&mut self.to_net[room.clone()]) {
+            if TUN_SEGMENTS - used < TUN_READ_ROOM {
+                self.flush_udp_tx();
+                used = 0;
+            }
+            let n = match self.tun_rx.read(&self.tun, used) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
+                Err(source) if source.raw_os_error().is_some() => {
                     return Err(DaemonError::TunIo {
                         name: self.tun_name.clone(),
                         source,
                     })
                 }
+                Err(e) => {
+                    // tun-rs refused what the kernel handed over (a malformed offload
+                    // header): that packet is lost, the device is fine.
+                    self.io.tun_rx_errors += 1;
+                    self.io_error(&format!("reading from {}", self.tun_name), &e);
+                    continue;
+                }
             };
             let now = Instant::now();
-            let payload = HEADROOM..HEADROOM + n;
-            if let Outbound::Send {
-                esp,
-                dst,
-                port,
-                encap,
-            } = self.agent.handle_tun(now, &mut self.to_net, payload)
-            {
-                let pkt = &self.to_net[esp];
+            for i in used..used + n {
+                let payload = HEADROOM..HEADROOM + self.tun_rx.sizes[i];
+                let Outbound::Send {
+                    esp,
+                    dst,
+                    port,
+                    encap,
+                } = self
+                    .agent
+                    .handle_tun(now, &mut self.tun_rx.segs[i], payload)
+                else {
+                    // Drops were counted by the node.
+                    continue;
+                };
+                let pkt = &self.tun_rx.segs[i][esp.clone()];
                 if let Some(c) = &mut self.capture {
                     let t = match encap {
                         UnderlayEncap::Udp => Transport::Udp {
@@ -669,6 +764,13 @@ impl Datapath {
                     );
                 }
                 let r = match encap {
+                    UnderlayEncap::Udp if self.underlay.udp.is_some() => {
+                        self.udp_tx.push(i, esp, SocketAddr::new(dst, port));
+                        if !self.knobs.batch {
+                            self.flush_udp_tx();
+                        }
+                        Ok(0)
+                    }
                     UnderlayEncap::Udp => self.underlay.try_send_udp(pkt, dst, port),
                     UnderlayEncap::Raw => self.underlay.try_send_raw(pkt, dst),
                 };
@@ -678,75 +780,124 @@ impl Datapath {
                     self.io_error(&format!("sending to {dst}"), &e);
                 }
             }
-            // Drops were counted by the node.
+            used += n;
         }
+        self.flush_udp_tx();
         Ok(())
     }
 
-    /// What to do with a verdict on an underlay packet in `to_tun`.
-    fn deliver(&mut self, verdict: Inbound) {
-        // IKE (Inbound::Ike) has no control plane yet: counted by the node (IN_IKE_MESSAGES)
-        // and dropped. Keepalives and drops need nothing more either.
+    /// Sends the queued UDP-encapsulated ESP packets (one `sendmmsg`, GSO runs).
+    fn flush_udp_tx(&mut self) {
+        if self.udp_tx.is_empty() {
+            return;
+        }
+        let Some(udp) = &self.underlay.udp else {
+            return;
+        };
+        // Straight to the descriptor: a send never waits, and what the socket refuses
+        // is dropped, so tokio's write readiness has nothing to track.
+        let f = self.udp_tx.flush(udp.as_raw_fd(), &self.tun_rx.segs);
+        if f.dropped > 0 {
+            self.io.underlay_tx_errors += f.dropped as u64;
+            let e = io::Error::from(f.error.unwrap_or(io::ErrorKind::Other));
+            self.io_error(&format!("sending {} ESP packets", f.dropped), &e);
+        }
+    }
+
+    /// What to do with a verdict on an underlay packet in `buf`: a decrypted packet is
+    /// queued for the batched TUN write.
+    fn deliver(&mut self, verdict: Inbound, buf: &[u8]) {
+        // IKE went to the agent already (Inbound::Ike); keepalives and drops need nothing
+        // more (counted by the node).
         if let Inbound::Deliver(r) = verdict {
-            if let Err(e) = self.tun.try_send(&self.to_tun[r]) {
-                self.io.tun_tx_errors += 1;
-                self.io_error(&format!("writing to {}", self.tun_name), &e);
+            if r.is_empty() {
+                // Nothing to write; an empty buffer would also make tun-rs refuse the
+                // whole batch it sits in.
+                return;
             }
+            if self.tun_tx.is_full() {
+                self.flush_tun_tx();
+            }
+            self.tun_tx.push(&buf[r]);
+        }
+    }
+
+    /// Writes the queued decrypted packets to the TUN device (coalesced with offload).
+    fn flush_tun_tx(&mut self) {
+        let (errors, e) = self.tun_tx.flush(&self.tun);
+        if let Some(e) = e {
+            self.io.tun_tx_errors += errors;
+            self.io_error(&format!("writing to {}", self.tun_name), &e);
         }
     }
 
     fn udp_to_tun(&mut self) {
-        let (local, port) = (self.underlay.local, self.underlay.port);
-        for _ in 0..BATCH {
+        if self.underlay.udp.is_none() {
+            return;
+        }
+        let local = SocketAddr::new(self.underlay.local, self.underlay.port);
+        // The slots leave `self` for the loop (swapped with empty vectors, which do not
+        // allocate), so the node, the recorder and the TUN writer can be borrowed too.
+        let mut rx = std::mem::replace(&mut self.udp_rx, UdpRx::none());
+        // Without batching, one datagram per call as before: up to BATCH calls.
+        let rounds = if rx.slots.len() > 1 { 1 } else { BATCH };
+        for _ in 0..rounds {
             let Some(udp) = &self.underlay.udp else {
-                return;
+                break;
             };
-            let (n, from) = match udp.try_recv_from(&mut self.to_tun) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            let fd = udp.as_raw_fd();
+            let got = match udp.try_io(Interest::READABLE, || {
+                batch::recv_batch(fd, &mut rx.slots, &mut rx.meta)
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.io.underlay_rx_errors += 1;
                     self.io_error("receiving on the UDP socket", &e);
-                    return;
+                    break;
                 }
             };
             let now = Instant::now();
-            self.record(
-                now,
-                Direction::In,
-                from,
-                SocketAddr::new(local, port),
-                |b| &b[..n],
-            );
-            let v = self.agent.handle_underlay_udp(
-                now,
-                SocketAddr::new(local, port),
-                from,
-                &mut self.to_tun,
-                0..n,
-            );
-            self.deliver(v);
+            for (slot, m) in rx.slots.iter_mut().zip(&rx.meta).take(got) {
+                // One datagram, or a run the kernel coalesced (UDP GRO): each on its own.
+                for seg in m.segments() {
+                    if let Some(c) = &mut self.capture {
+                        record_udp(c, &self.clock, now, m.from, local, &slot[seg.clone()]);
+                    }
+                    let v = self
+                        .agent
+                        .handle_underlay_udp(now, local, m.from, &mut slot[..], seg);
+                    self.deliver(v, &slot[..]);
+                }
+            }
+            if got < rx.slots.len() && rounds == 1 {
+                // Drained.
+                break;
+            }
         }
+        self.udp_rx = rx;
+        self.flush_tun_tx();
     }
 
     fn raw_to_tun(&mut self) {
         let local = self.underlay.local;
+        let mut buf = std::mem::take(&mut self.to_tun);
         for _ in 0..BATCH {
-            let (n, src) = match self.underlay.try_recv_raw(&mut self.to_tun) {
+            let (n, src) = match self.underlay.try_recv_raw(&mut buf) {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.io.underlay_rx_errors += 1;
                     self.io_error("receiving on the raw ESP socket", &e);
-                    return;
+                    break;
                 }
             };
             let now = Instant::now();
             if let Some(c) = &mut self.capture {
                 let wall = self.clock.wall(now);
-                let pkt = &self.to_tun[..n];
+                let pkt = &buf[..n];
                 match src {
                     None => c.record(wall, Direction::In, local, local, Transport::Ip, pkt),
                     Some(src) => c.record(wall, Direction::In, src, local, Transport::Esp, pkt),
@@ -754,19 +905,18 @@ impl Datapath {
             }
             let v = match src {
                 // IPv4: the whole datagram, outer header included.
-                None => self.agent.handle_underlay_ip(now, &mut self.to_tun[..n]),
+                None => self.agent.handle_underlay_ip(now, &mut buf[..n]),
                 // IPv6: the ESP packet alone.
-                Some(src) => self.agent.node_mut().inbound_esp(
-                    now,
-                    src,
-                    local,
-                    Encap::Raw,
-                    &mut self.to_tun,
-                    0..n,
-                ),
+                Some(src) => {
+                    self.agent
+                        .node_mut()
+                        .inbound_esp(now, src, local, Encap::Raw, &mut buf, 0..n)
+                }
             };
-            self.deliver(v);
+            self.deliver(v, &buf);
         }
+        self.to_tun = buf;
+        self.flush_tun_tx();
     }
 
     fn control(&mut self, c: Ctl) {
@@ -875,6 +1025,26 @@ impl Datapath {
                 }
                 self.log
                     .line(&format!("terminate {peer}: by control request"));
+            }
+            Request::Rekey { peer, ike, spi } => {
+                let what = if ike {
+                    self.agent
+                        .rekey_ike(now, &peer)
+                        .map(|()| "IKE SA".to_string())
+                } else {
+                    self.agent.rekey_peer_children(now, &peer, spi).map(|v| {
+                        let v: Vec<String> = v.iter().map(|s| format!("0x{s:08x}")).collect();
+                        let w = format!("CHILD SA {}", v.join(", "));
+                        r.rekeying = Some(v);
+                        w
+                    })
+                };
+                match what {
+                    Ok(w) => self
+                        .log
+                        .line(&format!("rekey {peer} {w}: by control request")),
+                    Err(e) => return Response::error(&node, e.to_string()),
+                }
             }
             Request::ClearCounters => {
                 self.agent.node_mut().clear_counters();

@@ -1,7 +1,8 @@
 //! One log line per IKE message and per SA event of the [`esplab_node::Agent`].
 //!
 //! Key material only appears when the daemon runs with `--debug-keys`
-//! (`log.debug_keys = true`): then every CHILD SA adds Wireshark `esp_sa` UAT lines.
+//! (`log.debug_keys = true`): then every CHILD SA adds Wireshark `esp_sa` UAT lines and
+//! every IKE SA an `ikev2_decryption_table` line.
 
 use esplab_ike::IkeEvent;
 use esplab_node::AgentEvent;
@@ -72,6 +73,11 @@ pub fn lines(ev: &AgentEvent) -> Vec<String> {
             "CHILD SA install FAILED: peer {peer} in 0x{inbound_spi:08x}: {error}"
         )],
         AgentEvent::Recovery(r) => vec![esplab_node::recovery_log_line(r)],
+        // The UAT line ends the log line, as for esp_sa, so it can be cut out as is (the
+        // SPIs in it name the IKE SA).
+        AgentEvent::IkeKeys { uat, .. } => {
+            vec![format!("debug-keys ikev2_decryption_table: {uat}")]
+        }
     }
 }
 

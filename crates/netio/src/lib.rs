@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod batch;
 pub mod capture;
 pub mod clock;
 pub mod config;
@@ -13,6 +14,8 @@ pub mod daemon;
 pub mod events;
 pub mod ike_log;
 pub mod log;
+pub mod pool;
+pub mod privs;
 pub mod render;
 pub mod route;
 pub mod server;

@@ -21,7 +21,14 @@ pub struct TunError {
 /// Creates, configures and brings up the device. With `ipv6 == false` (no IPv6 address and
 /// no IPv6 selector), IPv6 is switched off on it, so the kernel's own router solicitations
 /// and MLD reports do not show up as outbound drops.
-pub fn open(cfg: &TunConfig, ipv6: bool) -> Result<AsyncDevice, TunError> {
+///
+/// With `offload`, the device is opened with a virtio-net header on every packet
+/// (`IFF_VNET_HDR`) and TCP/UDP segmentation offload switched on (`TUNSETOFFLOAD`): the
+/// kernel hands over unsegmented TCP/UDP "super-packets" of up to 64 KiB and accepts
+/// coalesced ones, so its stack works per 64 KiB instead of per packet. Every read and
+/// write must then go through tun-rs's `recv_multiple`/`send_multiple` (see
+/// [`crate::pool`]), which add and strip that header.
+pub fn open(cfg: &TunConfig, ipv6: bool, offload: bool) -> Result<AsyncDevice, TunError> {
     let err = |source: io::Error| {
         let hint = match source.kind() {
             io::ErrorKind::PermissionDenied => " (needs CAP_NET_ADMIN: run as root)",
@@ -39,7 +46,10 @@ pub fn open(cfg: &TunConfig, ipv6: bool) -> Result<AsyncDevice, TunError> {
     };
     // The config checks 576..=9000, so this never saturates.
     let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
-    let mut b = DeviceBuilder::new().name(cfg.name.clone()).mtu(mtu);
+    let mut b = DeviceBuilder::new()
+        .name(cfg.name.clone())
+        .mtu(mtu)
+        .offload(offload);
     match cfg.address {
         Some((IpAddr::V4(a), len)) => b = b.ipv4(a, len, None),
         Some((IpAddr::V6(a), len)) => b = b.ipv6(a, len),

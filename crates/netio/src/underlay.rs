@@ -160,6 +160,21 @@ impl Underlay {
     }
 }
 
+/// Whether the daemon needs the UDP socket on the NAT-T port, given its peers'
+/// encapsulations and whether it has IKE peers. Every IKE peer needs it whatever its
+/// `encap`: IKE moves to the NAT-T port behind a NAT (RFC 7296 §2.23), and the node sends
+/// negotiated CHILD SAs UDP-encapsulated (RFC 3948) — without this socket an
+/// `encap = "esp"` IKE peer negotiated SAs that carried nothing.
+pub fn needs_udp(
+    encaps: impl IntoIterator<Item = esplab_node::UnderlayEncap>,
+    ike_peers: bool,
+) -> bool {
+    ike_peers
+        || encaps
+            .into_iter()
+            .any(|e| e == esplab_node::UnderlayEncap::Udp)
+}
+
 /// Views an initialised byte buffer as possibly-uninitialised, for socket2's receive calls.
 fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
     // SAFETY: `MaybeUninit<u8>` has the same size, alignment and layout as `u8`, so the
@@ -167,4 +182,21 @@ fn as_uninit(buf: &mut [u8]) -> &mut [MaybeUninit<u8>] {
     // slice is the `recvfrom(2)` call in socket2, which writes initialised bytes (received
     // data) and never de-initialises any, so `buf` is still fully initialised afterwards.
     unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) }
+}
+
+#[cfg(test)]
+mod socket_choice_tests {
+    use super::needs_udp;
+    use esplab_node::UnderlayEncap::{Raw, Udp};
+
+    #[test]
+    fn ike_peers_always_get_the_nat_t_socket() {
+        // An IKE peer with encap = "esp": its negotiated SAs and NAT-T IKE use UDP 4500.
+        assert!(needs_udp([Raw], true));
+        assert!(needs_udp([], true));
+        // Manually keyed peers: only what they use.
+        assert!(!needs_udp([Raw], false));
+        assert!(needs_udp([Raw, Udp], false));
+        assert!(!needs_udp([], false));
+    }
 }

@@ -21,8 +21,8 @@ use esplab_esp::wire;
 use esplab_esp::{Algorithm, Encap, SaParams, Underlay};
 use esplab_ike::output::{esp_suite_name, ts_to_string};
 use esplab_ike::{
-    AddrRange, ChildSa, CommandError, ConfigError, Endpoint, EndpointConfig, IkeEvent, IkeSaId,
-    IkeSaInfo, InvalidSpiAction, Output, PeerAction, ProtocolId, SpiAllocator,
+    AddrRange, ChildSa, CommandError, ConfigError, DeleteReason, Endpoint, EndpointConfig,
+    IkeEvent, IkeSaId, IkeSaInfo, InvalidSpiAction, Output, PeerAction, ProtocolId, SpiAllocator,
 };
 use esplab_sad::TrafficSelector;
 use std::collections::VecDeque;
@@ -112,6 +112,21 @@ pub enum AgentEvent {
     },
     /// An invalid-SPI recovery / liveness step (see [`crate::recovery`]).
     Recovery(RecoveryEvent),
+    /// The keys of a new IKE SA (first one or rekeyed), only with `debug_keys`.
+    IkeKeys {
+        /// Peer name.
+        peer: String,
+        /// The IKE SA.
+        ike_sa: IkeSaId,
+        /// The IKE SA it replaces (IKE SA rekey).
+        rekey_of: Option<IkeSaId>,
+        /// IKE SA initiator's SPI.
+        spi_i: u64,
+        /// IKE SA responder's SPI.
+        spi_r: u64,
+        /// Wireshark `ikev2_decryption_table` UAT line (key material!).
+        uat: String,
+    },
 }
 
 /// Settings of an [`Agent`].
@@ -121,7 +136,9 @@ pub struct AgentConfig {
     pub node: NodeConfig,
     /// The IKE endpoint (its `rng_seed` also seeds the SAD's SPI choice).
     pub ike: EndpointConfig,
-    /// Put Wireshark `esp_sa` UAT lines (key material!) into [`AgentEvent::ChildInstalled`].
+    /// Put Wireshark `esp_sa` UAT lines (key material!) into [`AgentEvent::ChildInstalled`]
+    /// and report every IKE SA's `ikev2_decryption_table` line ([`AgentEvent::IkeKeys`];
+    /// turns on `ike.export_ike_keys`).
     pub debug_keys: bool,
     /// Invalid-SPI recovery and liveness policy.
     pub recovery: crate::recovery::RecoveryConfig,
@@ -166,6 +183,10 @@ pub struct Agent {
     /// Peers with liveness checks: (node peer index, name), for ESP-aware DPD.
     dpd_peers: Vec<(usize, String)>,
     node_events_dropped: u64,
+    /// SPIs the peer's last protected Delete(ESP) (`true`) or known N(INVALID_SPI)
+    /// (`false`) named, until the endpoint's outputs for that message are applied: only
+    /// those whose pair is then actually removed count as stale (RFC 7296 §1.4.1).
+    peer_deletes: Vec<(u32, bool)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -256,8 +277,14 @@ impl Agent {
             .map(|p| PeerInfo {
                 name: p.name.clone(),
                 addr: p.remote_addr.map(|a| a.ip()),
+                // Peers may have their own retransmission schedule: a recovery attempt
+                // fails when that one runs out, not the node-wide one.
+                attempt_timeout: p.retransmit.map(|r| r.total()),
+                restart_on_peer_delete: p.on_peer_delete == PeerAction::Restart,
             })
             .collect();
+        // Debug keys cover the IKE SAs too (Wireshark needs both tables to decrypt a capture).
+        cfg.ike.export_ike_keys |= cfg.debug_keys;
         let recovery = Recovery::new(cfg.recovery.clone(), &infos, cfg.ike.retransmit.total());
         let seed = cfg.ike.rng_seed.map(|s| s ^ 0x5ad5_5ad5_5ad5_5ad5);
         let nat_t_port = cfg.ike.nat_t_port;
@@ -300,6 +327,7 @@ impl Agent {
             recovery,
             dpd_peers,
             node_events_dropped: 0,
+            peer_deletes: Vec::new(),
         })
     }
 
@@ -409,6 +437,13 @@ impl Agent {
         self.ike.handle_timeout(now, &mut spis);
         self.apply_outputs(now);
         self.recovery.handle_timeout(now);
+        let ike = &self.ike;
+        let restarts = self.recovery.due_restarts(now, |p| ike.has_sa_for_peer(p));
+        for peer in restarts {
+            if self.initiate(now, &peer).is_err() {
+                self.recovery.initiated(now, &peer, false);
+            }
+        }
         self.drain_recovery_events();
     }
 
@@ -444,6 +479,7 @@ impl Agent {
             now,
         };
         let r = self.ike.initiate(now, peer, &mut spis);
+        self.recovery.on_local_initiate(peer);
         self.apply_outputs(now);
         r
     }
@@ -451,6 +487,8 @@ impl Agent {
     /// Deletes every IKE SA with `peer` (INFORMATIONAL Delete) and its CHILD SAs.
     pub fn terminate(&mut self, now: Instant, peer: &str) -> Result<(), CommandError> {
         let r = self.ike.terminate(now, peer);
+        // Our own terminate is final: `on_peer_delete = "restart"` does not bring it back.
+        self.recovery.on_local_terminate(peer);
         self.apply_outputs(now);
         r
     }
@@ -464,6 +502,43 @@ impl Agent {
         let r = self.ike.rekey_child(now, spi, &mut spis);
         self.apply_outputs(now);
         r
+    }
+
+    /// Rekeys `peer`'s CHILD SA pairs (only the one with `spi`, inbound or outbound, when
+    /// given). Returns the inbound SPIs of the pairs concerned (a pair already being
+    /// rekeyed is left alone, see [`esplab_ike::Endpoint::rekey_child`]).
+    pub fn rekey_peer_children(
+        &mut self,
+        now: Instant,
+        peer: &str,
+        spi: Option<u32>,
+    ) -> Result<Vec<u32>, CommandError> {
+        if !self.ike.config().peers.iter().any(|p| p.name == peer) {
+            return Err(CommandError::UnknownPeer(peer.to_string()));
+        }
+        let pairs: Vec<u32> = self
+            .ike
+            .ike_sas(now)
+            .iter()
+            .filter(|s| s.peer == peer)
+            .flat_map(|s| s.children.iter())
+            .filter(|c| match spi {
+                Some(x) => x == c.inbound_spi || x == c.outbound_spi,
+                // A replaced pair only waits for its Delete.
+                None => c.state != esplab_ike::ChildSaState::Rekeyed,
+            })
+            .map(|c| c.inbound_spi)
+            .collect();
+        if pairs.is_empty() {
+            return Err(match spi {
+                Some(s) => CommandError::UnknownChild(s),
+                None => CommandError::NoIkeSa(peer.to_string()),
+            });
+        }
+        for &s in &pairs {
+            self.rekey_child(now, s)?;
+        }
+        Ok(pairs)
     }
 
     /// Rekeys the IKE SA with `peer`.
@@ -540,6 +615,13 @@ impl Agent {
     }
 
     fn on_invalid_spi(&mut self, now: Instant, src: IpAddr, dst: IpAddr, spi: u32, encap: Encap) {
+        if self.node.is_pending_spi(spi) {
+            // RFC 7296 §2.8: we offered this SPI in a CREATE_CHILD_SA still in flight, and
+            // the peer already sends on it (it switched before our response arrived, or
+            // the response is late). Logged and counted by the node; reporting it as
+            // stale would delete the brand-new SA.
+            return;
+        }
         let up = self.ike.has_established_sa(src);
         let ike = &self.ike;
         let action = self
@@ -611,19 +693,36 @@ impl Agent {
             IkeEvent::AuthFailed { peer, .. } => self.recovery.on_ike_failed(now, peer, false),
             IkeEvent::SaInitFailed { peer, .. } => self.recovery.on_ike_failed(now, peer, false),
             IkeEvent::InvalidSpiNotifyReceived {
+                spi, known: true, ..
+            } => self.peer_deletes.push((*spi, false)),
+            IkeEvent::DeleteReceived { protocol, spis, .. } if *protocol == ProtocolId::ESP => {
+                // Counted when the pair really goes (ChildDeleted below), not per SPI
+                // named: a peer may name SPIs we never had.
+                self.peer_deletes.extend(spis.iter().map(|s| (*s, true)));
+            }
+            IkeEvent::DeleteReceived { peer, protocol, .. } if *protocol == ProtocolId::IKE => {
+                // RFC 7296 §2.18: after an IKE SA rekey the old SA is deleted the same way;
+                // the new one is up, so there is nothing to restart.
+                let replaced = self
+                    .ike
+                    .ike_sas(now)
+                    .iter()
+                    .any(|s| s.peer == *peer && s.state == esplab_ike::IkeSaState::Established);
+                if !replaced {
+                    self.recovery.on_peer_deleted_ike(now, peer);
+                }
+            }
+            IkeEvent::ChildDeleted {
                 peer,
-                spi,
-                known: true,
+                outbound_spi,
+                reason,
                 ..
-            } => self.recovery.on_stale_reported(now, peer, *spi),
-            IkeEvent::DeleteReceived {
-                peer,
-                protocol,
-                spis,
-                ..
-            } if *protocol == ProtocolId::ESP => {
-                for spi in spis {
-                    self.recovery.on_stale_reported(now, peer, *spi);
+            } => {
+                let named = self.peer_deletes.len();
+                self.peer_deletes.retain(|(s, _)| s != outbound_spi);
+                // A rekeyed pair the peer deletes is routine, not a stale SA.
+                if self.peer_deletes.len() < named && *reason == DeleteReason::Peer {
+                    self.recovery.on_stale_reported(now, peer, *outbound_spi);
                 }
             }
             IkeEvent::UnprotectedNotify { remote, .. } => {
@@ -686,6 +785,18 @@ impl Agent {
                     });
                 }
                 Output::InstallChild(c) => self.install(now, &c),
+                Output::IkeKeys(k) => {
+                    // Rendered here and the secret copy dropped (zeroized) at once.
+                    let uat = k.ikev2_decryption_table_line();
+                    self.events.push_back(AgentEvent::IkeKeys {
+                        peer: k.peer.clone(),
+                        ike_sa: k.ike_sa,
+                        rekey_of: k.rekey_of,
+                        spi_i: k.spi_i,
+                        spi_r: k.spi_r,
+                        uat,
+                    });
+                }
                 Output::ActivateOutbound {
                     peer,
                     inbound_spi,
@@ -728,6 +839,13 @@ impl Agent {
                 }
             }
         }
+        // Everything the last message did is applied: what its Delete named and no pair
+        // matched was none of ours (RFC 7296 §1.4.1, ignored).
+        for (_, from_delete) in self.peer_deletes.drain(..) {
+            if from_delete {
+                self.recovery.on_unknown_spi_deleted();
+            }
+        }
     }
 
     fn install(&mut self, now: Instant, c: &ChildSa) {
@@ -752,6 +870,17 @@ impl Agent {
         };
         match r {
             Ok(()) => {
+                // RFC 7296 §2.23: the side not behind a NAT follows a rebound NAT mapping
+                // of the peer on authenticated, new ESP (the node checks both).
+                if c.nat.remote_behind_nat && !c.nat.local_behind_nat {
+                    if let Some(pi) = self.node.peer_index(&c.peer) {
+                        self.node.follow_peer_address(
+                            c.inbound.spi,
+                            pi,
+                            (c.remote_addr.ip(), port),
+                        );
+                    }
+                }
                 let (l, rm) = (c.local_addr.ip(), c.remote_addr.ip());
                 let uat = if self.debug_keys {
                     vec![

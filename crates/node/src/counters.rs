@@ -36,6 +36,8 @@ pub struct Counters {
     pub ike_in: u64,
     /// Events dropped because the event queue was full.
     pub events_dropped: u64,
+    /// Times a NAT'ed peer's new address/port was followed (RFC 7296 §2.23).
+    pub peer_address_followed: u64,
     /// Invalid-SPI log lines printed.
     pub invalid_spi_logged: u64,
     /// Invalid-SPI log lines suppressed by the rate limits.

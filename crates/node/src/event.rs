@@ -98,6 +98,19 @@ impl EventQueue {
         true
     }
 
+    /// Enqueues the event `make` builds, or drops it (and counts it) if the queue is full,
+    /// in which case `make` is not called: a flood against a full queue does not pay for
+    /// building events nobody will see. Returns whether it was queued.
+    #[inline]
+    pub fn push_with(&mut self, make: impl FnOnce() -> Event) -> bool {
+        if self.q.len() >= self.cap {
+            self.dropped += 1;
+            return false;
+        }
+        self.q.push_back(make());
+        true
+    }
+
     /// Takes the oldest event.
     pub fn pop(&mut self) -> Option<Event> {
         self.q.pop_front()
@@ -172,6 +185,13 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(q.dropped(), 1);
         q.pop();
-        assert!(q.push(e));
+        assert!(q.push(e.clone()));
+        // push_with: same bound and count, and the event is not built when full.
+        assert!(!q.push_with(|| unreachable!("built for a full queue")));
+        assert_eq!(q.dropped(), 2);
+        q.pop();
+        assert!(q.push_with(|| e.clone()));
+        assert_eq!((q.len(), q.dropped()), (2, 2));
+        assert_eq!(q.pop(), Some(e));
     }
 }

@@ -8,7 +8,7 @@
 
 use crate::counters::{Counters, Dir};
 use crate::event::{Event, EventQueue, InvalidSpi};
-use crate::rate_limit::{Decision, LogLimiter, LogLimits};
+use crate::rate_limit::{LogLimiter, LogLimits};
 use esplab_esp::wire::{self, ESP_HEADER_LEN, NEXT_HEADER_NONE};
 use esplab_esp::{
     DropReason, Encap, EspError, Family, InboundSa, KeyError, OutboundSa, SaParams, Underlay,
@@ -153,6 +153,22 @@ pub struct UdpDatagram<'a> {
 /// Largest batch [`Node::inbound_udp_batch`] looks up in one pass.
 pub const BATCH: usize = esplab_sad::BATCH;
 
+/// Most NAT-followed pairs (see [`Node::follow_peer_address`]).
+const MAX_FOLLOW: usize = 256;
+
+/// A pair whose peer's NAT mapping we follow.
+#[derive(Debug, Clone, Copy)]
+struct Follow {
+    inbound_spi: u32,
+    peer: usize,
+    remote: (IpAddr, u16),
+    top_seq: u64,
+}
+
+/// Most reserved-but-not-installed SPIs remembered (exchanges in flight; a failed one that
+/// never released its SPI is forgotten eventually).
+const MAX_PENDING_SPIS: usize = 256;
+
 struct InSa {
     sa: InboundSa,
     peer: usize,
@@ -249,6 +265,12 @@ pub struct Node {
     lingering: Vec<(Instant, u32)>,
     /// Last successfully decrypted packet per peer (liveness / recovery input).
     peer_last_in: Vec<Option<Instant>>,
+    /// Pairs whose peer is behind a NAT (and we are not): their outbound destination
+    /// follows the source of new, authenticated ESP (at most `MAX_FOLLOW`).
+    follow: Vec<Follow>,
+    /// SPIs reserved for an exchange in flight, not installed yet (at most
+    /// `MAX_PENDING_SPIS`, oldest forgotten first).
+    pending_spis: Vec<u32>,
     counters: Counters,
     events: EventQueue,
     limiter: LogLimiter<(IpAddr, IpAddr, u32)>,
@@ -309,6 +331,8 @@ impl Node {
             child_out: Vec::new(),
             lingering: Vec::new(),
             peer_last_in: vec![None; npeers],
+            pending_spis: Vec::new(),
+            follow: Vec::new(),
             counters: Counters::default(),
             last_summary: None,
             cfg,
@@ -612,6 +636,7 @@ impl Node {
     }
 
     /// An ESP packet at `buf[esp]` (SPI to ICV), received from `src` for `dst`.
+    #[inline(always)]
     pub fn inbound_esp(
         &mut self,
         now: Instant,
@@ -637,7 +662,11 @@ impl Node {
 
     /// The rest of [`inbound_esp`](Self::inbound_esp) once the SPI has been looked up
     /// (singly, or by [`inbound_udp_batch`](Self::inbound_udp_batch)).
+    ///
+    /// Inlined into both callers: as a call, passing its eight arguments cost more
+    /// instructions than the whole invalid-SPI drop it leads to (callgrind).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn inbound_esp_found(
         &mut self,
         now: Instant,
@@ -694,7 +723,13 @@ impl Node {
         }
         self.counters.in_packets += 1;
         self.counters.in_bytes += n;
-        Inbound::Deliver(esp.start + d.payload.start..esp.start + d.payload.end)
+        let (seq, payload) = (d.seq, d.payload);
+        if !self.follow.is_empty() {
+            if let Encap::Udp { sport, .. } = encap {
+                self.follow_source(spi, seq, src, sport);
+            }
+        }
+        Inbound::Deliver(esp.start + payload.start..esp.start + payload.end)
     }
 
     fn drop_in(&mut self, r: DropReason, fam: Family) -> Inbound {
@@ -703,6 +738,7 @@ impl Node {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn unknown_spi(
         &mut self,
         now: Instant,
@@ -715,28 +751,33 @@ impl Node {
     ) -> Inbound {
         let fam = family_of(src);
         self.counters.drop(Dir::In, DropReason::UnknownSpi, fam);
-        let logged = match self.limiter.check(now, &(src, dst, spi)) {
-            Decision::Log => {
-                self.counters.invalid_spi_logged += 1;
-                true
-            }
-            _ => {
-                self.counters.invalid_spi_suppressed += 1;
-                false
-            }
-        };
-        self.push_event(Event::InvalidSpi(InvalidSpi {
-            at: now,
-            spi,
-            src,
-            dst,
-            seq,
-            family: fam,
-            encap,
-            flow_label: 0,
-            len,
-            logged,
-        }));
+        // `allow` skips the flow table once the minute's log budget is spent: in a flood of
+        // random SPIs that is every packet but the first few, and no SipHash is paid.
+        let logged = self.limiter.allow_with(now, || (src, dst, spi));
+        if logged {
+            self.counters.invalid_spi_logged += 1;
+        } else {
+            self.counters.invalid_spi_suppressed += 1;
+        }
+        // One event per packet (the control side counts and correlates them); built only if
+        // the queue has room, a full queue counts it as dropped as `push_event` does.
+        let queued = self.events.push_with(|| {
+            Event::InvalidSpi(InvalidSpi {
+                at: now,
+                spi,
+                src,
+                dst,
+                seq,
+                family: fam,
+                encap,
+                flow_label: 0,
+                len,
+                logged,
+            })
+        });
+        if !queued {
+            self.counters.events_dropped += 1;
+        }
         Inbound::Drop(DropReason::UnknownSpi)
     }
 
@@ -757,7 +798,9 @@ impl Node {
         let child = self
             .child_out
             .iter()
-            .rposition(|c| c.active && covers(&c.local_ts, src) && covers(&c.remote_ts, dst));
+            // Remote selectors first: they tell peers apart (a hub's local ones are all
+            // alike), so a miss costs one test instead of two.
+            .rposition(|c| c.active && covers(&c.remote_ts, dst) && covers(&c.local_ts, src));
         let (s, out_dst, out_port, out_encap) = if let Some(ci) = child {
             let c = &mut self.child_out[ci];
             (&mut c.out, c.dst, c.port, UnderlayEncap::Udp)
@@ -766,7 +809,7 @@ impl Node {
                 .cfg
                 .peers
                 .iter()
-                .position(|p| covers(&p.local_ts, src) && covers(&p.remote_ts, dst))
+                .position(|p| covers(&p.remote_ts, dst) && covers(&p.local_ts, src))
             else {
                 self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
                 return Outbound::Drop(DropReason::NoOutboundSa);
@@ -892,12 +935,80 @@ impl Node {
     /// Reserves a fresh inbound SPI in the SAD (an IKE exchange offers it before the keys
     /// exist; lookups say `Unknown` until [`Node::install_child`]).
     pub fn reserve_spi(&mut self) -> Result<u32, NodeError> {
-        Ok(self.sad.reserve_spi()?)
+        let spi = self.sad.reserve_spi()?;
+        if self.pending_spis.len() >= MAX_PENDING_SPIS {
+            self.pending_spis.remove(0);
+        }
+        self.pending_spis.push(spi);
+        Ok(spi)
+    }
+
+    /// Whether `spi` was reserved for an exchange still in flight (offered, not installed
+    /// yet). A packet for it is the peer switching early, not a desync: RFC 7296 §2.8
+    /// lets the rekey responder's packets on the new SA race the response.
+    pub fn is_pending_spi(&self, spi: u32) -> bool {
+        self.pending_spis.contains(&spi)
+    }
+
+    /// Reserves `n` inbound SPIs in one SAD transaction, appending each to `out` as it is
+    /// reserved: one published snapshot instead of `n` (each publication copies the chunk
+    /// pointer array, so `n` single reservations at 1Mi SAs would take minutes). For bulk
+    /// setup (benchmarks, large simulations). Unlike [`Node::reserve_spi`] they are not
+    /// marked as offered in an exchange ([`Node::is_pending_spi`]). On error (`Full`) the
+    /// SPIs already in `out` stay reserved.
+    pub fn reserve_spis(&mut self, n: usize, out: &mut Vec<u32>) -> Result<(), NodeError> {
+        self.sad.update(|t| {
+            for _ in 0..n {
+                out.push(t.reserve_spi()?);
+            }
+            Ok(())
+        })
+    }
+
+    /// Lets the outbound destination of `peer`'s pairs follow the source address and port
+    /// of new, authenticated ESP arriving on inbound SA `inbound_spi`, now sent to
+    /// `remote`. Only for a peer behind a NAT when we are not behind one (RFC 7296 §2.23:
+    /// the NAT may rebind; a host behind a NAT must not follow, an attacker could move it
+    /// with one packet).
+    pub fn follow_peer_address(&mut self, inbound_spi: u32, peer: usize, remote: (IpAddr, u16)) {
+        if self.follow.len() >= MAX_FOLLOW {
+            self.follow.remove(0);
+        }
+        self.follow.push(Follow {
+            inbound_spi,
+            peer,
+            remote,
+            top_seq: 0,
+        });
+    }
+
+    /// RFC 7296 §2.23: a packet whose integrity check passed, from another address or port
+    /// than the SA's, moves all traffic to the peer there — but only a packet newer than
+    /// every one before (the anti-replay window let it through; an old one replayed from
+    /// elsewhere must not move us back).
+    fn follow_source(&mut self, spi: u32, seq: u64, src: IpAddr, sport: u16) {
+        let Some(f) = self.follow.iter_mut().find(|f| f.inbound_spi == spi) else {
+            return;
+        };
+        if seq <= f.top_seq {
+            return;
+        }
+        f.top_seq = seq;
+        if f.remote == (src, sport) {
+            return;
+        }
+        let peer = f.peer;
+        for g in self.follow.iter_mut().filter(|g| g.peer == peer) {
+            g.remote = (src, sport);
+        }
+        self.set_child_destination(peer, src, sport);
+        self.counters.peer_address_followed += 1;
     }
 
     /// Gives back a reserved SPI that will not be installed (the exchange failed). It is
     /// withheld for the SAD's grace period like any retired SPI.
     pub fn release_spi(&mut self, spi: u32, now: Instant) {
+        self.pending_spis.retain(|s| *s != spi);
         self.sad.remove(spi, now);
     }
 
@@ -907,6 +1018,7 @@ impl Node {
         if c.peer >= self.cfg.peers.len() {
             return Err(NodeError::NoPeer(c.peer));
         }
+        self.pending_spis.retain(|s| *s != c.inbound.spi);
         let in_sa = InboundSa::new(c.inbound)?;
         let out_sa = OutboundSa::new(c.outbound)?;
         let idx = match self.in_sas.iter().position(Option::is_none) {
@@ -971,6 +1083,7 @@ impl Node {
     ) {
         self.child_out
             .retain(|c| !(c.inbound_spi == inbound_spi && c.out.sa.spi() == outbound_spi));
+        self.follow.retain(|f| f.inbound_spi != inbound_spi);
         if linger.is_zero() {
             self.retire_inbound(inbound_spi, now);
         } else if let Some(at) = now.checked_add(linger) {
@@ -1016,5 +1129,72 @@ impl Node {
                 *slot = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::*;
+
+    fn node() -> Node {
+        let ip = |s: &str| s.parse().unwrap();
+        Node::new(
+            NodeConfig {
+                name: "b".into(),
+                local: ip("198.18.0.2"),
+                peers: vec![],
+                log_limits: LogLimits::default(),
+                event_queue: 16,
+                retired_grace: Duration::from_secs(5),
+            },
+            Some(3),
+        )
+    }
+
+    #[test]
+    fn reserve_spis_reserves_distinct_unknown_spis_in_one_go() {
+        let mut n = node();
+        let mut spis = vec![7];
+        n.reserve_spis(3000, &mut spis).unwrap();
+        assert_eq!(spis.len(), 3001, "appends, keeps what was there");
+        let mut sorted = spis[1..].to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 3000);
+        assert!(sorted[0] > 255);
+        let stats = n.sad.stats();
+        assert_eq!((stats.reserved, stats.live), (3000, 0));
+        assert!(stats.slots >= 6000, "grew past the initial 1Ki slots");
+        // Reserved means no keys: a packet for one is an unknown SPI, with its event.
+        let t = Instant::now();
+        let (a, b): (IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        let mut pkt = [0u8; 32];
+        pkt[..4].copy_from_slice(&spis[1].to_be_bytes());
+        assert_eq!(
+            n.inbound_udp(t, a, 4500, b, 4500, &mut pkt, 0..32),
+            Inbound::Drop(DropReason::UnknownSpi)
+        );
+        assert!(matches!(n.poll_event(), Some(Event::InvalidSpi(e)) if e.spi == spis[1]));
+        // A single reservation afterwards still avoids all of them.
+        let one = n.reserve_spi().unwrap();
+        assert!(!spis.contains(&one));
+    }
+
+    #[test]
+    fn reserved_spi_is_pending_until_released() {
+        let mut n = node();
+        let a = n.reserve_spi().unwrap();
+        let b = n.reserve_spi().unwrap();
+        assert!(n.is_pending_spi(a) && n.is_pending_spi(b));
+        assert!(!n.is_pending_spi(a ^ 1));
+        n.release_spi(a, Instant::now());
+        assert!(!n.is_pending_spi(a) && n.is_pending_spi(b));
+        // Bounded: the oldest is forgotten first.
+        for _ in 0..MAX_PENDING_SPIS {
+            n.reserve_spi().unwrap();
+        }
+        assert!(!n.is_pending_spi(b));
+        assert_eq!(n.pending_spis.len(), MAX_PENDING_SPIS);
     }
 }

@@ -50,8 +50,15 @@ pub struct LogLimiter<K: Hash + Eq> {
     limits: LogLimits,
     flows: HashMap<K, Instant>,
     window_start: Option<Instant>,
+    /// `window_start + global_window`, precomputed so the per-packet test is one compare
+    /// (`None`: the sum overflows `Instant`, the window never ends).
+    window_end: Option<Instant>,
     window_count: u32,
     suppressed: u64,
+    /// The flow inserted last and the end of its quiet interval (`None`: never ends). It
+    /// mirrors that flow's entry in `flows`, so a flood from one stale SA, which repeats one
+    /// key, is answered by a compare instead of a SipHash per packet.
+    last: Option<(K, Option<Instant>)>,
 }
 
 impl<K: Hash + Eq + Clone> LogLimiter<K> {
@@ -62,8 +69,10 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
             // RandomState: SipHash with a per-process random key; keys are wire-controlled.
             flows: HashMap::with_capacity(limits.max_flows.min(1024)),
             window_start: None,
+            window_end: None,
             window_count: 0,
             suppressed: 0,
+            last: None,
         }
     }
 
@@ -75,6 +84,43 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
     /// Decides whether the event of flow `key` at `now` gets a log line.
     pub fn check(&mut self, now: Instant, key: &K) -> Decision {
         self.roll_window(now);
+        self.check_rolled(now, key)
+    }
+
+    /// Whether the event of flow `key` at `now` gets a log line: the same answer and the same
+    /// state change as `check(now, key) == Decision::Log`, cheaper on the invalid-SPI drop
+    /// path. Once the global budget of the window is spent every event is suppressed whatever
+    /// its flow, so the flow table is not consulted (no SipHash per packet in a flood).
+    #[inline]
+    pub fn allow(&mut self, now: Instant, key: &K) -> bool {
+        self.allow_with(now, || key.clone())
+    }
+
+    /// [`allow`](Self::allow) with the key built by `key` only when it is needed (not once
+    /// the global budget is spent): the drop path's key holds two `IpAddr`s.
+    #[inline(always)]
+    pub fn allow_with(&mut self, now: Instant, key: impl FnOnce() -> K) -> bool {
+        self.roll_window(now);
+        if self.window_count >= self.limits.global_max {
+            // `check` would answer SuppressedFlow or SuppressedGlobal here; both count one
+            // suppressed line and change nothing else.
+            self.suppressed += 1;
+            return false;
+        }
+        self.check_rolled(now, &key()) == Decision::Log
+    }
+
+    // Out of line: `allow_with`'s shortcut is inlined into the drop path, this is not.
+    #[inline(never)]
+    fn check_rolled(&mut self, now: Instant, key: &K) -> Decision {
+        if let Some((k, until)) = &self.last {
+            if k == key && until.is_none_or(|u| now < u) {
+                // Same answer as the map below: `flows[key]` is the instant `until` was
+                // computed from (`last` is set on every insert and cleared by `evict`).
+                self.suppressed += 1;
+                return Decision::SuppressedFlow;
+            }
+        }
         if let Some(last) = self.flows.get(key) {
             if now.saturating_duration_since(*last) < self.limits.per_flow_interval {
                 self.suppressed += 1;
@@ -95,6 +141,8 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
             }
         }
         self.flows.insert(key.clone(), now);
+        // `now < now + ivl` is `now - now < ivl`, the map test above.
+        self.last = Some((key.clone(), now.checked_add(self.limits.per_flow_interval)));
         self.window_count += 1;
         Decision::Log
     }
@@ -121,16 +169,19 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
         let ivl = self.limits.per_flow_interval;
         self.flows
             .retain(|_, last| now.saturating_duration_since(*last) < ivl);
+        // The cached flow may just have been forgotten.
+        self.last = None;
     }
 
+    #[inline]
     fn roll_window(&mut self, now: Instant) {
-        match self.window_start {
-            Some(start) if now.saturating_duration_since(start) < self.limits.global_window => {}
-            _ => {
-                self.window_start = Some(now);
-                self.window_count = 0;
-            }
+        // `now < start + window` is `now.saturating_duration_since(start) < window`.
+        if self.window_start.is_some() && self.window_end.is_none_or(|end| now < end) {
+            return;
         }
+        self.window_start = Some(now);
+        self.window_end = now.checked_add(self.limits.global_window);
+        self.window_count = 0;
     }
 }
 
@@ -156,6 +207,107 @@ mod tests {
         assert_eq!(l.check(t + Duration::from_secs(60), &1), Decision::Log);
         assert_eq!(l.take_suppressed(), 99);
         assert_eq!(l.take_suppressed(), 0);
+    }
+
+    /// The limiter as first written (map lookup and `saturating_duration_since` on every
+    /// call): `check` and `allow`, with their caches and shortcuts, must agree with it.
+    struct Model {
+        limits: LogLimits,
+        flows: HashMap<u32, Instant>,
+        window_start: Option<Instant>,
+        window_count: u32,
+        suppressed: u64,
+    }
+
+    impl Model {
+        fn check(&mut self, now: Instant, key: u32) -> Decision {
+            match self.window_start {
+                Some(s) if now.saturating_duration_since(s) < self.limits.global_window => {}
+                _ => {
+                    self.window_start = Some(now);
+                    self.window_count = 0;
+                }
+            }
+            if let Some(last) = self.flows.get(&key) {
+                if now.saturating_duration_since(*last) < self.limits.per_flow_interval {
+                    self.suppressed += 1;
+                    return Decision::SuppressedFlow;
+                }
+            }
+            if self.window_count >= self.limits.global_max {
+                self.suppressed += 1;
+                return Decision::SuppressedGlobal;
+            }
+            if !self.flows.contains_key(&key) && self.flows.len() >= self.limits.max_flows {
+                self.evict(now);
+                if self.flows.len() >= self.limits.max_flows {
+                    self.suppressed += 1;
+                    return Decision::SuppressedGlobal;
+                }
+            }
+            self.flows.insert(key, now);
+            self.window_count += 1;
+            Decision::Log
+        }
+
+        fn evict(&mut self, now: Instant) {
+            let ivl = self.limits.per_flow_interval;
+            self.flows
+                .retain(|_, last| now.saturating_duration_since(*last) < ivl);
+        }
+    }
+
+    #[test]
+    fn check_and_allow_agree_with_the_plain_limiter() {
+        let limits = LogLimits {
+            per_flow_interval: Duration::from_secs(3),
+            global_max: 5,
+            global_window: Duration::from_secs(10),
+            max_flows: 8,
+        };
+        let t = t0();
+        let mut model = Model {
+            limits,
+            flows: HashMap::new(),
+            window_start: None,
+            window_count: 0,
+            suppressed: 0,
+        };
+        let (mut by_check, mut by_allow) = (LogLimiter::new(limits), LogLimiter::new(limits));
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut ms = 0u64;
+        let (mut logged, mut repeats) = (0, 0);
+        let mut prev = 0u32;
+        for i in 0..200_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ms += x % 40;
+            let now = t + Duration::from_millis(ms);
+            // Runs of one flow (the cached case), a few hot flows, and many cold ones.
+            let key = match x >> 60 {
+                0..=7 => prev,
+                8..=11 => (x >> 20) as u32 % 4,
+                _ => (x >> 20) as u32 % 64,
+            };
+            repeats += u32::from(key == prev);
+            prev = key;
+            if i % 5000 == 0 {
+                model.evict(now);
+                by_check.evict(now);
+                by_allow.evict(now);
+            }
+            let want = model.check(now, key);
+            assert_eq!(by_check.check(now, &key), want, "step {i}");
+            assert_eq!(by_allow.allow(now, &key), want == Decision::Log, "step {i}");
+            logged += u32::from(want == Decision::Log);
+            assert_eq!(by_check.suppressed(), model.suppressed);
+            assert_eq!(by_allow.suppressed(), model.suppressed);
+            assert_eq!(by_check.tracked_flows(), model.flows.len());
+            assert_eq!(by_allow.tracked_flows(), model.flows.len());
+        }
+        // The sequence exercised every branch.
+        assert!(logged > 100 && repeats > 50_000, "{logged} {repeats}");
     }
 
     #[test]

@@ -169,6 +169,9 @@ pub enum RecoveryKind {
     HintSent,
     /// The peer was declared dead (DPD / retransmissions).
     PeerDead,
+    /// The peer deleted the IKE SA and it did not come back: initiated again
+    /// (`on_peer_delete = "restart"`).
+    IkeRestarted,
 }
 
 /// One recovery step, for logs and `follow`.
@@ -250,6 +253,11 @@ pub fn recovery_log_line(e: &RecoveryEvent) -> String {
             "sent unprotected INFORMATIONAL N(INVALID_SPI) hint".to_string(),
         ),
         RecoveryKind::PeerDead => (4, "DPD", "peer declared dead".to_string()),
+        RecoveryKind::IkeRestarted => (
+            5,
+            "IKE_RESTART",
+            "peer deleted the IKE SA, initiating it again".to_string(),
+        ),
     };
     format!("%CRYPTO-{sev}-{tag}: {what}{ctx}")
 }
@@ -273,6 +281,11 @@ pub struct RecoveryStats {
     pub recovery_suppressed: u64,
     /// Pairs removed because the peer reported them stale.
     pub stale_sa_deleted: u64,
+    /// SPIs in a peer's protected Delete(ESP) naming no SA of ours (ignored, RFC 7296
+    /// §1.4.1).
+    pub unknown_spi_deletes: u64,
+    /// IKE SAs initiated again after the peer deleted one (`on_peer_delete = "restart"`).
+    pub ike_restarts: u64,
     /// Liveness checks sent because of unprotected notifications.
     pub liveness_checks: u64,
     /// Peers declared dead.
@@ -304,6 +317,9 @@ pub struct PeerRecoveryStatus {
     pub failures: u32,
     /// Stale SPIs waiting for the new IKE SA.
     pub pending_spis: Vec<String>,
+    /// The peer deleted the IKE SA and it is to be initiated again until it is up
+    /// (`on_peer_delete = "restart"`).
+    pub restart_pending: bool,
 }
 
 impl OnInvalidSpi {
@@ -385,6 +401,15 @@ struct PeerState {
     failures: u32,
     pending: Vec<u32>,
     last_suppressed_event: Option<Instant>,
+    /// How long one initiation may take: this peer's IKE retransmission schedule.
+    attempt_timeout: Duration,
+    /// `on_peer_delete = "restart"` for a static peer.
+    restart_on_peer_delete: bool,
+    /// The peer deleted the IKE SA: check at this time that it came back, re-initiate
+    /// if not (until it is up, or we terminate it).
+    restart_check: Option<Instant>,
+    /// We terminated the IKE SA ourselves: a Delete(IKE) of the peer does not restart it.
+    terminated: bool,
 }
 
 /// Most stale SPIs remembered per peer until its new IKE SA is up.
@@ -427,7 +452,6 @@ pub struct Recovery {
     budget_start: Option<Instant>,
     budget_used: u32,
     budget_event: Option<Instant>,
-    attempt_timeout: Duration,
     stats: RecoveryStats,
     events: std::collections::VecDeque<RecoveryEvent>,
 }
@@ -439,11 +463,18 @@ pub struct PeerInfo {
     pub name: String,
     /// Static address (`None` = dynamic).
     pub addr: Option<IpAddr>,
+    /// How long an initiation may take before it counts as failed (this peer's IKE
+    /// retransmission schedule); `None` = the engine-wide one given to [`Recovery::new`].
+    pub attempt_timeout: Option<Duration>,
+    /// Initiate again when the peer deletes the IKE SA (`on_peer_delete = "restart"`;
+    /// static peers only).
+    pub restart_on_peer_delete: bool,
 }
 
 impl Recovery {
     /// An engine for these peers. `attempt_timeout`: how long a recovery initiation may
-    /// take before it counts as failed (the IKE retransmission schedule).
+    /// take before it counts as failed (the IKE retransmission schedule), for peers
+    /// without their own [`PeerInfo::attempt_timeout`].
     pub fn new(cfg: RecoveryConfig, peers: &[PeerInfo], attempt_timeout: Duration) -> Self {
         let max = cfg.max_tracked;
         let peers = peers
@@ -461,6 +492,10 @@ impl Recovery {
                 failures: 0,
                 pending: Vec::new(),
                 last_suppressed_event: None,
+                attempt_timeout: p.attempt_timeout.unwrap_or(attempt_timeout),
+                restart_on_peer_delete: p.restart_on_peer_delete && p.addr.is_some(),
+                restart_check: None,
+                terminated: false,
             })
             .collect();
         Recovery {
@@ -471,7 +506,6 @@ impl Recovery {
             budget_start: None,
             budget_used: 0,
             budget_event: None,
-            attempt_timeout,
             stats: RecoveryStats::default(),
             events: Default::default(),
             cfg,
@@ -702,7 +736,7 @@ impl Recovery {
         let p = &mut self.peers[i];
         p.phase = Phase::Initiating;
         p.last_initiation = Some(now);
-        p.attempt_deadline = Some(now + self.attempt_timeout);
+        p.attempt_deadline = Some(now + p.attempt_timeout);
         p.next_allowed = Some(now + p.backoff.max(hold));
         Action::Initiate(p.name.clone())
     }
@@ -779,6 +813,8 @@ impl Recovery {
         p.attempt_deadline = None;
         p.failures = 0;
         p.backoff = hold;
+        p.restart_check = None;
+        p.terminated = false;
         let mut spis = std::mem::take(&mut p.pending);
         // The reports over the new IKE SA are actions too: within the global budget.
         let mut allowed = 0;
@@ -830,7 +866,9 @@ impl Recovery {
         }
     }
 
-    /// The peer reported an SA we send on as stale.
+    /// The peer reported an SA we send on as stale, and the pair was removed (only then:
+    /// a report naming an SPI we do not have changes nothing, see
+    /// [`Recovery::on_unknown_spi_deleted`]).
     pub fn on_stale_reported(&mut self, now: Instant, peer: &str, spi: u32) {
         self.stats.stale_sa_deleted += 1;
         let src = self
@@ -845,6 +883,95 @@ impl Recovery {
             src,
             Some(spi),
         );
+    }
+
+    /// The peer's protected Delete(ESP) named `spi`, which is none of our SAs: RFC 7296
+    /// §1.4.1 / §3.11, nothing is deleted (the response names only the SAs actually
+    /// deleted). Counted, no event: the peer may name as many as fit in a message.
+    pub fn on_unknown_spi_deleted(&mut self) {
+        self.stats.unknown_spi_deletes += 1;
+    }
+
+    /// The peer deleted the IKE SA with `peer` (protected Delete(IKE)). With
+    /// `on_peer_delete = "restart"` the IKE SA is wanted back: the endpoint initiates at
+    /// once, and [`Recovery::due_restarts`] initiates again, with hold-down and
+    /// backoff, if it is not up after a hold-down (the peer went away mid-way).
+    pub fn on_peer_deleted_ike(&mut self, now: Instant, peer: &str) {
+        let hold = self.cfg.hold_down;
+        let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) else {
+            return;
+        };
+        p.current = None;
+        if p.restart_on_peer_delete && !p.terminated {
+            p.restart_check = Some(now + hold.max(p.attempt_timeout));
+        }
+    }
+
+    /// We terminated the IKE SA with `peer` (a command): it is not restarted.
+    pub fn on_local_terminate(&mut self, peer: &str) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) {
+            p.terminated = true;
+            p.restart_check = None;
+        }
+    }
+
+    /// We initiate an IKE SA with `peer` by command: a later Delete(IKE) of the peer
+    /// restarts it again.
+    pub fn on_local_initiate(&mut self, peer: &str) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) {
+            p.terminated = false;
+        }
+    }
+
+    /// Peers whose IKE SA the peer deleted and that is still not back
+    /// (`ike_sa_any(peer)`: an IKE SA with it exists or is being set up): the agent
+    /// initiates them and reports with [`Recovery::initiated`]. At most one attempt per
+    /// hold-down, the backoff doubling after each failed one, so two peers cannot loop.
+    pub fn due_restarts(&mut self, now: Instant, ike_sa_any: impl Fn(&str) -> bool) -> Vec<String> {
+        let hold = self.cfg.hold_down;
+        let mut out = Vec::new();
+        for i in 0..self.peers.len() {
+            let p = &mut self.peers[i];
+            let Some(t) = p.restart_check else {
+                continue;
+            };
+            if t > now {
+                continue;
+            }
+            if p.phase == Phase::Initiating || ike_sa_any(&p.name) {
+                // An attempt is running (ours or the endpoint's): look again after it.
+                p.restart_check = Some(now + p.attempt_timeout.max(hold));
+                continue;
+            }
+            if let Some(n) = p.next_allowed.filter(|n| *n > now) {
+                p.restart_check = Some(n);
+                continue;
+            }
+            if !self.budget(now) {
+                let p = &mut self.peers[i];
+                p.restart_check = Some(now + hold);
+                self.stats.recovery_suppressed += 1;
+                continue;
+            }
+            let p = &mut self.peers[i];
+            p.phase = Phase::Initiating;
+            p.last_initiation = Some(now);
+            p.attempt_deadline = Some(now + p.attempt_timeout);
+            p.next_allowed = Some(now + p.backoff.max(hold));
+            // Checked again when the attempt has failed (or succeeded: then cleared).
+            p.restart_check = Some(now + p.attempt_timeout);
+            let (name, src) = (p.name.clone(), p.addr);
+            self.stats.ike_restarts += 1;
+            self.emit(
+                now,
+                RecoveryKind::IkeRestarted,
+                Some(name.clone()),
+                src,
+                None,
+            );
+            out.push(name);
+        }
+        out
     }
 
     /// An unprotected notification came from `src` (RFC 7296 §2.21.4: it never changes
@@ -884,9 +1011,13 @@ impl Recovery {
         }
     }
 
-    /// The next attempt deadline.
+    /// The next attempt deadline or restart check.
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.peers.iter().filter_map(|p| p.attempt_deadline).min()
+        self.peers
+            .iter()
+            .flat_map(|p| [p.attempt_deadline, p.restart_check])
+            .flatten()
+            .min()
     }
 
     /// Per-peer status.
@@ -915,6 +1046,7 @@ impl Recovery {
                     backoff_secs: p.backoff.as_secs_f64(),
                     failures: p.failures,
                     pending_spis: p.pending.iter().map(|s| format!("0x{s:08x}")).collect(),
+                    restart_pending: p.restart_check.is_some(),
                 }
             })
             .collect()
@@ -973,6 +1105,8 @@ mod backoff_tests {
         let peers = [PeerInfo {
             name: "b".into(),
             addr: Some("198.18.0.2".parse().unwrap()),
+            attempt_timeout: None,
+            restart_on_peer_delete: false,
         }];
         Recovery::new(cfg, &peers, Duration::from_secs(7))
     }

@@ -130,6 +130,19 @@ fn establish_and_traffic_both_suites_both_roles() {
                 e,
                 AgentEvent::ChildInstalled { uat, .. } if uat.len() == 2
             )));
+            // debug_keys also reports the IKE SA's ikev2_decryption_table line, the same
+            // on both sides.
+            let ike_lines = |ev: &[AgentEvent]| -> Vec<String> {
+                ev.iter()
+                    .filter_map(|e| match e {
+                        AgentEvent::IkeKeys { uat, .. } => Some(uat.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let la = ike_lines(&lab.events_a);
+            assert_eq!(la.len(), 1, "{la:?}");
+            assert_eq!(la, ike_lines(&lab.events_b));
             for i in 0..10u16 {
                 let p = ipv4_packet(A_HOST, B_HOST, i);
                 assert!(lab.send_inner(true, &p));

@@ -594,3 +594,198 @@ fn unprotected_hint_once_per_hold_down() {
     assert_eq!(l.elsewhere.len(), 5, "global budget");
     assert_eq!(l.b.recovery_stats().hints_sent, 5);
 }
+
+// ---------------------------------------------------------------------------------------
+// Peer Deletes (esplab issue #5/#8 findings): only pairs actually removed count as stale;
+// a Delete(IKE) of the peer re-creates the IKE SA with `on_peer_delete = "restart"`; each
+// peer's own retransmission schedule bounds a recovery attempt.
+// ---------------------------------------------------------------------------------------
+
+/// Advances `l` by `dur` in steps shorter than the wire latency, dropping every datagram
+/// for which `drop` holds before it can arrive.
+fn step_dropping(l: &mut Lab, dur: Duration, drop: impl Fn(&common::Dgram) -> bool) {
+    let end = l.now + dur;
+    while l.now < end {
+        l.collect();
+        l.wire.retain(|d| !drop(d));
+        let next = (l.now + Duration::from_millis(4)).min(end);
+        l.run_until(next);
+    }
+    l.collect();
+    l.wire.retain(|d| !drop(d));
+}
+
+fn to(ip: Ipv4Addr) -> impl Fn(&common::Dgram) -> bool {
+    move |d| d.dst.ip() == IpAddr::V4(ip)
+}
+
+/// RFC 7296 §1.4.1 / §3.11: a protected Delete(ESP) naming SPIs A never had deletes
+/// nothing; A neither logs nor counts a removed pair for them (it did, 60 times, in the
+/// attack flood test), only the debug counter `unknown_spi_deletes`.
+#[test]
+fn peer_delete_of_unknown_spis_counts_no_removed_pair() {
+    let mut l = lab(recovery(false), recovery(false), false);
+    let before = l.a.node().sa_info(l.now).len();
+    l.events_a.clear();
+    for i in 0..5u32 {
+        let now = l.now;
+        l.b.notify_invalid_spi(now, A_IP.into(), 0xBAD0_0000 + i)
+            .unwrap();
+        l.step(Duration::from_millis(50));
+    }
+    let s = l.a.recovery_stats();
+    assert_eq!(s.stale_sa_deleted, 0, "no pair was removed");
+    assert_eq!(s.unknown_spi_deletes, 5);
+    assert_eq!(
+        count(&l.events_a, |k| *k
+            == RecoveryKind::StaleSaDeletedOnPeerRequest),
+        0
+    );
+    assert!(!l
+        .events_a
+        .iter()
+        .any(|e| matches!(e, AgentEvent::ChildRemoved { .. })));
+    assert_eq!(l.a.node().sa_info(l.now).len(), before);
+    let n_b = l.tun_b.len();
+    l.traffic(Duration::from_millis(100), Duration::from_millis(10));
+    assert_eq!(l.tun_b.len(), n_b + 10, "the tunnel is untouched");
+
+    // A routine CHILD SA rekey: the Delete of the replaced pair is no stale SA either.
+    let spi = l.a.ike_sas(l.now)[0].children[0].inbound_spi;
+    let now = l.now;
+    l.a.rekey_child(now, spi).unwrap();
+    l.step(Duration::from_secs(1));
+    assert!(l
+        .events_b
+        .iter()
+        .any(|e| matches!(e, AgentEvent::ChildRemoved { .. })));
+    assert_eq!(l.a.recovery_stats().stale_sa_deleted, 0);
+    assert_eq!(l.b.recovery_stats().stale_sa_deleted, 0);
+    assert_eq!(l.b.recovery_stats().unknown_spi_deletes, 0);
+}
+
+/// B deletes its IKE SA (Delete(IKE)), re-initiates and crashes half-way; it comes back
+/// empty and, like the RELIABILITY.md lab's B, does not initiate. A
+/// (`on_peer_delete = "restart"`) must bring the IKE SA and the CHILD SA back.
+#[test]
+fn peer_delete_of_ike_sa_then_crash_is_restarted() {
+    let mut l = lab(recovery(false), recovery(false), false);
+    let now = l.now;
+    l.b.terminate(now, "a").unwrap();
+    l.b.initiate(now, "a").unwrap();
+    // A gets the Delete(IKE) and B's IKE_SA_INIT; B crashes before A's answers arrive.
+    l.step(Duration::from_millis(6));
+    assert_eq!(Lab::established(&l.a, l.now), 0, "A took the Delete");
+    step_dropping(&mut l, Duration::from_millis(50), to(B_IP));
+    let t = l.now;
+    l.b = b_agent(false, recovery(false), 3, t);
+    l.events_a.clear();
+    let t_crash = l.now;
+    l.traffic(Duration::from_secs(120), Duration::from_millis(100));
+    assert_eq!(Lab::established(&l.a, l.now), 1, "A initiated again");
+    assert_eq!(Lab::established(&l.b, l.now), 1);
+    let resumed = l.first_at_b_after(t_crash).expect("traffic resumes");
+    // Bound: B's half-open IKE SA at A expires (30 s) + a hold-down (10 s) + one attempt.
+    assert!(
+        resumed - t_crash <= Duration::from_secs(60),
+        "{:?}",
+        resumed - t_crash
+    );
+    assert!(l.a.recovery_stats().ike_restarts >= 1);
+    assert!(count(&l.events_a, |k| *k == RecoveryKind::IkeRestarted) >= 1);
+    assert!(
+        !l.a.recovery_status(l.now)[0].restart_pending,
+        "done once up"
+    );
+}
+
+/// RFC 7296 §2.18: the Delete(IKE) of the old IKE SA after an IKE SA rekey is no peer
+/// delete to restart from.
+#[test]
+fn ike_sa_rekey_delete_is_no_restart() {
+    let mut l = lab(recovery(false), recovery(false), false);
+    let now = l.now;
+    l.a.rekey_ike(now, "b").unwrap();
+    l.step(Duration::from_secs(1));
+    assert!(l.events_b.iter().any(|e| matches!(e,
+        AgentEvent::Ike(IkeEvent::DeleteReceived { protocol, .. })
+            if *protocol == esplab_ike::ProtocolId::IKE)));
+    for ag in [&l.a, &l.b] {
+        assert_eq!(Lab::established(ag, l.now), 1);
+        assert!(!ag.recovery_status(l.now)[0].restart_pending);
+    }
+    l.step(Duration::from_secs(60));
+    assert_eq!(l.b.recovery_stats().ike_restarts, 0);
+    assert_eq!(l.a.recovery_stats().ike_restarts, 0);
+}
+
+/// The restart is bounded: with B gone for good, A retries once per hold-down at most,
+/// then with a doubling backoff; and a `terminate` on our side is never undone.
+#[test]
+fn peer_delete_of_ike_sa_restart_backs_off_and_terminate_is_final() {
+    let mut l = lab(recovery(false), recovery(false), false);
+    let now = l.now;
+    l.b.terminate(now, "a").unwrap();
+    // A gets the Delete(IKE) (and initiates at once); then B is gone.
+    l.step(Duration::from_millis(6));
+    assert_eq!(Lab::established(&l.a, l.now), 0);
+    assert!(l.a.recovery_status(l.now)[0].restart_pending);
+    step_dropping(&mut l, Duration::from_secs(600), to(B_IP));
+    let s = l.a.recovery_stats();
+    // Hold-down 10 s, backoff 20, 40, 80, 160, 300 s: at most ~7 attempts in 10 minutes.
+    assert!(
+        (2..=8).contains(&s.ike_restarts),
+        "{} restarts in 10 minutes",
+        s.ike_restarts
+    );
+    let starts: Vec<Instant> = l
+        .events_a
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::Recovery(r) if r.kind == RecoveryKind::IkeRestarted => Some(r.at),
+            _ => None,
+        })
+        .collect();
+    for w in starts.windows(2) {
+        assert!(w[1] - w[0] >= Duration::from_secs(10), "{starts:?}");
+    }
+
+    // Our own terminate: no restart however long we wait (B does not initiate either:
+    // nothing arrives from it).
+    let mut l = lab(recovery(false), recovery(false), false);
+    let now = l.now;
+    l.a.terminate(now, "b").unwrap();
+    l.b.terminate(now, "a").unwrap();
+    step_dropping(&mut l, Duration::from_secs(120), to(B_IP));
+    assert_eq!(l.a.recovery_stats().ike_restarts, 0);
+    assert!(l.a.ike_sas(l.now).is_empty());
+}
+
+/// A recovery attempt counts as failed when the peer's own retransmission schedule
+/// (`IkePeerConfig::retransmit`) runs out, not the node-wide one (7 s here).
+#[test]
+fn recovery_attempt_uses_the_peers_retransmission_schedule() {
+    let mut l = lab(recovery(false), recovery(true), false);
+    // B reboots with a peer schedule of 1+2+4+8+16 = 31 s.
+    let mut pb = peer_cfg("a", B_IP, Some(A_IP), ("b.example", "a.example"), (2, 1));
+    pb.retransmit = Some(Retransmit {
+        tries: 4,
+        ..retransmit()
+    });
+    let t = l.now;
+    l.b = agent(node_cfg("b", B_IP), pb, recovery(true), 3, t);
+    // A's ESP makes B initiate; B's first messages are lost for 10 s (beyond the node-wide
+    // 7 s, within B's own 31 s).
+    let end = l.now + Duration::from_secs(10);
+    while l.now < end {
+        l.send_inner(true);
+        step_dropping(&mut l, Duration::from_millis(100), to(A_IP));
+    }
+    let s = l.b.recovery_stats();
+    assert_eq!(s.ike_initiated, 1);
+    assert_eq!(s.recovery_failed, 0, "the attempt is still running");
+    l.traffic(Duration::from_secs(10), Duration::from_millis(100));
+    let s = l.b.recovery_stats();
+    assert_eq!((s.ike_established, s.recovery_failed), (1, 0));
+    assert_eq!(Lab::established(&l.b, l.now), 1);
+}

@@ -3,7 +3,7 @@
 
 use super::{auth, SecretBytes, SkCipher};
 use crate::error::CryptoError;
-use crate::transform::{EspSuite, IkeSuite, Prf};
+use crate::transform::{Encr, EspSuite, IkeSuite, Integ, Prf};
 
 /// A side of the IKE SA. For SK_e*/SK_a*/SK_p* this is the *original* initiator or
 /// responder of the IKE SA (RFC 7296 §2.14), whoever starts a later exchange.
@@ -257,6 +257,63 @@ impl IkeSaKeys {
     }
 }
 
+/// Wireshark's name (`vs_ikev2_encr_algs`, the "Encryption algorithm" column of the
+/// `ikev2_decryption_table` UAT) for an SK payload cipher. Checked against tshark 4.0.
+pub fn wireshark_encr_name(e: Encr) -> &'static str {
+    match e {
+        Encr::AesCbc128 => "AES-CBC-128 [RFC3602]",
+        Encr::AesCbc256 => "AES-CBC-256 [RFC3602]",
+        Encr::AesGcm128 => "AES-GCM-128 with 16 octet ICV [RFC5282]",
+        Encr::AesGcm256 => "AES-GCM-256 with 16 octet ICV [RFC5282]",
+    }
+}
+
+/// Wireshark's name (`vs_ikev2_auth_algs`, the "Integrity algorithm" column) for an SK
+/// payload integrity algorithm; AEAD ciphers have none (RFC 5282 §8).
+pub fn wireshark_integ_name(i: Option<Integ>) -> &'static str {
+    match i {
+        None => "NONE [RFC4306]",
+        Some(Integ::HmacSha256_128) => "HMAC_SHA2_256_128 [RFC4868]",
+    }
+}
+
+/// One line of Wireshark's `ikev2_decryption_table` UAT (Preferences → Protocols → ISAKMP
+/// → IKEv2 Decryption Table; tshark `-o 'uat:ikev2_decryption_table:LINE'`), in its column
+/// order: SPIi, SPIr, SK_ei, SK_er, encryption algorithm, SK_ai, SK_ar, integrity
+/// algorithm. SPIs and keys are unquoted hex octets, the algorithms quoted names. SK_e*
+/// of GCM include the 4-octet salt (RFC 5282 §7.1), which is what Wireshark expects.
+///
+/// The result is key material in clear: only for debug output the user asked for.
+pub fn ikev2_decryption_table_line(spi_i: u64, spi_r: u64, keys: &IkeSaKeys) -> String {
+    let suite = keys.suite();
+    let mut s = String::with_capacity(256);
+    push_hex(&mut s, &spi_i.to_be_bytes());
+    s.push(',');
+    push_hex(&mut s, &spi_r.to_be_bytes());
+    s.push(',');
+    push_hex(&mut s, keys.sk_ei());
+    s.push(',');
+    push_hex(&mut s, keys.sk_er());
+    s.push_str(",\"");
+    s.push_str(wireshark_encr_name(suite.encr));
+    s.push_str("\",");
+    push_hex(&mut s, keys.sk_ai());
+    s.push(',');
+    push_hex(&mut s, keys.sk_ar());
+    s.push_str(",\"");
+    s.push_str(wireshark_integ_name(suite.integ));
+    s.push('"');
+    s
+}
+
+fn push_hex(s: &mut String, b: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for x in b {
+        s.push(char::from(HEX[usize::from(x >> 4)]));
+        s.push(char::from(HEX[usize::from(x & 0xf)]));
+    }
+}
+
 /// The keys of one ESP Child SA pair (RFC 7296 §2.17).
 #[derive(Clone)]
 pub struct ChildSaKeys {
@@ -361,7 +418,7 @@ impl<'a> Cutter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transform::{DhGroup, Encr, Integ};
+    use crate::transform::DhGroup;
 
     fn gcm_suite() -> IkeSuite {
         IkeSuite {
@@ -394,6 +451,66 @@ mod tests {
         assert_eq!(k.sk_d(), k2.sk_d());
         let dbg = format!("{k:?}");
         assert!(dbg.contains("AesGcm128") && !dbg.contains("sk_d"));
+    }
+
+    fn known_keys(suite: IkeSuite) -> IkeSaKeys {
+        let seq = |start: u8, n: usize| -> SecretBytes {
+            SecretBytes::from_slice(
+                &(0..n)
+                    .map(|i| start.wrapping_add(i as u8))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let e = suite.encr.keymat_len();
+        let a = suite.integ_key_len();
+        IkeSaKeys {
+            suite,
+            sk_d: seq(0xd0, 32),
+            sk_ai: seq(0xa0, a),
+            sk_ar: seq(0xb0, a),
+            sk_ei: seq(0x00, e),
+            sk_er: seq(0x40, e),
+            sk_pi: seq(0xe0, 32),
+            sk_pr: seq(0xf0, 32),
+        }
+    }
+
+    #[test]
+    fn wireshark_line_for_known_keys() {
+        // GCM: SK_e* carry the salt (20 octets), no SK_a*, integrity NONE.
+        let k = known_keys(gcm_suite());
+        assert_eq!(
+            ikev2_decryption_table_line(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, &k),
+            "0123456789abcdef,fedcba9876543210,\
+             000102030405060708090a0b0c0d0e0f10111213,\
+             404142434445464748494a4b4c4d4e4f50515253,\
+             \"AES-GCM-128 with 16 octet ICV [RFC5282]\",,,\"NONE [RFC4306]\""
+        );
+        // CBC + HMAC: 16-octet SK_e*, 32-octet SK_a*.
+        let cbc = IkeSuite {
+            encr: Encr::AesCbc128,
+            integ: Some(Integ::HmacSha256_128),
+            ..gcm_suite()
+        };
+        let k = known_keys(cbc);
+        assert_eq!(
+            ikev2_decryption_table_line(1, 2, &k),
+            "0000000000000001,0000000000000002,\
+             000102030405060708090a0b0c0d0e0f,\
+             404142434445464748494a4b4c4d4e4f,\
+             \"AES-CBC-128 [RFC3602]\",\
+             a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf,\
+             b0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecf,\
+             \"HMAC_SHA2_256_128 [RFC4868]\""
+        );
+        assert_eq!(
+            wireshark_encr_name(Encr::AesCbc256),
+            "AES-CBC-256 [RFC3602]"
+        );
+        assert_eq!(
+            wireshark_encr_name(Encr::AesGcm256),
+            "AES-GCM-256 with 16 octet ICV [RFC5282]"
+        );
     }
 
     #[test]

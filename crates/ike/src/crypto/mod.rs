@@ -14,7 +14,10 @@ mod sk;
 
 pub use auth::{psk_auth, signed_octets, verify_psk_auth, KEY_PAD};
 pub use dh::{x25519, KeyExchange};
-pub use keys::{rekey_skeyseed, skeyseed, ChildSaKeys, Direction, IkeSaKeys, Role};
+pub use keys::{
+    ikev2_decryption_table_line, rekey_skeyseed, skeyseed, wireshark_encr_name,
+    wireshark_integ_name, ChildSaKeys, Direction, IkeSaKeys, Role,
+};
 pub use nat::nat_detection_hash;
 pub use secret::SecretBytes;
 pub use sk::{Opened, SkCipher};

@@ -16,7 +16,7 @@ use crate::codes::{AuthMethod, ExchangeType};
 use crate::config::Mode;
 use crate::crypto::Role;
 use crate::endpoint::{Endpoint, Received, SpiAllocator};
-use crate::ike_sa::{AuthContext, ChildProposal, IkeSa, Request, SaState};
+use crate::ike_sa::{AuthContext, AwaitAuthResponse, ChildProposal, IkeSa, Request, SaState};
 use crate::notify::NotifyType;
 use crate::output::{AuthFailure, DeleteReason, IkeEvent};
 use crate::payload::{AuthPayload, Identity, Notify, Payload};
@@ -26,7 +26,8 @@ use crate::ts::TsPayload;
 use std::time::Instant;
 
 impl Endpoint {
-    /// Initiator: sends IKE_AUTH right after a good IKE_SA_INIT response.
+    /// Initiator: sends IKE_AUTH right after a good IKE_SA_INIT response (`sa` is the
+    /// keyed SA that response made, in [`SaState::AuthSent`]).
     pub(crate) fn send_auth_request(
         &mut self,
         sa: &mut IkeSa,
@@ -44,12 +45,8 @@ impl Endpoint {
         let mode = cfg.mode;
         // §1.2: the SA of IKE_AUTH has no KE payload to go with a DH transform.
         let specs: Vec<ProposalSpec> = cfg.esp_proposals.iter().map(|p| p.without_dh()).collect();
-        let Some(keys) = &sa.keys else {
-            spis.release_inbound_spi(inbound_spi);
-            return;
-        };
         let idi = cfg.local_id.clone();
-        let auth_data = keys.psk_auth(
+        let auth_data = sa.keys.psk_auth(
             Role::Initiator,
             cfg.psk.as_bytes(),
             &ctx.msg1,
@@ -83,18 +80,20 @@ impl Endpoint {
         payloads.push(Payload::TsR(TsPayload {
             selectors: remote_ts.clone(),
         }));
-        sa.state = SaState::AuthSent(ctx);
         self.send_request(
             sa,
             now,
             ExchangeType::IKE_AUTH,
             payloads,
-            Request::Auth(ChildProposal {
-                inbound_spi,
-                specs,
-                local_ts,
-                remote_ts,
-                mode,
+            Request::Auth(AwaitAuthResponse {
+                ctx,
+                child: ChildProposal {
+                    inbound_spi,
+                    specs,
+                    local_ts,
+                    remote_ts,
+                    mode,
+                },
             }),
         );
     }
@@ -143,17 +142,16 @@ impl Endpoint {
         sa.dead = true;
     }
 
-    /// Responder: the IKE_AUTH request.
+    /// Responder: the IKE_AUTH request on a half-open SA; `ctx` is the IKE_SA_INIT
+    /// context of its [`SaState::InitResponded`] phase.
     pub(crate) fn handle_auth_request(
         &mut self,
         sa: &mut IkeSa,
         now: Instant,
         msg: Received,
+        ctx: AuthContext,
         spis: &mut dyn SpiAllocator,
     ) {
-        let SaState::InitResponded(ctx) = sa.state.clone() else {
-            return;
-        };
         let mid = msg.header.message_id;
         let p = &msg.payloads;
         let reject = |ep: &mut Self, sa: &mut IkeSa, why: AuthFailure| {
@@ -178,9 +176,7 @@ impl Endpoint {
         if auth_p.method != AuthMethod::SHARED_KEY_MIC {
             return reject(self, sa, AuthFailure::UnsupportedMethod(auth_p.method));
         }
-        let Some(keys) = sa.keys.as_ref() else {
-            return;
-        };
+        let keys = &sa.keys;
         let cfg = &self.config.peers[idx];
         // §2.15: the initiator signs its IKE_SA_INIT request, our nonce and its ID.
         let verified = keys
@@ -235,18 +231,18 @@ impl Endpoint {
         self.send_response(sa, ExchangeType::IKE_AUTH, mid, resp);
     }
 
-    /// Initiator: the IKE_AUTH response.
+    /// Initiator: the IKE_AUTH response; consumes what the request left for it.
     pub(crate) fn handle_auth_response(
         &mut self,
         sa: &mut IkeSa,
         now: Instant,
         msg: Received,
-        proposal: ChildProposal,
+        req: AwaitAuthResponse,
     ) {
-        let SaState::AuthSent(ctx) = sa.state.clone() else {
-            self.released.push(proposal.inbound_spi);
-            return;
-        };
+        let AwaitAuthResponse {
+            ctx,
+            child: proposal,
+        } = req;
         let p = &msg.payloads;
         // §2.21.2: AUTHENTICATION_FAILED in the response is final.
         if notify(p, NotifyType::AUTHENTICATION_FAILED).is_some() {
@@ -273,8 +269,9 @@ impl Endpoint {
             self.released.push(proposal.inbound_spi);
             return self.auth_failed(sa, AuthFailure::UnsupportedMethod(auth_p.method));
         }
-        let verified = sa.keys.as_ref().is_some_and(|k| {
-            k.verify_psk_auth(
+        let verified = sa
+            .keys
+            .verify_psk_auth(
                 Role::Responder,
                 cfg.psk.as_bytes(),
                 &ctx.msg2,
@@ -282,8 +279,7 @@ impl Endpoint {
                 raw_idr,
                 &auth_p.data,
             )
-            .is_ok()
-        });
+            .is_ok();
         if !verified {
             self.released.push(proposal.inbound_spi);
             return self.auth_failed(sa, AuthFailure::BadAuth);

@@ -16,7 +16,7 @@ use crate::codes::ExchangeType;
 use crate::config::Mode;
 use crate::crypto::KeyExchange;
 use crate::endpoint::{Endpoint, NewChild, Received, SpiAllocator};
-use crate::ike_sa::{ChildProposal, ChildRequest, ChildState, IkeSa, PeerRekey, Request, Task};
+use crate::ike_sa::{AwaitCreateChild, ChildProposal, ChildState, IkeSa, PeerRekey, Request, Task};
 use crate::notify::NotifyType;
 use crate::output::{DeleteReason, IkeEvent};
 use crate::payload::{KePayload, Notify, Payload};
@@ -146,10 +146,8 @@ impl Endpoint {
             }
             None => (None, None),
         };
-        let Some(keys) = &sa.keys else {
-            return Err(err(NotifyType::NO_PROPOSAL_CHOSEN));
-        };
-        let child_keys = keys
+        let child_keys = sa
+            .keys
             .child_sa_keys(&chosen.suite, g.as_ref().map(|g| g.as_bytes()), ni, nr)
             .map_err(|_| err(NotifyType::NO_PROPOSAL_CHOSEN))?;
         let inbound_spi = spis.allocate_inbound_spi();
@@ -239,8 +237,8 @@ impl Endpoint {
             }
             None => None,
         };
-        let keys = sa.keys.as_ref().ok_or(NotifyType::INVALID_SYNTAX)?;
-        let child_keys = keys
+        let child_keys = sa
+            .keys
             .child_sa_keys(&chosen.suite, g.as_ref().map(|g| g.as_bytes()), ni, nr)
             .map_err(|_| NotifyType::NO_PROPOSAL_CHOSEN)?;
         let (inbound, outbound) =
@@ -413,11 +411,12 @@ impl Endpoint {
             now,
             ExchangeType::CREATE_CHILD_SA,
             payloads,
-            Request::CreateChild(ChildRequest {
+            Request::CreateChild(AwaitCreateChild {
                 proposal,
                 rekey_of,
                 ni,
                 ke,
+                collision: None,
             }),
         );
     }
@@ -465,8 +464,12 @@ impl Endpoint {
                 let n = Notify::for_esp_spi(NotifyType::CHILD_SA_NOT_FOUND, spi, vec![]);
                 return answer(self, sa, n);
             };
-            if matches!(sa.children[i].state, ChildState::Rekeyed { .. }) {
-                // Already replaced (we won a collision or finished our own rekey).
+            if matches!(
+                sa.children[i].state,
+                ChildState::Rekeyed { .. } | ChildState::Redundant
+            ) {
+                // Already replaced (we won a collision or finished our own rekey), or
+                // about to be deleted by the peer (§2.8.1).
                 return answer(self, sa, Notify::new(NotifyType::TEMPORARY_FAILURE, vec![]));
             }
             rekey_of = Some(sa.children[i].inbound_spi);
@@ -528,7 +531,7 @@ impl Endpoint {
         sa: &mut IkeSa,
         now: Instant,
         msg: Received,
-        req: ChildRequest,
+        req: AwaitCreateChild,
         _spis: &mut dyn SpiAllocator,
     ) {
         let p = &msg.payloads;
@@ -571,7 +574,7 @@ impl Endpoint {
                 });
             }
             (Ok((new_in, new_out)), Some(old)) => {
-                self.finish_rekey(sa, old, new_in, new_out, &req.ni, nr)
+                self.finish_rekey(sa, old, (new_in, new_out), (&req.ni, nr), req.collision)
             }
         }
     }
@@ -581,7 +584,7 @@ impl Endpoint {
         &mut self,
         sa: &mut IkeSa,
         now: Instant,
-        req: ChildRequest,
+        req: AwaitCreateChild,
         n: &Notify,
     ) {
         let t = n.notify_type;
@@ -656,14 +659,32 @@ impl Endpoint {
         &mut self,
         sa: &mut IkeSa,
         old: u32,
-        new_in: u32,
-        new_out: u32,
-        ni: &[u8],
-        nr: &[u8],
+        (new_in, new_out): (u32, u32),
+        (ni, nr): (&[u8], &[u8]),
+        collision: Option<PeerRekey>,
     ) {
         let peer = self.peer_name(sa);
         let Some(i) = sa.child_by_inbound(old) else {
-            // The old pair was deleted meanwhile: the new one simply stands.
+            // The old pair was deleted meanwhile. If the peer deleted it as the winner
+            // of a collision (§2.8.1), our pair is the redundant one and we delete it;
+            // otherwise the new one simply stands.
+            if let Some(pr) = collision {
+                let we_lost = collision_lost((ni, nr), &pr);
+                self.event(IkeEvent::RekeyCollision {
+                    ike_sa: sa.id,
+                    peer: peer.clone(),
+                    old_inbound_spi: old,
+                    won: !we_lost,
+                });
+                if we_lost {
+                    sa.queue.push_front(Task::DeleteChildren {
+                        spis: vec![new_in],
+                        reason: DeleteReason::RekeyCollision,
+                    });
+                    return;
+                }
+                mark_redundant(sa, pr.new_inbound);
+            }
             self.event(IkeEvent::ChildEstablished {
                 ike_sa: sa.id,
                 peer,
@@ -674,12 +695,7 @@ impl Endpoint {
         };
         let c = &mut sa.children[i];
         if let Some(pr) = c.peer_rekey.take() {
-            // §2.8.1: the exchange with the lowest of the four nonces made the redundant
-            // pair; its initiator deletes that pair. The winner's initiator deletes the
-            // old one.
-            let ours = ni.min(nr);
-            let theirs = pr.ni.as_slice().min(pr.nr.as_slice());
-            let we_lost = ours < theirs;
+            let we_lost = collision_lost((ni, nr), &pr);
             self.event(IkeEvent::RekeyCollision {
                 ike_sa: sa.id,
                 peer: peer.clone(),
@@ -696,6 +712,7 @@ impl Endpoint {
                 });
                 return;
             }
+            mark_redundant(sa, pr.new_inbound);
         }
         sa.children[i].state = ChildState::Rekeyed { successor: new_in };
         sa.queue.push_front(Task::DeleteChildren {
@@ -710,6 +727,21 @@ impl Endpoint {
             new_outbound_spi: new_out,
             initiator: true,
         });
+    }
+}
+
+/// §2.8.1: of two simultaneous rekeys of one CHILD SA, the exchange with the lowest of
+/// the four nonces made the redundant pair and its initiator deletes that pair; the
+/// winner's initiator deletes the old one. True if our exchange (`ni`, `nr`) lost.
+fn collision_lost((ni, nr): (&[u8], &[u8]), theirs: &PeerRekey) -> bool {
+    ni.min(nr) < theirs.ni.as_slice().min(theirs.nr.as_slice())
+}
+
+/// §2.8.1: we won a collision, so the peer's pair (our inbound SPI `spi`) is the
+/// redundant one, which the peer deletes: its Delete then is no reason to restart.
+fn mark_redundant(sa: &mut IkeSa, spi: u32) {
+    if let Some(j) = sa.child_by_inbound(spi) {
+        sa.children[j].state = ChildState::Redundant;
     }
 }
 

@@ -7,17 +7,21 @@
 //! ```
 //! The SA proposals carry the new IKE SPIs (8 octets). The new SA's keys come from the
 //! old SK_d (§2.18); the rekey initiator becomes the new SA's original initiator; the
-//! CHILD SAs move to the new SA; the rekey initiator then deletes the old SA. A request
-//! to rekey arriving while our own IKE rekey (or any CREATE_CHILD_SA of ours) is in
-//! flight is answered TEMPORARY_FAILURE (§2.25) — the §2.8.2 nonce rule is not used for
-//! IKE SAs; both sides retry after `rekey_retry` plus a random part of up to half of it,
-//! which keeps them apart.
+//! CHILD SAs move to the new SA; the rekey initiator then deletes the old SA.
+//!
+//! Simultaneous rekeys (§2.8.2): a rekey request arriving while our own IKE rekey is in
+//! flight is answered normally, so both new IKE SAs exist once our response arrives.
+//! The exchange that carried the lowest of the four nonces made the redundant SA; its
+//! initiator deletes it, the other exchange's initiator deletes the old SA, and the CHILD
+//! SAs end up on the surviving one on both sides. A rekey request arriving while a CHILD
+//! SA exchange of ours is in flight is still answered TEMPORARY_FAILURE (§2.25): the pair
+//! it creates or rekeys would be caught between two IKE SAs.
 
 use super::{error_notify, ke, nonce, sa_payload};
 use crate::codes::ExchangeType;
 use crate::crypto::{IkeSaKeys, KeyExchange, Role};
 use crate::endpoint::{Endpoint, Received};
-use crate::ike_sa::{IkeRekeyRequest, IkeSa, Request, SaState, Task};
+use crate::ike_sa::{AwaitIkeRekey, ChildState, IkeSa, PeerIkeRekey, Request, SaState, Task};
 use crate::notify::NotifyType;
 use crate::output::{DeleteReason, IkeEvent, IkeSaId};
 use crate::payload::{Notify, Payload};
@@ -34,10 +38,7 @@ fn spi8(b: &[u8]) -> Option<u64> {
 impl Endpoint {
     /// Starts the rekey of `sa` (KE for `group`, else the current group).
     pub(crate) fn start_rekey_ike(&mut self, sa: &mut IkeSa, now: Instant, group: Option<DhGroup>) {
-        let Some(keys) = &sa.keys else {
-            return;
-        };
-        let group = group.unwrap_or(keys.suite().dh);
+        let group = group.unwrap_or(sa.keys.suite().dh);
         let Ok(ke) = KeyExchange::generate(group, &mut self.rng) else {
             return;
         };
@@ -54,7 +55,7 @@ impl Endpoint {
             now,
             ExchangeType::CREATE_CHILD_SA,
             payloads,
-            Request::RekeyIke(IkeRekeyRequest { new_spi, ni, ke }),
+            Request::RekeyIke(AwaitIkeRekey { new_spi, ni, ke }),
         );
     }
 
@@ -75,10 +76,12 @@ impl Endpoint {
             spis,
             (old.local, old.remote),
             SaState::Established,
+            keys,
             now,
         );
         n.candidates = old.candidates.clone();
-        n.keys = Some(keys);
+        // §2.18: the new IKE SA has new SPIs and keys; a capture needs both tables.
+        self.export_ike_keys(&n, Some(old.id));
         n.nat = old.nat;
         n.remote_id = old.remote_id.clone();
         n.children = std::mem::take(&mut old.children);
@@ -132,13 +135,14 @@ impl Endpoint {
                 vec![Payload::Notify(n)],
             );
         };
-        let busy = matches!(
-            sa.outstanding.as_ref().map(|o| o.exchange),
-            Some(ExchangeType::CREATE_CHILD_SA)
-        );
-        if busy {
-            return answer(self, sa, Notify::new(NotifyType::TEMPORARY_FAILURE, vec![]));
-        }
+        let collision = match sa.outstanding.as_ref().map(|o| &o.kind) {
+            // §2.8.2: both sides rekey the IKE SA; answer, decide when our response comes.
+            Some(Request::RekeyIke(_)) => true,
+            Some(Request::CreateChild(_)) => {
+                return answer(self, sa, Notify::new(NotifyType::TEMPORARY_FAILURE, vec![]));
+            }
+            _ => false,
+        };
         let (Some(sa_p), Some(ni)) = (sa_payload(p), nonce(p)) else {
             return answer(self, sa, Notify::new(NotifyType::INVALID_SYNTAX, vec![]));
         };
@@ -178,10 +182,9 @@ impl Endpoint {
         };
         let nr = self.nonce();
         let new_spi = self.fresh_ike_spi();
-        let Some(Ok(keys)) = sa
+        let Ok(keys) = sa
             .keys
-            .as_ref()
-            .map(|k| k.rekey(chosen.suite, g.as_bytes(), ni, &nr, their_spi, new_spi))
+            .rekey(chosen.suite, g.as_bytes(), ni, &nr, their_spi, new_spi)
         else {
             return answer(
                 self,
@@ -191,7 +194,14 @@ impl Endpoint {
         };
         // Our own queued IKE rekey is moot now.
         sa.queue.retain(|t| !matches!(t, Task::RekeyIke { .. }));
-        self.make_rekeyed_sa(sa, now, Role::Responder, (their_spi, new_spi), keys);
+        let new = self.make_rekeyed_sa(sa, now, Role::Responder, (their_spi, new_spi), keys);
+        if collision {
+            sa.peer_ike_rekey = Some(PeerIkeRekey {
+                ni: ni.to_vec(),
+                nr: nr.clone(),
+                new,
+            });
+        }
         // Keep the old SA for the initiator's Delete (and retransmissions); delete it
         // ourselves if that never comes.
         sa.expiry.hard = Some(now + self.config.rekeyed_ike_grace);
@@ -213,9 +223,13 @@ impl Endpoint {
         sa: &mut IkeSa,
         now: Instant,
         msg: Received,
-        req: IkeRekeyRequest,
+        req: AwaitIkeRekey,
     ) {
         let p = &msg.payloads;
+        let collision = sa.peer_ike_rekey.take();
+        // The peer's rekey of this SA went through meanwhile: if ours fails, theirs stands
+        // (the SA is already `Rekeyed`, the peer deletes it), nothing to retry.
+        let peer_rekeyed = collision.is_some();
         let failed = |ep: &mut Self, sa: &mut IkeSa, t: NotifyType| {
             if t == NotifyType::NO_PROPOSAL_CHOSEN {
                 ep.event(IkeEvent::NoProposalChosen {
@@ -230,6 +244,9 @@ impl Endpoint {
                 peer: ep.peer_name(sa),
                 notify: t,
             });
+            if peer_rekeyed {
+                return;
+            }
             let at = ep.retry_at(now);
             sa.expiry.soft = Some(sa.expiry.hard.map_or(at, |h| h.min(at)));
         };
@@ -240,7 +257,7 @@ impl Endpoint {
                     .ike_proposals
                     .iter()
                     .any(|s| s.dh.contains(&g));
-                if g.is_supported() && offered && g != req.ke.group() {
+                if g.is_supported() && offered && g != req.ke.group() && !peer_rekeyed {
                     sa.queue.push_front(Task::RekeyIke { group: Some(g) });
                     return;
                 }
@@ -262,22 +279,102 @@ impl Endpoint {
         let Ok(g) = req.ke.shared_secret_with(ker) else {
             return failed(self, sa, NotifyType::INVALID_SYNTAX);
         };
-        let Some(Ok(keys)) = sa.keys.as_ref().map(|k| {
-            k.rekey(
-                chosen.suite,
-                g.as_bytes(),
-                &req.ni,
-                nr,
-                req.new_spi,
-                their_spi,
-            )
-        }) else {
+        let Ok(keys) = sa.keys.rekey(
+            chosen.suite,
+            g.as_bytes(),
+            &req.ni,
+            nr,
+            req.new_spi,
+            their_spi,
+        ) else {
             return failed(self, sa, NotifyType::NO_PROPOSAL_CHOSEN);
         };
-        self.make_rekeyed_sa(sa, now, Role::Initiator, (req.new_spi, their_spi), keys);
-        // §2.18: the rekey initiator deletes the old IKE SA.
-        sa.queue.push_front(Task::DeleteIke {
-            reason: DeleteReason::Rekeyed,
-        });
+        let ours = self.make_rekeyed_sa(sa, now, Role::Initiator, (req.new_spi, their_spi), keys);
+        match collision {
+            Some(pr) => self.settle_ike_rekey_collision(sa, now, ours, (&req.ni, nr), pr),
+            None => {
+                // §2.18: the rekey initiator deletes the old IKE SA.
+                sa.queue.push_front(Task::DeleteIke {
+                    reason: DeleteReason::Rekeyed,
+                });
+            }
+        }
+    }
+
+    /// Both sides rekeyed `old` (§2.8.2): `ours` came from our exchange (nonces `ni`,
+    /// `nr`), `pr.new` from the peer's. Keeps one, hands it the CHILD SAs and queued work
+    /// of the other, and schedules the Deletes that are ours to send.
+    fn settle_ike_rekey_collision(
+        &mut self,
+        old: &mut IkeSa,
+        now: Instant,
+        ours: IkeSaId,
+        (ni, nr): (&[u8], &[u8]),
+        pr: PeerIkeRekey,
+    ) {
+        // RFC 7296 §2.8.2: "The SA that was created with the lowest of the four nonces
+        // used in the two exchanges" is redundant and is deleted by the endpoint that
+        // created it (the initiator of that exchange); the initiator of the surviving
+        // exchange deletes the old IKE SA. Nonces compare as octet strings.
+        let ours_min = ni.min(nr);
+        let theirs_min = pr.ni.as_slice().min(pr.nr.as_slice());
+        let we_lost = ours_min < theirs_min;
+        let (survivor, redundant) = if we_lost {
+            (pr.new, ours)
+        } else {
+            (ours, pr.new)
+        };
+        let (mut children, queue) = match self.sas.get_mut(&redundant) {
+            Some(r) => {
+                let children = std::mem::take(&mut r.children);
+                let queue: Vec<Task> = r
+                    .queue
+                    .drain(..)
+                    .filter(|t| !matches!(t, Task::RekeyIke { .. }))
+                    .collect();
+                (children, queue)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let retry = self.retry_at(now);
+        for c in &mut children {
+            // A CHILD SA rekey started on the redundant SA never completes for the
+            // survivor: put the pair back to normal and retry it later.
+            if c.state == ChildState::Rekeying {
+                c.state = ChildState::Installed;
+                c.peer_rekey = None;
+                c.expiry.soft = Some(c.expiry.hard.map_or(retry, |h| h.min(retry)));
+            }
+        }
+        if let Some(s) = self.sas.get_mut(&survivor) {
+            s.children.extend(children);
+            s.queue.extend(queue);
+        }
+        old.state = SaState::Rekeyed {
+            successor: survivor,
+        };
+        let grace = now + self.config.rekeyed_ike_grace;
+        if let Some(r) = self.sas.get_mut(&redundant) {
+            if we_lost {
+                r.queue.push_front(Task::DeleteIke {
+                    reason: DeleteReason::RekeyCollision,
+                });
+            } else {
+                // The peer deletes it; if its Delete never comes, we do.
+                r.state = SaState::Rekeyed {
+                    successor: survivor,
+                };
+                r.expiry = Expiry::default();
+                r.expiry.hard = Some(grace);
+            }
+        }
+        if we_lost {
+            // The peer (initiator of the surviving exchange) deletes the old SA.
+            old.expiry.hard = Some(grace);
+        } else {
+            old.queue.push_front(Task::DeleteIke {
+                reason: DeleteReason::Rekeyed,
+            });
+        }
     }
 }

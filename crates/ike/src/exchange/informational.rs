@@ -13,7 +13,7 @@
 use crate::codes::{ExchangeType, ProtocolId};
 use crate::config::{InvalidSpiAction, PeerAction};
 use crate::endpoint::{Endpoint, Received, SpiAllocator};
-use crate::ike_sa::{Child, ChildState, DeleteRequest, IkeSa, Request, SaState};
+use crate::ike_sa::{AwaitDelete, Child, ChildState, IkeSa, Request, SaState};
 use crate::notify::NotifyType;
 use crate::output::{DeleteReason, IkeEvent};
 use crate::payload::{Delete, Notify, Payload};
@@ -56,7 +56,7 @@ impl Endpoint {
             now,
             ExchangeType::INFORMATIONAL,
             payloads,
-            Request::Delete(DeleteRequest { ike: false, reason }),
+            Request::Delete(AwaitDelete { ike: false, reason }),
         );
     }
 
@@ -80,7 +80,7 @@ impl Endpoint {
             now,
             ExchangeType::INFORMATIONAL,
             payloads,
-            Request::Delete(DeleteRequest { ike: true, reason }),
+            Request::Delete(AwaitDelete { ike: true, reason }),
         );
     }
 
@@ -218,7 +218,7 @@ impl Endpoint {
                     }
                     DeleteReason::Rekeyed
                 } else {
-                    DeleteReason::Peer
+                    self.collision_delete(sa, i)
                 };
                 let linger = self.delete_linger(sa, reason);
                 let c = self.remove_child(sa, i, linger, reason);
@@ -235,8 +235,15 @@ impl Endpoint {
             let Some(i) = sa.child_by_outbound(spi) else {
                 continue;
             };
-            if matches!(sa.children[i].state, ChildState::Rekeyed { .. }) {
-                continue;
+            match sa.children[i].state {
+                ChildState::Rekeyed { .. } => continue,
+                ChildState::Redundant => {
+                    // The peer already dropped the collision's redundant pair (§2.8.1).
+                    let linger = self.delete_linger(sa, DeleteReason::RekeyCollision);
+                    self.remove_child(sa, i, linger, DeleteReason::RekeyCollision);
+                    continue;
+                }
+                ChildState::Installed | ChildState::Rekeying => {}
             }
             let linger = self.delete_linger(sa, DeleteReason::Peer);
             let c = self.remove_child(sa, i, linger, DeleteReason::Peer);
@@ -256,6 +263,52 @@ impl Endpoint {
                 self.queue_new_child(sa, spi, Some(&c));
             }
         }
+    }
+
+    /// Why the peer deletes pair `i`, a pair not (yet) replaced here, when that is part
+    /// of settling a CHILD SA rekey collision (RFC 7296 §2.8.1) that our own outstanding
+    /// rekey is still in: the peer's Delete may overtake its response to our request.
+    /// Such a Delete is no reason to create a replacement (`on_peer_delete`).
+    fn collision_delete(&mut self, sa: &mut IkeSa, i: usize) -> DeleteReason {
+        if sa.children[i].state == ChildState::Redundant {
+            // The loser's Delete after our rekey won and completed.
+            return DeleteReason::RekeyCollision;
+        }
+        let inbound = sa.children[i].inbound_spi;
+        let peer = self.peer_name(sa);
+        // §2.8.1: the loser deletes the pair its own exchange made — the one we created
+        // answering its request (`peer_rekey.new_inbound` of the old pair). Its exchange
+        // lost, so ours wins; our rekey then completes as a plain one.
+        let loser_of = sa.children.iter().position(|c| {
+            c.peer_rekey
+                .as_ref()
+                .is_some_and(|pr| pr.new_inbound == inbound)
+        });
+        if let Some(j) = loser_of {
+            sa.children[j].peer_rekey = None;
+            let old_inbound_spi = sa.children[j].inbound_spi;
+            self.event(IkeEvent::RekeyCollision {
+                ike_sa: sa.id,
+                peer,
+                old_inbound_spi,
+                won: true,
+            });
+            return DeleteReason::RekeyCollision;
+        }
+        // §2.8.1: the winner deletes the old pair. The peer's pair replaces it (and now
+        // carries our traffic); ours, when its response arrives, is the redundant one.
+        if let Some(pr) = sa.children[i].peer_rekey.take() {
+            if let Some(j) = sa.child_by_inbound(pr.new_inbound) {
+                self.activate_outbound(sa, j);
+            }
+            if let Some(Request::CreateChild(req)) = sa.outstanding.as_mut().map(|o| &mut o.kind) {
+                if req.rekey_of == Some(inbound) {
+                    req.collision = Some(pr);
+                }
+            }
+            return DeleteReason::Rekeyed;
+        }
+        DeleteReason::Peer
     }
 
     /// The response's Delete payloads name the peer's inbound SPIs of pairs it closed:
@@ -283,7 +336,7 @@ impl Endpoint {
         sa: &mut IkeSa,
         _now: Instant,
         msg: Received,
-        d: DeleteRequest,
+        d: AwaitDelete,
     ) {
         if d.ike {
             let peer = self.peer_name(sa);

@@ -16,7 +16,7 @@ use crate::crypto::{nat_detection_hash, IkeSaKeys, KeyExchange, Role};
 use crate::endpoint::{summarize, CommandError, Endpoint, SpiAllocator};
 use crate::header::{Flags, IkeHeader};
 use crate::ike_sa::{
-    AuthContext, CachedResponse, IkeSa, InitRequest, Outstanding, Request, SaState,
+    AuthContext, AwaitInitResponse, CachedResponse, IkeSa, InitiatingSa, Outstanding, SaState,
 };
 use crate::message::Message;
 use crate::notify::NotifyType;
@@ -92,21 +92,27 @@ impl Endpoint {
         let ni = self.nonce();
         let spi_i = self.fresh_ike_spi();
         let id = self.next_sa_id();
-        let mut sa = IkeSa::new(
+        let mut isa = InitiatingSa {
             id,
-            idx,
-            Role::Initiator,
-            (spi_i, 0),
-            (local, remote),
-            SaState::InitSent,
-            now,
-        );
-        sa.next_msg_id = 1;
-        let req = InitRequest {
-            ke,
-            ni,
-            cookie: None,
-            restarts: 0,
+            peer: idx,
+            spi_i,
+            local,
+            remote,
+            created: now,
+            outstanding: Outstanding {
+                message_id: 0,
+                exchange: ExchangeType::IKE_SA_INIT,
+                bytes: Vec::new(),
+                retransmits: 0,
+                deadline: now,
+                kind: AwaitInitResponse {
+                    ke,
+                    ni,
+                    cookie: None,
+                    restarts: 0,
+                },
+                summary: String::new(),
+            },
         };
         self.by_spi.insert(spi_i, id);
         self.event(IkeEvent::SaInitSent {
@@ -114,24 +120,27 @@ impl Endpoint {
             peer: name,
             remote,
         });
-        let msg = self.init_request_message(&sa, &req);
-        let bytes = self.send_plain(Some(id), local, remote, &msg);
-        sa.outstanding = Some(Outstanding {
-            message_id: 0,
-            exchange: ExchangeType::IKE_SA_INIT,
-            bytes,
-            retransmits: 0,
-            deadline: now + self.config.retransmit.wait(0),
-            kind: Request::Init(req),
-            summary: summarize(&msg.payloads, false),
-        });
-        self.sas.insert(id, sa);
+        self.send_init_request(&mut isa, now);
+        self.initiating.insert(id, isa);
         Ok(id)
+    }
+
+    /// Sends the IKE_SA_INIT request of `isa` (again from scratch after a COOKIE or
+    /// INVALID_KE_PAYLOAD answer): new retransmission schedule, same SPIi and Ni (the
+    /// cookie covers them, §2.6).
+    fn send_init_request(&mut self, isa: &mut InitiatingSa, now: Instant) {
+        let msg = self.init_request_message(isa);
+        let o = &mut isa.outstanding;
+        o.bytes = self.send_plain(Some(isa.id), isa.local, isa.remote, &msg);
+        o.summary = summarize(&msg.payloads, false);
+        o.retransmits = 0;
+        o.deadline = now + self.retransmit_of(isa.peer).wait(0);
     }
 
     /// HDR, [N(COOKIE),] SA, KEi, Ni, N(NAT_D_S), N(NAT_D_D) — §1.2, §2.6 (the cookie
     /// goes first), §2.23.
-    fn init_request_message(&self, sa: &IkeSa, req: &InitRequest) -> Message {
+    fn init_request_message(&self, sa: &InitiatingSa) -> Message {
+        let req = &sa.outstanding.kind;
         let cfg = &self.config.peers[sa.peer];
         let mut payloads = Vec::with_capacity(6);
         if let Some(c) = &req.cookie {
@@ -164,29 +173,26 @@ impl Endpoint {
         }
     }
 
-    /// Sends the (changed) IKE_SA_INIT request again from scratch: new retransmission
-    /// schedule, same SPIi and Ni (the cookie covers them, §2.6).
-    fn restart_init(&mut self, sa: &mut IkeSa, now: Instant, mut o: Outstanding) {
-        let Request::Init(req) = &o.kind else {
-            return;
-        };
-        let msg = self.init_request_message(sa, req);
-        o.bytes = self.send_plain(Some(sa.id), sa.local, sa.remote, &msg);
-        o.summary = summarize(&msg.payloads, false);
-        o.retransmits = 0;
-        o.deadline = now + self.config.retransmit.wait(0);
-        sa.outstanding = Some(o);
+    /// The (changed) IKE_SA_INIT request goes out again; the SA keeps waiting.
+    fn restart_init(&mut self, mut isa: InitiatingSa, now: Instant) {
+        self.send_init_request(&mut isa, now);
+        self.initiating.insert(isa.id, isa);
     }
 
-    fn init_failed(&mut self, sa: &mut IkeSa, notify: Option<NotifyType>, reason: &str) {
-        let peer = self.peer_name(sa);
+    /// The response does not complete the exchange: keep waiting for a proper one.
+    fn keep_waiting(&mut self, isa: InitiatingSa) {
+        self.initiating.insert(isa.id, isa);
+    }
+
+    fn init_failed(&mut self, isa: InitiatingSa, notify: Option<NotifyType>, reason: &str) {
+        let peer = self.config.peers[isa.peer].name.clone();
         self.event(IkeEvent::SaInitFailed {
-            ike_sa: sa.id,
+            ike_sa: isa.id,
             peer,
             notify,
             reason: reason.to_string(),
         });
-        sa.dead = true;
+        self.forget_initiating(isa);
     }
 
     /// Initiator: the IKE_SA_INIT response (or an error / COOKIE answer).
@@ -202,31 +208,26 @@ impl Endpoint {
         let Some(&id) = self.by_spi.get(&h.spi_i) else {
             return self.dropped(local, remote, DropReason::UnknownSpi);
         };
-        let waiting = self.sas.get(&id).is_some_and(|sa| {
-            sa.role == Role::Initiator
-                && matches!(sa.state, SaState::InitSent)
-                && h.message_id == 0
-                && matches!(
-                    sa.outstanding.as_ref().map(|o| &o.kind),
-                    Some(Request::Init(_))
-                )
-        });
-        if !waiting {
+        // Only an SA of the initiating kind awaits this response (a keyed one is past
+        // it), and it always does.
+        if h.message_id != 0 || !self.initiating.contains_key(&id) {
             return self.dropped(local, remote, DropReason::UnexpectedResponse);
         }
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => return self.dropped(local, remote, DropReason::Malformed(e)),
         };
-        self.with_sa(id, now, |ep, sa| {
-            ep.init_response(sa, now, local, remote, data, msg, spis)
-        });
+        if let Some(isa) = self.initiating.remove(&id) {
+            self.init_response(isa, now, local, remote, data, msg, spis);
+        }
     }
 
+    /// Consumes the waiting SA: it comes back waiting (restart, unusable answer), ends,
+    /// or becomes a keyed [`IkeSa`] that sends IKE_AUTH.
     #[allow(clippy::too_many_arguments)]
     fn init_response(
         &mut self,
-        sa: &mut IkeSa,
+        mut isa: InitiatingSa,
         now: Instant,
         local: SocketAddr,
         remote: SocketAddr,
@@ -234,15 +235,8 @@ impl Endpoint {
         msg: Message,
         spis: &mut dyn SpiAllocator,
     ) {
-        let Some(mut o) = sa.outstanding.take() else {
-            return;
-        };
-        let Request::Init(req) = &mut o.kind else {
-            sa.outstanding = Some(o);
-            return;
-        };
         self.event(IkeEvent::MessageReceived {
-            ike_sa: Some(sa.id),
+            ike_sa: Some(isa.id),
             local,
             remote,
             exchange: ExchangeType::IKE_SA_INIT,
@@ -252,94 +246,100 @@ impl Endpoint {
         });
         let p = &msg.payloads;
         let max = self.config.max_init_restarts;
-        let peer = self.peer_name(sa);
+        let peer = self.config.peers[isa.peer].name.clone();
+        let id = isa.id;
         // §2.6: retry with the cookie as the first payload, everything else unchanged.
         if let Some(c) = notify(p, NotifyType::COOKIE) {
+            let req = &mut isa.outstanding.kind;
             if c.data.is_empty() || c.data.len() > 64 || req.restarts >= max {
-                return self.init_failed(sa, Some(NotifyType::COOKIE), "cookie loop or bad cookie");
+                return self.init_failed(
+                    isa,
+                    Some(NotifyType::COOKIE),
+                    "cookie loop or bad cookie",
+                );
             }
             req.cookie = Some(c.data.clone());
             req.restarts += 1;
-            self.event(IkeEvent::CookieRequested {
-                ike_sa: sa.id,
-                peer,
-            });
-            return self.restart_init(sa, now, o);
+            self.event(IkeEvent::CookieRequested { ike_sa: id, peer });
+            return self.restart_init(isa, now);
         }
         // §1.2: the responder wants another group; retry if we offered and implement it.
         if let Some(n) = notify(p, NotifyType::INVALID_KE_PAYLOAD) {
             let Some(group) = n.wanted_group() else {
-                return self.init_failed(sa, Some(n.notify_type), "malformed INVALID_KE_PAYLOAD");
+                return self.init_failed(isa, Some(n.notify_type), "malformed INVALID_KE_PAYLOAD");
             };
-            let offered = self.config.peers[sa.peer]
+            let offered = self.config.peers[isa.peer]
                 .ike_proposals
                 .iter()
                 .any(|s| s.dh.contains(&group));
+            let req = &isa.outstanding.kind;
             let retry =
                 group.is_supported() && offered && group != req.ke.group() && req.restarts < max;
             self.event(IkeEvent::InvalidKeRequested {
-                ike_sa: sa.id,
+                ike_sa: id,
                 peer,
                 group,
                 retry,
             });
             if !retry {
                 return self.init_failed(
-                    sa,
+                    isa,
                     Some(NotifyType::INVALID_KE_PAYLOAD),
                     &format!("responder wants DH group {group}, which we cannot use"),
                 );
             }
             let Ok(ke) = KeyExchange::generate(group, &mut self.rng) else {
                 return self.init_failed(
-                    sa,
+                    isa,
                     Some(NotifyType::INVALID_KE_PAYLOAD),
                     "key generation",
                 );
             };
+            let req = &mut isa.outstanding.kind;
             req.ke = ke;
             req.restarts += 1;
-            return self.restart_init(sa, now, o);
+            return self.restart_init(isa, now);
         }
         if let Some(n) = error_notify(p) {
             let t = n.notify_type;
             if t == NotifyType::NO_PROPOSAL_CHOSEN {
                 self.event(IkeEvent::NoProposalChosen {
-                    ike_sa: Some(sa.id),
+                    ike_sa: Some(id),
                     peer: Some(peer),
                     exchange: ExchangeType::IKE_SA_INIT,
                     by_us: false,
                 });
             }
-            return self.init_failed(sa, Some(t), "responder refused IKE_SA_INIT");
+            return self.init_failed(isa, Some(t), "responder refused IKE_SA_INIT");
         }
         let (Some(sa_p), Some(ke_p), Some(nr)) = (sa_payload(p), ke(p), nonce(p)) else {
             // Unauthenticated and incomplete: keep waiting for a proper answer.
-            sa.outstanding = Some(o);
+            self.keep_waiting(isa);
             return self.dropped(local, remote, DropReason::MissingPayload("SA, KE or Nonce"));
         };
         if msg.header.spi_r == 0 {
-            sa.outstanding = Some(o);
+            self.keep_waiting(isa);
             return self.dropped(local, remote, DropReason::SpiMismatch);
         }
-        let chosen = match accept_ike_reply(&self.config.peers[sa.peer].ike_proposals, sa_p) {
+        let chosen = match accept_ike_reply(&self.config.peers[isa.peer].ike_proposals, sa_p) {
             Ok(c) => c,
             Err(_) => {
                 self.event(IkeEvent::NoProposalChosen {
-                    ike_sa: Some(sa.id),
+                    ike_sa: Some(id),
                     peer: Some(peer),
                     exchange: ExchangeType::IKE_SA_INIT,
                     by_us: true,
                 });
-                return self.init_failed(sa, None, "responder chose a proposal we did not offer");
+                return self.init_failed(isa, None, "responder chose a proposal we did not offer");
             }
         };
+        let req = &isa.outstanding.kind;
         if ke_p.group != chosen.suite.dh || ke_p.group != req.ke.group() {
-            return self.init_failed(sa, None, "KE payload group differs from the chosen one");
+            return self.init_failed(isa, None, "KE payload group differs from the chosen one");
         }
         let g = match req.ke.shared_secret_with(ke_p) {
             Ok(g) => g,
-            Err(e) => return self.init_failed(sa, None, &e.to_string()),
+            Err(e) => return self.init_failed(isa, None, &e.to_string()),
         };
         let spi_r = msg.header.spi_r;
         let keys = match IkeSaKeys::from_shared_secret(
@@ -347,15 +347,36 @@ impl Endpoint {
             g.as_bytes(),
             &req.ni,
             nr,
-            sa.spi_i,
+            isa.spi_i,
             spi_r,
         ) {
             Ok(k) => k,
-            Err(e) => return self.init_failed(sa, None, &e.to_string()),
+            Err(e) => return self.init_failed(isa, None, &e.to_string()),
         };
-        sa.spi_r = spi_r;
-        sa.keys = Some(keys);
-        sa.nat = nat_check(p, sa.spi_i, spi_r, local, remote);
+        // The transition: the waiting SA is consumed and a keyed one takes its place
+        // (same id, SPIi and creation time); its IKE_AUTH request goes out below.
+        let InitiatingSa {
+            id,
+            peer: idx,
+            spi_i,
+            local: sa_local,
+            remote: sa_remote,
+            created,
+            outstanding,
+        } = isa;
+        let mut sa = IkeSa::new(
+            id,
+            idx,
+            Role::Initiator,
+            (spi_i, spi_r),
+            (sa_local, sa_remote),
+            SaState::AuthSent,
+            keys,
+            created,
+        );
+        sa.next_msg_id = 1;
+        self.export_ike_keys(&sa, None);
+        sa.nat = nat_check(p, spi_i, spi_r, local, remote);
         sa.last_heard = now;
         // §2.23: with a NAT in the path, everything after IKE_SA_INIT goes over the NAT-T
         // port (and ESP is UDP-encapsulated there).
@@ -363,7 +384,6 @@ impl Endpoint {
         if sa.nat.any() && sa.remote.port() == IKE_PORT && port != IKE_PORT {
             sa.remote.set_port(port);
             sa.local.set_port(port);
-            let peer = self.peer_name(sa);
             self.event(IkeEvent::PeerAddressChanged {
                 ike_sa: sa.id,
                 peer,
@@ -372,12 +392,13 @@ impl Endpoint {
             });
         }
         let ctx = AuthContext {
-            msg1: o.bytes,
+            msg1: outstanding.bytes,
             msg2: data.to_vec(),
-            ni: req.ni.clone(),
+            ni: outstanding.kind.ni,
             nr: nr.to_vec(),
         };
-        self.send_auth_request(sa, now, ctx, spis);
+        self.send_auth_request(&mut sa, now, ctx, spis);
+        self.finish(sa, now);
     }
 
     /// The peer configurations an IKE_SA_INIT from `ip` may belong to: those with that
@@ -605,10 +626,11 @@ impl Endpoint {
             (h.spi_i, spi_r),
             (local, remote),
             SaState::InitResponded(ctx),
+            keys,
             now,
         );
         sa.candidates = candidates;
-        sa.keys = Some(keys);
+        self.export_ike_keys(&sa, None);
         sa.nat = nat;
         sa.peer_next_msg_id = 1;
         sa.last_response = Some(CachedResponse {

@@ -219,6 +219,7 @@ impl Wire {
                     node.active.insert(*inbound_spi, true);
                 }
                 Output::Event(_) => {}
+                Output::IkeKeys(_) => {}
             }
             node.log.push(o);
         }

@@ -1,0 +1,5 @@
+//! cargo-fuzz entry point; the body is `esplab_fuzz::targets::esp_known_sa` (also run on stable by
+//! tests/fuzz_targets.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| esplab_fuzz::targets::esp_known_sa(data));

@@ -1,0 +1,223 @@
+//! Bulk TCP through two `esplab peer`s in network namespaces (the two-peers lab of
+//! tests/peer_netns.rs): the batched, offloaded datapath must deliver a byte stream intact.
+//!
+//! A TCP transfer is what makes every fast-path piece work: the kernel hands A's TUN reads
+//! unsegmented super-packets (TSO/GSO) that tun-rs splits, A sends the ESP packets of one
+//! super-packet as one UDP GSO send, B receives them as one UDP GRO run, decrypts each and
+//! tun-rs coalesces them again (GRO) for one TUN write. The test checks the bytes (count and
+//! hash at both ends), that nothing was dropped, and that the TUN devices did see fewer,
+//! larger packets than the daemons encrypted and decrypted (so the offload was in use).
+//!
+//! Needs root, `ip` and `ping` (see tests/peer_netns.rs; `ESPLAB_SKIP_NETNS=1` skips).
+//! Traffic stays in 198.18.0.0/15 (RFC 2544).
+
+#[path = "peer_netns/lab.rs"]
+#[allow(dead_code)]
+mod lab;
+
+use lab::{netns_available, run, Encap, Lab, Peer};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bytes sent: enough for many full-size super-packets, small enough for a debug build.
+const BYTES: u64 = 16 << 20;
+const PORT: u16 = 5301;
+const HELPER_ENV: &str = "ESPLAB_TEST_TCP_HELPER";
+
+/// FNV-1a, 64 bit: enough to tell a corrupted or reordered stream.
+fn fnv(h: &mut u64, data: &[u8]) {
+    for b in data {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+/// The stream's byte at offset `i` (not periodic at any packet size).
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i >> 20) as u8
+}
+
+/// Runs inside a namespace: `sink ADDR:PORT` accepts one connection and prints the byte
+/// count and hash; `source DST:PORT BYTES` connects (retrying while the sink starts) and
+/// sends. Without its environment variable it does nothing.
+#[test]
+#[ignore = "helper process of bulk_tcp_through_the_offloaded_datapath"]
+fn helper_tcp() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let f: Vec<&str> = spec.split_whitespace().collect();
+    let addr: SocketAddr = f[1].parse().unwrap();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut n = 0u64;
+    match f[0] {
+        "sink" => {
+            let l = TcpListener::bind(addr).unwrap();
+            println!("LISTENING");
+            std::io::stdout().flush().unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let k = s.read(&mut buf).unwrap();
+                if k == 0 {
+                    break;
+                }
+                fnv(&mut h, &buf[..k]);
+                n += k as u64;
+            }
+        }
+        "source" => {
+            let total: u64 = f[2].parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut s = loop {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("connect: {e}, retrying");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("connect {addr}: {e}"),
+                }
+            };
+            s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            while n < total {
+                let k = (total - n).min(buf.len() as u64) as usize;
+                for (j, b) in buf[..k].iter_mut().enumerate() {
+                    *b = pattern(n + j as u64);
+                }
+                s.write_all(&buf[..k]).unwrap();
+                fnv(&mut h, &buf[..k]);
+                n += k as u64;
+            }
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            // Wait for the sink to close: every byte was taken.
+            let _ = s.read(&mut [0u8; 1]);
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
+    println!("TCP bytes={n} hash={h:016x}");
+}
+
+fn helper(ns: &str, spec: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns])
+        .arg(exe)
+        .args(["--exact", "helper_tcp", "--ignored", "--nocapture"])
+        .env(HELPER_ENV, spec);
+    c
+}
+
+fn result_line(out: &str) -> Option<String> {
+    out.lines()
+        .find(|l| l.starts_with("TCP bytes="))
+        .map(str::to_string)
+}
+
+/// RX and TX packet counts of a link in a namespace.
+fn link_packets(ns: &str, dev: &str) -> (u64, u64) {
+    let path = |d: &str| format!("/sys/class/net/{dev}/statistics/{d}_packets");
+    let o = run(
+        Command::new("ip").args(["netns", "exec", ns, "cat", &path("rx"), &path("tx")]),
+        Duration::from_secs(10),
+    );
+    assert!(o.ok(), "reading {dev} statistics in {ns}: {}", o.stderr);
+    let v: Vec<u64> = o
+        .stdout
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[0], v[1])
+}
+
+#[test]
+fn bulk_tcp_through_the_offloaded_datapath() {
+    if !netns_available("bulk_tcp_through_the_offloaded_datapath") {
+        return;
+    }
+    let lab = Lab::up("offl", Encap::Udp, 4);
+    let p = lab.ping(Peer::A, 3);
+    assert!(p.received > 0, "no traffic through the tunnel: {p:?}");
+    let a0 = lab.counters(Peer::A);
+    let b0 = lab.counters(Peer::B);
+    let tun_a0 = link_packets(&lab.ns_a, "esplab-a");
+    let tun_b0 = link_packets(&lab.ns_b, "esplab-b");
+
+    let sink_addr = format!("{}:{PORT}", Peer::B.inner());
+    let mut sink = helper(&lab.ns_b, &format!("sink {sink_addr}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let src = run(
+        &mut helper(&lab.ns_a, &format!("source {sink_addr} {BYTES}")),
+        Duration::from_secs(180),
+    );
+    // The sink ends when the source closes (or its own 60 s read timeout fires).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while sink.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if sink.try_wait().unwrap().is_none() {
+        let _ = sink.kill();
+    }
+    let out = sink.wait_with_output().unwrap();
+    let sink_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        src.ok(),
+        "source failed:\n{}\n{}\nsink:\n{sink_out}\n{}",
+        src.stdout,
+        src.stderr,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = result_line(&src.stdout).expect("source printed no result");
+    let got = result_line(&sink_out).unwrap_or_else(|| {
+        panic!(
+            "sink printed no result:\n{sink_out}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(got, sent, "the byte stream arrived changed");
+    assert!(sent.starts_with(&format!("TCP bytes={BYTES} ")), "{sent}");
+
+    // Nothing dropped by either daemon, and what A encrypted B decrypted (TCP may have
+    // retransmitted, so at least the stream's worth of packets went each way it flowed).
+    let a1 = lab.counters(Peer::A);
+    let b1 = lab.counters(Peer::B);
+    let d = |m1: &std::collections::BTreeMap<String, u64>,
+             m0: &std::collections::BTreeMap<String, u64>,
+             k: &str| m1[k] - m0[k];
+    for k in [
+        "IN_DROPS",
+        "UNDERLAY_TX_ERRORS",
+        "UNDERLAY_RX_ERRORS",
+        "TUN_TX_ERRORS",
+        "TUN_RX_ERRORS",
+    ] {
+        assert_eq!(d(&a1, &a0, k), 0, "A {k}: {a1:?}");
+        assert_eq!(d(&b1, &b0, k), 0, "B {k}: {b1:?}");
+    }
+    let out_a = d(&a1, &a0, "OUT_PACKETS");
+    let in_b = d(&b1, &b0, "IN_PACKETS");
+    assert!(out_a >= BYTES / 1400, "A sent {out_a} ESP packets");
+    assert!(in_b >= BYTES / 1400, "B decrypted {in_b} ESP packets");
+
+    // Offload at work: A's TUN handed over fewer (larger) packets than A encrypted, and
+    // B's TUN took fewer (coalesced) packets than B decrypted.
+    let tun_a1 = link_packets(&lab.ns_a, "esplab-a");
+    let tun_b1 = link_packets(&lab.ns_b, "esplab-b");
+    let read_a = tun_a1.1 - tun_a0.1; // the kernel's TX is the daemon's read
+    let written_b = tun_b1.0 - tun_b0.0; // the kernel's RX is the daemon's write
+    assert!(
+        read_a < out_a,
+        "A's TUN gave {read_a} packets for {out_a} ESP packets: no TSO/GSO super-packets"
+    );
+    assert!(
+        written_b < in_b,
+        "B's TUN took {written_b} packets for {in_b} decrypted: no GRO coalescing"
+    );
+}
