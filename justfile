@@ -48,7 +48,8 @@ bench-icount:
     n=20000
     printf '%-26s %14s\n' path instructions/op
     for p in lookup-hit lookup-miss drop-unknown-spi drop-unknown-spi-batch drop-one-flow \
-             drop-unknown-spi-drained decap-gcm128-64 decap-gcm128-1400; do
+             drop-unknown-spi-drained agent-unknown-spi-peer agent-unknown-spi-stranger \
+             decap-gcm128-64 decap-gcm128-1400; do
         a=$(ins "$p" "$n"); b=$(ins "$p" $((2 * n)))
         awk -v p="$p" -v a="$a" -v b="$b" -v n="$n" 'BEGIN { printf "%-26s %14.1f\n", p, (b - a) / n }'
     done

@@ -6,9 +6,14 @@
 //! what else the shared machine is doing, unlike wall-clock benchmarks.
 
 use esplab_esp::{decap, Algorithm, Backend, Cipher, OutboundSa, ReplayWindow, SaParams};
-use esplab_node::{Inbound, LogLimits, Node, NodeConfig, PeerConfig, UdpDatagram, UnderlayEncap};
+use esplab_ike::{EndpointConfig, Identity, IkePeerConfig};
+use esplab_node::{
+    Agent, AgentConfig, Inbound, LogLimits, Node, NodeConfig, PeerConfig, UdpDatagram,
+    UnderlayEncap,
+};
 use esplab_sad::{Lookup, Sad, SadConfig};
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn lcg(x: &mut u64) -> u32 {
@@ -130,8 +135,66 @@ fn main() {
                 }
             }
         }
+        "agent-unknown-spi-peer" | "agent-unknown-spi-stranger" => {
+            // The daemon's whole invalid-SPI path: the agent's node drop plus the recovery
+            // engine (per-SPI hold-down table, per-source event table, events), random SPIs
+            // from the configured static peer (no IKE SA, recovery off: the default) or from
+            // an address that is no configured peer; one packet a microsecond (all within
+            // one hold-down, so the 4096-entry table stays full and evicts), events taken
+            // after every 32 packets as the daemon does.
+            let ip = |s: &str| s.parse().unwrap();
+            let mut peer = IkePeerConfig::new(
+                "a",
+                Identity::fqdn("b.example"),
+                Some(Identity::fqdn("a.example")),
+                b"icount psk",
+            );
+            peer.remote_addr = Some(SocketAddr::new(ip("198.18.0.1"), 500));
+            let cfg = AgentConfig {
+                node: NodeConfig {
+                    name: "b".into(),
+                    local: ip("198.18.0.2"),
+                    peers: vec![],
+                    log_limits: LogLimits::default(),
+                    event_queue: 1024,
+                    retired_grace: Duration::from_secs(5),
+                },
+                ike: EndpointConfig {
+                    peers: vec![peer],
+                    rng_seed: Some(1),
+                    ..Default::default()
+                },
+                debug_keys: false,
+                recovery: Default::default(),
+            };
+            let t0 = Instant::now();
+            let mut agent = Agent::new(cfg, t0).unwrap();
+            let src = if path == "agent-unknown-spi-peer" {
+                "198.18.0.1"
+            } else {
+                "198.18.0.99"
+            };
+            let (local, remote) = (
+                SocketAddr::new(ip("198.18.0.2"), 4500),
+                SocketAddr::new(ip(src), 4500),
+            );
+            let mut x = 9u64;
+            let mut pkt = [0u8; 64];
+            for i in 0..n {
+                pkt[..4].copy_from_slice(&(lcg(&mut x) | 0x100).to_be_bytes());
+                let now = t0 + Duration::from_micros(i as u64);
+                let (t, l, r) = black_box((now, local, remote));
+                black_box(agent.handle_underlay_udp(t, l, r, &mut pkt, 0..64));
+                if i % 32 == 31 {
+                    while let Some(e) = agent.poll_event() {
+                        black_box(e);
+                    }
+                }
+            }
+            black_box(agent.recovery_stats());
+        }
         other => {
-            eprintln!("icount: unknown path {other:?} (lookup-hit, lookup-miss, decap-gcm128-64, decap-gcm128-1400, drop-unknown-spi, drop-unknown-spi-batch, drop-one-flow, drop-unknown-spi-drained)");
+            eprintln!("icount: unknown path {other:?} (lookup-hit, lookup-miss, decap-gcm128-64, decap-gcm128-1400, drop-unknown-spi, drop-unknown-spi-batch, drop-one-flow, drop-unknown-spi-drained, agent-unknown-spi-peer, agent-unknown-spi-stranger)");
             std::process::exit(2);
         }
     }

@@ -162,15 +162,14 @@ fn one_packet(
 // What may allocate once, and is therefore done before counting starts:
 // - building the nodes and SAs (keys, key schedules, replay bitmaps, the SAD's tables, the
 //   event queue's ring, which `EventQueue::new` sizes to its capacity up front, and the
-//   rate limiter's flow table, created for `min(max_flows, 1024)` flows);
+//   rate limiter's flow table, created for `2 * max_flows` flows, up to 32Ki);
 // - the first use of lazily initialised process-wide state (CPU feature detection); the
 //   setup's encapsulations already pay for it.
 // Each case still runs a warm-up before counting, so a future one-time initialisation on
 // the first packet would not be charged as per-packet work; today none exists (with the
 // warm-ups set to zero, no allocation was seen on any first packet when this was written).
-// The one exception is the flow table's bounded, at-most-once growth when it fills up: it
-// cannot be moved into a warm-up (its moment depends on the random hash seed), so it has
-// its own test below, `node_invalid_spi_full_flow_table_allocates_at_most_once`.
+// A flow table that fills up (it once grew then, at a seed-dependent moment) has its own
+// test below, `node_invalid_spi_full_flow_table_allocates_at_most_once` (now: never).
 // Not per packet and not counted: `Node::handle_timeout`, the once-a-second periodic work
 // (when a retired SPI's grace period ends, its purge publishes a new SAD snapshot, which
 // allocates); it is called between packets on the virtual clock as the daemon does,
@@ -731,16 +730,11 @@ fn node_invalid_spi_flow_tracking_does_not_allocate() {
 /// third of the packets from new flows, so the table is full (64 flows), evicts when it can
 /// and refuses new flows when it cannot.
 ///
-/// KNOWN ALLOCATION (issue #7 finding): here the invalid-SPI path may allocate exactly once
-/// per process, at an instant that depends on the random hash seed. `LogLimiter::new`
-/// (crates/node/src/rate_limit.rs:70) sizes the flow map for `min(max_flows, 1024)` flows;
-/// evictions leave deleted-slot markers, and when they have used up the free slots of a map
-/// more than half full, the insert at crates/node/src/rate_limit.rs:143 makes hashbrown
-/// allocate a map twice the size (`reserve_rehash` → `resize`). From then on the map is at
-/// most a quarter full and rehashes in place, so it never allocates again: at most once,
-/// bounded. With `max_flows` above 1024 the map also grows (doubling) up to `max_flows`
-/// the first time that many flows are tracked. Neither happens with the default limits
-/// (ten new flows a minute, evicted every minute, in a map sized for 1024).
+/// No allocation either (issue #7): evictions leave deleted-slot markers in the flow map, and
+/// hashbrown rehashes in place when they use up its free slots only while the map is at most
+/// half full; `LogLimiter::new` sizes it for twice `max_flows` (crates/node/src/rate_limit.rs
+/// `flow_map_capacity`), so it never is more than half full and never allocates. (Before,
+/// sized for `min(max_flows, 1024)`, it allocated once, at a seed-dependent moment.)
 #[test]
 fn node_invalid_spi_full_flow_table_allocates_at_most_once() {
     let limits = LogLimits {
@@ -776,8 +770,8 @@ fn node_invalid_spi_full_flow_table_allocates_at_most_once() {
         "the flow table never filled: {max_tracked}"
     );
     assert_eq!(max_tracked, 64, "the flow table is bounded");
-    assert!(
-        counted <= 1,
+    assert_eq!(
+        counted, 0,
         "{counted} allocations in {count} invalid-SPI drops"
     );
     let c = b.counters();

@@ -322,3 +322,28 @@ fn durations_out_of_range() {
     let line = line_of(&bad, "retired_spi_grace");
     cli_refuses(&d.0, &bad, line, "invalid duration");
 }
+
+#[test]
+fn toml_syntax_errors_always_carry_a_message() {
+    // Found by the `config` fuzz target: a stray carriage return ("\rN") gave a toml error
+    // with an empty message, so the user saw only "peer.toml:1: ".
+    let d = Dir::new("cr");
+    for text in [
+        "\rN",
+        "\r",
+        "name = \"x\"\r",
+        "\r\n[",
+        "name = \"x\"\n\rN\n",
+    ] {
+        let (line, msg) = parse_err(&d.0, text);
+        assert!(!msg.trim().is_empty(), "{text:?}: empty message");
+        assert!(
+            line >= 1 && line <= text.matches('\n').count() + 1,
+            "{text:?}: line {line}"
+        );
+    }
+    let (line, msg) = parse_err(&d.0, "\rN");
+    assert_eq!(line, 1);
+    assert!(msg.contains("'\\r'"), "{msg}");
+    cli_refuses(&d.0, "name = \"x\"\n\rN\n", 2, "TOML");
+}

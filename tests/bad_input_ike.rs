@@ -8,7 +8,8 @@ use esplab_ike::{
     AuthFailure, DhGroup, EndpointConfig, ExchangeType, Flags, Identity, IkeEvent, IkeHeader,
     IkePeerConfig, IkeSaState, KePayload, Message, NotifyType, Payload, PayloadType,
 };
-use esplab_node::{Agent, AgentConfig, AgentEvent, LogLimits, NodeConfig};
+use esplab_node::counters::IkeDropCounters;
+use esplab_node::{Agent, AgentConfig, AgentEvent, LogLimits, NamedCounter, NodeConfig};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -196,16 +197,31 @@ impl Duo {
     }
 
     /// Checks the catalogue contract for one bad datagram to B: the expected IKE drop
-    /// reason, `IN_IKE_MESSAGES` + 1, no answer unless `answers`, and B's state unchanged.
+    /// reason, `IN_IKE_MESSAGES` + 1, its `IN_IKE_DROP_<REASON>` counter + 1 (and no other
+    /// IKE drop counter), no answer unless `answers`, and B's state unchanged.
     fn expect_drop(&mut self, data: &[u8], reason: &str, answers: usize) -> Vec<Vec<u8>> {
         let before = state(&self.b, self.now);
         let ike_in = self.b.node().counters().ike_in;
+        let drops_before = self.b.counters_named();
         let (sent, reasons) = self.inject_b(data);
         assert_eq!(reasons, vec![reason.to_string()], "drop reason");
         assert_eq!(
             self.b.node().counters().ike_in,
             ike_in + 1,
             "IN_IKE_MESSAGES"
+        );
+        let counter = IkeDropCounters::name(reason);
+        for (b, a) in drops_before.iter().zip(self.b.counters_named()) {
+            assert_eq!(b.name, a.name);
+            if !a.name.starts_with("IN_IKE_DROP") {
+                continue;
+            }
+            let plus = u64::from(a.name == counter || a.name == "IN_IKE_DROPS");
+            assert_eq!(a.value, b.value + plus, "{}", a.name);
+        }
+        assert_eq!(
+            self.b.ike_drops().get(reason),
+            drops_before_of(&drops_before, &counter) + 1
         );
         assert_eq!(sent.len(), answers, "answers");
         assert_eq!(state(&self.b, self.now), before, "state changed");
@@ -221,6 +237,14 @@ impl Duo {
             .map(|(_, d)| d.clone())
             .expect("no such message")
     }
+}
+
+/// The value of a named counter in a `counters_named()` list.
+fn drops_before_of(list: &[NamedCounter], name: &str) -> u64 {
+    list.iter()
+        .find(|c| c.name == name)
+        .map(|c| c.value)
+        .expect("no such counter")
 }
 
 /// Everything a bad message must not change: authenticated IKE SAs (SPIs, state, Message
@@ -304,6 +328,16 @@ fn bad_lengths() {
         d.expect_drop(&m, "integrity", 0);
         assert!(d.last_reason.contains("Truncated"), "{}", d.last_reason);
     }
+    // `Agent::clear_counters` (`esplab clear counters`) zeroes the IKE drop counters
+    // with the node's.
+    assert_eq!(d.b.ike_drops().get("integrity"), 10);
+    assert_eq!(d.b.ike_drops().total(), 11);
+    d.b.clear_counters();
+    assert_eq!(d.b.ike_drops().total(), 0);
+    assert!(
+        d.b.counters_named().iter().all(|c| c.value == 0),
+        "not cleared"
+    );
 }
 
 #[test]
@@ -342,8 +376,10 @@ fn payload_chains_that_loop_or_overrun() {
 #[test]
 fn unknown_critical_payload() {
     let mut d = Duo::established();
-    // RFC 7296 §2.5: an unknown payload with the critical bit set rejects the message.
-    // In an IKE_SA_INIT request (unauthenticated) the endpoint drops it without an answer.
+    // RFC 7296 §2.5: an unknown payload with the critical bit set rejects the message,
+    // and the response carries N(UNSUPPORTED_CRITICAL_PAYLOAD) naming the payload type.
+    // For an IKE_SA_INIT request it is a stateless, unprotected answer: no IKE SA, no
+    // half-open state (B's state is unchanged), counted as `malformed`.
     let mut m = init_request(
         0x0bad_0003,
         DhGroup::CURVE25519,
@@ -359,13 +395,73 @@ fn unknown_critical_payload() {
     // last payload's generic header (4 bytes + 3 of body from the end).
     let at = bytes.len() - 7 + 1;
     bytes[at] |= 0x80;
-    d.expect_drop(&bytes, "malformed", 0);
+    let half_open = d.b.ike_sas(d.now).len();
+    let sent = d.expect_drop(&bytes, "malformed", 1);
     assert!(
         d.last_reason
             .contains("UnsupportedCritical { payload_type: 222 }"),
         "{}",
         d.last_reason
     );
+    let answer = Message::parse(&sent[0]).unwrap();
+    assert_eq!(
+        answer.header,
+        IkeHeader {
+            spi_i: 0x0bad_0003,
+            spi_r: 0,
+            exchange_type: ExchangeType::IKE_SA_INIT,
+            flags: Flags::RESPONSE,
+            message_id: 0,
+        }
+    );
+    match answer.payloads.as_slice() {
+        [Payload::Notify(n)] => {
+            assert_eq!(n.notify_type, NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD);
+            assert_eq!(n.data, vec![222]);
+            assert!(n.spi.is_empty());
+        }
+        p => panic!("{p:?}"),
+    }
+    assert!(sent[0].len() <= bytes.len(), "the answer amplifies");
+    // Retransmitted, it is answered again from nothing (no state was kept).
+    d.expect_drop(&bytes, "malformed", 1);
+    assert_eq!(
+        d.b.ike_sas(d.now).len(),
+        half_open,
+        "a half-open SA was made"
+    );
+    // Bounded like the other stateless answers: never larger than the request (a bare
+    // header + critical payload, 32 octets, would get 37 back) ...
+    let mut tiny = IkeHeader {
+        spi_i: 0x0bad_0005,
+        spi_r: 0,
+        exchange_type: ExchangeType::IKE_SA_INIT,
+        flags: Flags::INITIATOR,
+        message_id: 0,
+    }
+    .encode(PayloadType(222), 32)
+    .to_vec();
+    tiny.extend_from_slice(&[0, 0x80, 0, 4]);
+    d.expect_drop(&tiny, "malformed", 0);
+    assert!(
+        d.last_reason.contains("UnsupportedCritical"),
+        "{}",
+        d.last_reason
+    );
+    // ... never to a source without a peer configuration ...
+    let stranger = SocketAddr::new(Ipv4Addr::new(198, 18, 0, 9).into(), 500);
+    let mut x = bytes.clone();
+    let n = x.len();
+    let v =
+        d.b.handle_underlay_udp(d.now, b_addr(), stranger, &mut x, 0..n);
+    assert_eq!(v, esplab_node::Inbound::Ike(0..n));
+    assert!(d.b.poll_transmit().is_none(), "answered an unknown source");
+    assert_eq!(d.b.ike_drops().get("malformed"), 4);
+    while d.b.poll_event().is_some() {}
+    // ... and never for a Message ID other than 0 (not an IKE_SA_INIT request, §2.2).
+    let mut mid = bytes.clone();
+    mid[20..24].copy_from_slice(&5u32.to_be_bytes());
+    d.expect_drop(&mid, "malformed", 0);
     // The same payload without the critical bit is skipped: B answers normally and holds
     // a half-open SA (not authenticated, so not in the contract's state).
     m.header.spi_i = 0x0bad_0004;

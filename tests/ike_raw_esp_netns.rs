@@ -2,15 +2,20 @@
 //! namespaces (esplab issue #5/#8): the negotiated CHILD SAs must carry traffic both
 //! ways. Before the fix the daemon opened only the raw ESP socket for such a peer while
 //! the negotiated SAs went out as UDP 4500 (RFC 3948), so the tunnel carried nothing.
+//! Without a NAT the ESP on the wire must be raw IP protocol 50, not UDP 4500 (issue #4,
+//! RFC 7296 §2.23): `dumpcap` on A's veth counts both.
 //!
 //! Needs root (namespaces, veth, TUN); fails without root unless `ESPLAB_SKIP_NETNS=1`.
+//! Needs `dumpcap` (package wireshark-common) unless `ESPLAB_SKIP_TSHARK=1`.
 //! Namespaces and the temporary directory are per process and removed in `Drop`.
 
 #[path = "interop/harness.rs"]
 mod harness;
 
 use harness::{may_run, EsplabNode, Lab};
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 const GCM: (&str, &str) = ("aes128gcm16-prfsha256-x25519", "aes128gcm16");
 
@@ -39,6 +44,15 @@ fn ike_peer_with_raw_esp_encap_carries_traffic() {
         Duration::from_secs(20),
         |l| l.esplab_sas("a") >= 2 && l.esplab_sas("b") >= 2,
     );
+    let pcap = lab.dir.join("a-veth.pcap");
+    let mut cap = has_dumpcap().then(|| {
+        Dumpcap::start(
+            &lab.ns[0],
+            &format!("{tag}a"),
+            "ip proto 50 or udp port 4500",
+            &pcap,
+        )
+    });
     // Traffic both ways through the negotiated SAs (a lost first probe while the
     // responder installs its pair is retried: poll, do not time).
     let mut ok = false;
@@ -51,4 +65,169 @@ fn ike_peer_with_raw_esp_encap_carries_traffic() {
         }
     }
     assert!(ok, "no traffic over the raw-ESP IKE peer\n{}", lab.logs());
+    let Some(c) = cap.as_mut() else {
+        eprintln!("wire check skipped: no dumpcap (ESPLAB_SKIP_TSHARK=1)");
+        return;
+    };
+    c.stop();
+    let (esp, udp) = count_protocols(&std::fs::read(&pcap).unwrap());
+    // dumpcap may not have written the last packets before it stopped: some raw ESP
+    // and no UDP 4500 at all (UDP encapsulation would put every packet there).
+    assert!(
+        esp > 0 && udp == 0,
+        "expected raw ESP only on the wire: {esp} protocol-50, {udp} UDP 4500 packets\n{}",
+        lab.logs()
+    );
+}
+
+/// The same esplab peer against strongSwan: kernel-libipsec forces UDP encapsulation by
+/// faking NAT detection (RFC 7296 §2.23), so the negotiated SAs stay UDP 4500 and
+/// traffic flows.
+#[test]
+fn raw_esp_ike_peer_stays_udp_with_strongswan() {
+    if !may_run(true) {
+        return;
+    }
+    let mut lab = Lab::new("erx", "esplab-ike-raw-esp", "s");
+    let tag = lab.tag.clone();
+    lab.strongswan(GCM, false, None);
+    let tun = format!("erx{tag}a");
+    lab.start_esplab(&EsplabNode {
+        side: 0,
+        name: "a",
+        tun: &tun,
+        suites: GCM,
+        start: true,
+        sections: "",
+        peer_extra: "encap = \"esp\"\n",
+    });
+    lab.wait(
+        "the CHILD SA pair with strongSwan",
+        Duration::from_secs(20),
+        |l| l.esplab_sas("a") == 2 && l.sw_children() == 1,
+    );
+    let pcap = lab.dir.join("a-veth.pcap");
+    let mut cap = has_dumpcap().then(|| {
+        Dumpcap::start(
+            &lab.ns[0],
+            &format!("{tag}a"),
+            "ip proto 50 or udp port 4500",
+            &pcap,
+        )
+    });
+    lab.ping_both_ways_n(3);
+    let Some(c) = cap.as_mut() else {
+        eprintln!("wire check skipped: no dumpcap (ESPLAB_SKIP_TSHARK=1)");
+        return;
+    };
+    c.stop();
+    let (esp, udp) = count_protocols(&std::fs::read(&pcap).unwrap());
+    assert!(
+        esp == 0 && udp > 0,
+        "expected UDP 4500 only on the wire: {esp} protocol-50, {udp} UDP 4500 packets\n{}",
+        lab.logs()
+    );
+}
+
+fn has_dumpcap() -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("dumpcap").is_file()));
+    if !found && std::env::var("ESPLAB_SKIP_TSHARK").as_deref() != Ok("1") {
+        panic!("dumpcap missing: apt-get install wireshark-common, or set ESPLAB_SKIP_TSHARK=1");
+    }
+    found
+}
+
+/// `dumpcap` on an interface inside a namespace; stopped (SIGINT, so the file is
+/// complete) by PID, at the latest on drop.
+struct Dumpcap {
+    child: Child,
+}
+
+impl Dumpcap {
+    fn start(ns: &str, dev: &str, filter: &str, file: &Path) -> Dumpcap {
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "dumpcap", "-q", "-P", "-i", dev, "-f", filter,
+            ])
+            .arg("-w")
+            .arg(file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dumpcap");
+        let mut d = Dumpcap { child };
+        // The pcap header is written once the capture runs.
+        let t0 = Instant::now();
+        while std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) < 24 {
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("dumpcap on {dev} in {ns} exited: {st}");
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "dumpcap did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // `ip netns exec` execs dumpcap: this PID is dumpcap's.
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dumpcap {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// (IPv4 protocol-50 packets, IPv4 UDP packets) in a classic pcap of an Ethernet link.
+fn count_protocols(pcap: &[u8]) -> (usize, usize) {
+    assert!(pcap.len() >= 24, "truncated pcap");
+    let le = match pcap[..4] {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => panic!("not a pcap file"),
+    };
+    let u32_at = |b: &[u8], i: usize| {
+        let w = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
+    };
+    assert_eq!(u32_at(pcap, 20), 1, "expected an Ethernet capture");
+    let (mut esp, mut udp, mut at) = (0, 0, 24);
+    while at + 16 <= pcap.len() {
+        let len = u32_at(pcap, at + 8) as usize;
+        let frame = &pcap[at + 16..(at + 16 + len).min(pcap.len())];
+        // Ethernet II, IPv4 (0x0800): the protocol is byte 9 of the IP header.
+        if frame.len() > 23 && frame[12..14] == [0x08, 0x00] {
+            match frame[23] {
+                50 => esp += 1,
+                17 => udp += 1,
+                _ => {}
+            }
+        }
+        at += 16 + len;
+    }
+    (esp, udp)
 }

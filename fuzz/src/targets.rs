@@ -699,7 +699,7 @@ pub fn ike_state(data: &[u8]) {
 const CONFIG_PATH: &str = "/nonexistent-esplab-fuzz/peer.toml";
 
 /// The TOML config parser (`esplab peer --config`). Invariants: every error names the
-/// file and a line within the text (0 = the whole file).
+/// file and a line within the text (0 = the whole file), and has a non-empty message.
 ///
 /// The parser reads secret files; to keep the fuzzer off the real filesystem (a config
 /// naming `/dev/zero` would block it), inputs that could name an absolute or escaped path
@@ -719,9 +719,9 @@ pub fn config(data: &[u8]) {
             assert_eq!(e.file, CONFIG_PATH);
             let lines = text.bytes().filter(|b| *b == b'\n').count() + 1;
             assert!(e.line <= lines, "error line {} of {lines}: {e}", e.line);
-            // Not asserted: `e.msg` is not always non-empty. The fuzzer found that a stray
-            // carriage return ("\rN") gives a toml error whose message is empty, so the
-            // user sees "FILE:1: " (docs/RELIABILITY.md, findings).
+            // The fuzzer found "\rN" giving an empty message ("FILE:1: "); every error
+            // must say something.
+            assert!(!e.msg.trim().is_empty(), "empty message: {e}");
         }
     }
 }

@@ -296,6 +296,40 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// How many reasons there are (one counter each).
+    pub const COUNT: usize = 10;
+
+    /// Every stable name ([`DropReason::as_str`]), in [`DropReason::index`] order, for
+    /// per-reason counters.
+    pub const NAMES: [&'static str; Self::COUNT] = [
+        "malformed",
+        "unknown-spi",
+        "spi-mismatch",
+        "integrity",
+        "unexpected-response",
+        "out-of-window",
+        "wrong-state",
+        "unsupported-exchange",
+        "missing-payload",
+        "no-peer-config",
+    ];
+
+    /// Position of the reason in [`DropReason::NAMES`] (dense, for counter arrays).
+    pub fn index(&self) -> usize {
+        match self {
+            DropReason::Malformed(_) => 0,
+            DropReason::UnknownSpi => 1,
+            DropReason::SpiMismatch => 2,
+            DropReason::Integrity(_) => 3,
+            DropReason::UnexpectedResponse => 4,
+            DropReason::OutOfWindow { .. } => 5,
+            DropReason::WrongState => 6,
+            DropReason::UnsupportedExchange(_) => 7,
+            DropReason::MissingPayload(_) => 8,
+            DropReason::NoPeerConfig => 9,
+        }
+    }
+
     /// Stable kebab-case name.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -837,6 +871,30 @@ fn range_text(
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn drop_reason_index_and_names_agree() {
+        let all = [
+            DropReason::Malformed(ParseError::UnsupportedCritical { payload_type: 222 }),
+            DropReason::UnknownSpi,
+            DropReason::SpiMismatch,
+            DropReason::Integrity(CryptoError::NoEncryptedPayload),
+            DropReason::UnexpectedResponse,
+            DropReason::OutOfWindow {
+                expected: 1,
+                got: 7,
+            },
+            DropReason::WrongState,
+            DropReason::UnsupportedExchange(ExchangeType(99)),
+            DropReason::MissingPayload("Nonce"),
+            DropReason::NoPeerConfig,
+        ];
+        assert_eq!(all.len(), DropReason::COUNT);
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+            assert_eq!(DropReason::NAMES[i], r.as_str(), "{r:?}");
+        }
+    }
 
     #[test]
     fn selector_text() {

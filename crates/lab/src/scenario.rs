@@ -60,6 +60,21 @@ pub enum ScenarioError {
         /// The parser's message (with line and column).
         source: toml::de::Error,
     },
+    /// A time (seconds or milliseconds) that is not finite or not in range: such values
+    /// reach `Duration::from_secs_f64` or the link's random delay, which panic on them.
+    #[error("{name}: {key} = {value} must be a number of {unit} in [0, {max}]")]
+    BadTime {
+        /// Scenario name or path.
+        name: String,
+        /// The key (`link.jitter_ms`, `fault[2].duration_s`, ...).
+        key: String,
+        /// The value given.
+        value: f64,
+        /// `seconds` or `milliseconds`.
+        unit: &'static str,
+        /// The largest value accepted.
+        max: f64,
+    },
     /// A value out of range.
     #[error("{name}: {msg}")]
     Invalid {
@@ -480,6 +495,7 @@ impl Scenario {
         if !(self.duration_s > 0.0 && self.duration_s <= 86_400.0) {
             return bad("duration_s must be in (0, 86400]");
         }
+        self.validate_times(name)?;
         if self.traffic.rate > 100_000 {
             return bad("traffic.rate above 100000/s");
         }
@@ -539,6 +555,79 @@ impl Scenario {
         Ok(())
     }
 
+    /// Every time value is finite, not negative and at most [`MAX_TIME_S`]: they become
+    /// `Duration`s (`Duration::from_secs_f64` panics on NaN, negative and huge values) or
+    /// bounds of a random delay (an infinite range panics).
+    fn validate_times(&self, name: &str) -> Result<(), ScenarioError> {
+        let mut secs: Vec<(String, f64)> = vec![
+            ("duration_s".into(), self.duration_s),
+            (
+                "topology.retired_grace_s".into(),
+                self.topology.retired_grace_s,
+            ),
+            ("traffic.start_s".into(), self.traffic.start_s),
+            ("policy.hold_down_s".into(), self.policy.hold_down_s),
+            ("policy.log_per_flow_s".into(), self.policy.log_per_flow_s),
+        ];
+        let opt = [
+            ("topology.child_lifetime_s", self.topology.child_lifetime_s),
+            ("topology.child_linger_s", self.topology.child_linger_s),
+            ("dpd.delay_s", self.dpd.delay_s),
+        ];
+        secs.extend(
+            opt.iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+        );
+        let mut millis: Vec<(String, f64)> = vec![
+            ("link.delay_ms".into(), self.link.delay_ms),
+            ("link.jitter_ms".into(), self.link.jitter_ms),
+            ("link.reorder_ms".into(), self.link.reorder_ms),
+        ];
+        for (i, f) in self.faults.iter().enumerate() {
+            secs.push((format!("fault[{i}].at"), f.at));
+            match f.kind {
+                FaultKind::DelayIke { delay_ms, .. } | FaultKind::DelayEsp { delay_ms, .. } => {
+                    millis.push((format!("fault[{i}].delay_ms"), delay_ms))
+                }
+                FaultKind::Cut { duration_s, .. } | FaultKind::Flood { duration_s, .. } => {
+                    secs.push((format!("fault[{i}].duration_s"), duration_s))
+                }
+                FaultKind::Spoof { interval_ms, .. } => {
+                    millis.push((format!("fault[{i}].interval_ms"), interval_ms))
+                }
+                _ => {}
+            }
+        }
+        let check = |key: String, value: f64, unit: &'static str, max: f64| {
+            // `contains` is false for NaN, so NaN is refused too.
+            if (0.0..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ScenarioError::BadTime {
+                    name: name.into(),
+                    key,
+                    value,
+                    unit,
+                    max,
+                })
+            }
+        };
+        for (k, v) in secs {
+            check(k, v, "seconds", MAX_TIME_S)?;
+        }
+        for (k, v) in millis {
+            check(k, v, "milliseconds", MAX_TIME_S * 1000.0)?;
+        }
+        // A zero lifetime would rekey at once, forever; `none` is how to switch it off.
+        if self.topology.child_lifetime_s == Some(0.0) {
+            return Err(ScenarioError::Invalid {
+                name: name.into(),
+                msg: "topology.child_lifetime_s must be more than 0 (omit it for none)".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Time of the first fault, seconds (the reference of the metrics).
     pub fn t_fault(&self) -> Option<f64> {
         self.faults
@@ -550,6 +639,9 @@ impl Scenario {
 
 /// Scenarios of the table not shipped yet, with the reason (all are shipped now).
 pub const NOT_YET: &[(&str, &str)] = &[];
+
+/// The largest time value a scenario accepts, seconds (one year; runs are at most a day).
+pub const MAX_TIME_S: f64 = 365.0 * 86_400.0;
 
 /// Most spokes of a hub topology (their protected /29 nets fit in 198.19.128.0/17, their
 /// underlay addresses in 198.18.16.0/19).

@@ -5,7 +5,7 @@
 
 use esplab_lab::report::{write_outputs, Metrics, RunReport};
 use esplab_lab::scenario::{FaultKind, BUILTIN};
-use esplab_lab::{run_scenario, Scenario};
+use esplab_lab::{run_scenario, Scenario, ScenarioError};
 
 fn load(name: &str) -> Scenario {
     Scenario::load(name).unwrap()
@@ -51,6 +51,77 @@ fn bad_files_are_refused() {
     )
     .is_err());
     assert!(Scenario::load("no-such-scenario").is_err());
+}
+
+#[test]
+fn time_values_out_of_range_are_typed_errors_naming_the_key() {
+    // Each of these reached `Duration::from_secs_f64` (or the link's random delay) and
+    // panicked on NaN, negative or huge values; now a typed error names the key.
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[topology]\n",
+            "child_lifetime_s",
+            "topology.child_lifetime_s",
+        ),
+        ("[topology]\n", "child_linger_s", "topology.child_linger_s"),
+        (
+            "[topology]\n",
+            "retired_grace_s",
+            "topology.retired_grace_s",
+        ),
+        ("[dpd]\n", "delay_s", "dpd.delay_s"),
+        ("[policy]\n", "hold_down_s", "policy.hold_down_s"),
+        ("[policy]\n", "log_per_flow_s", "policy.log_per_flow_s"),
+        ("[traffic]\n", "start_s", "traffic.start_s"),
+        ("[link]\n", "delay_ms", "link.delay_ms"),
+        ("[link]\n", "jitter_ms", "link.jitter_ms"),
+        ("[link]\n", "reorder_ms", "link.reorder_ms"),
+        (
+            "[[fault]]\nat = 1\naction = \"cut\"\ndir = \"a-to-b\"\n",
+            "duration_s",
+            "fault[0].duration_s",
+        ),
+        (
+            "[[fault]]\nat = 1\naction = \"delay-esp\"\nfrom = \"a\"\ncount = 1\n",
+            "delay_ms",
+            "fault[0].delay_ms",
+        ),
+        (
+            "[[fault]]\nat = 1\naction = \"spoof\"\nto = \"a\"\nkind = \"delete\"\ncount = 1\n",
+            "interval_ms",
+            "fault[0].interval_ms",
+        ),
+    ];
+    for (table, key, name) in cases {
+        for v in ["nan", "inf", "-inf", "-1.0", "1e300", "1.8e19"] {
+            let text = format!("name = \"x\"\nduration_s = 10\n{table}{key} = {v}\n");
+            match Scenario::from_toml("x", &text) {
+                Err(e @ ScenarioError::BadTime { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.starts_with(&format!("x: {name} = ")), "{text}: {msg}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+    // The largest accepted values run without a panic (two-peer and hub topologies).
+    let max = esplab_lab::scenario::MAX_TIME_S;
+    let edge = format!(
+        "name = \"edge\"\nduration_s = 3\nrecovery = \"on\"\n\
+         [topology]\nchild_lifetime_s = {max}\nchild_linger_s = {max}\nretired_grace_s = {max}\n\
+         [dpd]\ndelay_s = {max}\n[policy]\nhold_down_s = {max}\nlog_per_flow_s = {max}\n\
+         [link]\njitter_ms = 1e3\n"
+    );
+    let sc = Scenario::from_toml("edge", &edge).unwrap();
+    assert_eq!(run(&sc, 1, &[true]).len(), 1);
+    let hub = edge.replace("[topology]\n", "[topology]\nspokes = 2\n");
+    let sc = Scenario::from_toml("edge-hub", &hub).unwrap();
+    assert_eq!(run(&sc, 1, &[true]).len(), 1);
+    // A zero lifetime would rekey forever; `none` (omitted) switches it off.
+    assert!(matches!(
+        Scenario::from_toml("x", "name = \"x\"\n[topology]\nchild_lifetime_s = 0\n"),
+        Err(ScenarioError::Invalid { .. })
+    ));
 }
 
 #[test]

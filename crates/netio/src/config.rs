@@ -324,6 +324,24 @@ impl Ctx<'_> {
     }
 }
 
+/// The message of a TOML syntax error, never empty. The parser gives no message for some
+/// inputs (a stray carriage return, "\rN", found by the `config` fuzz target), which left
+/// the user with a bare "FILE:LINE: "; then name the character the parser stopped at.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if !m.is_empty() {
+        return m.to_string();
+    }
+    let at = e
+        .span()
+        .map(|s| s.start)
+        .filter(|&s| text.is_char_boundary(s));
+    match at.and_then(|s| text[s..].chars().next()) {
+        Some(c) => format!("invalid TOML: unexpected {:?}", c),
+        None => "invalid TOML".to_string(),
+    }
+}
+
 /// Parses a duration like `60s`, `500ms`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -426,7 +444,7 @@ impl Config {
             ConfigError {
                 file: file.clone(),
                 line,
-                msg: e.message().trim().to_string(),
+                msg: toml_message(text, &e),
             }
         })?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();

@@ -952,9 +952,7 @@ impl Datapath {
             Request::ShowCounters => {
                 let mut v: Vec<CounterRow> = self
                     .agent
-                    .node()
-                    .counters()
-                    .named()
+                    .counters_named()
                     .into_iter()
                     .map(|c| CounterRow {
                         name: c.name,
@@ -1047,7 +1045,7 @@ impl Datapath {
                 }
             }
             Request::ClearCounters => {
-                self.agent.node_mut().clear_counters();
+                self.agent.clear_counters();
                 self.io = IoCounters::default();
                 self.log.line("counters cleared by control request");
             }

@@ -187,6 +187,8 @@ pub struct Agent {
     /// (`false`) named, until the endpoint's outputs for that message are applied: only
     /// those whose pair is then actually removed count as stale (RFC 7296 §1.4.1).
     peer_deletes: Vec<(u32, bool)>,
+    /// IKE messages the endpoint dropped, by reason (`IN_IKE_DROP_*`).
+    ike_drops: crate::counters::IkeDropCounters,
 }
 
 impl std::fmt::Debug for Agent {
@@ -328,6 +330,7 @@ impl Agent {
             dpd_peers,
             node_events_dropped: 0,
             peer_deletes: Vec::new(),
+            ike_drops: Default::default(),
         })
     }
 
@@ -574,6 +577,24 @@ impl Agent {
         r
     }
 
+    /// IKE messages dropped by the endpoint, by reason.
+    pub fn ike_drops(&self) -> &crate::counters::IkeDropCounters {
+        &self.ike_drops
+    }
+
+    /// Every counter for `show counters`: the node's, then the IKE drop counters.
+    pub fn counters_named(&self) -> Vec<crate::NamedCounter> {
+        let mut v = self.node.counters().named();
+        v.extend(self.ike_drops.named());
+        v
+    }
+
+    /// Zeroes the node's counters and the IKE drop counters (`clear counters`).
+    pub fn clear_counters(&mut self) {
+        self.node.clear_counters();
+        self.ike_drops = Default::default();
+    }
+
     /// Recovery counters.
     pub fn recovery_stats(&self) -> RecoveryStats {
         self.recovery.stats()
@@ -752,8 +773,25 @@ impl Agent {
         self.apply_outputs(now);
     }
 
-    /// The UDP port ESP to an IKE peer goes to: its IKE port after NAT-T floating, else
-    /// the NAT-T port (RFC 3948 encapsulation is used for every negotiated SA).
+    /// How a negotiated pair's ESP travels. RFC 7296 §2.23 / RFC 3948 §2: UDP
+    /// encapsulation is for NAT traversal, so a peer configured for raw ESP (IP protocol
+    /// 50) gets it when the IKE SA detected no NAT on either side and never left port 500
+    /// (floating to the NAT-T port means the path may cross a NAT). strongSwan forces
+    /// encapsulation by faking NAT detection: that is "detected" and stays UDP.
+    fn child_encap(&self, peer: usize, c: &ChildSa) -> UnderlayEncap {
+        let raw = self.node.peer_encap(peer) == Some(UnderlayEncap::Raw)
+            && !c.nat.any()
+            && c.remote_addr.port() == IKE_PORT
+            && c.local_addr.port() == IKE_PORT;
+        if raw {
+            UnderlayEncap::Raw
+        } else {
+            UnderlayEncap::Udp
+        }
+    }
+
+    /// The UDP port UDP-encapsulated ESP to an IKE peer goes to: its IKE port after NAT-T
+    /// floating, else the NAT-T port.
     fn esp_port(&self, remote: SocketAddr) -> u16 {
         if remote.port() == IKE_PORT {
             self.nat_t_port
@@ -827,11 +865,25 @@ impl Agent {
                     });
                 }
                 Output::Event(e) => {
-                    if let IkeEvent::PeerAddressChanged { peer, remote, .. } = &e {
+                    if let IkeEvent::PeerAddressChanged {
+                        peer,
+                        local,
+                        remote,
+                        ..
+                    } = &e
+                    {
                         if let Some(pi) = self.node.peer_index(peer) {
                             let port = self.esp_port(*remote);
                             self.node.set_child_destination(pi, remote.ip(), port);
+                            // RFC 7296 §2.23: IKE off port 500 (floated, or a NAT rewrote
+                            // it) means raw ESP may no longer get through.
+                            if remote.port() != IKE_PORT || local.port() != IKE_PORT {
+                                self.node.set_child_udp(pi);
+                            }
                         }
+                    }
+                    if let IkeEvent::MessageDropped { reason, .. } = &e {
+                        self.ike_drops.count(reason);
                     }
                     let seen = e.clone();
                     self.events.push_back(AgentEvent::Ike(e));
@@ -862,6 +914,7 @@ impl Agent {
                     remote_ts: &remote_ts,
                     dst: c.remote_addr.ip(),
                     port,
+                    encap: self.child_encap(peer, c),
                     active: c.outbound_active,
                 },
                 now,

@@ -6,6 +6,7 @@
 //! `DropReason` is the single source: adding a reason adds its counters.
 
 use esplab_esp::{DropReason, Family};
+use esplab_ike::output::DropReason as IkeDropReason;
 use serde::Serialize;
 
 const N: usize = DropReason::ALL.len();
@@ -124,6 +125,56 @@ impl Counters {
     }
 }
 
+/// IKE messages dropped without effect, one counter per
+/// [`esplab_ike::output::DropReason`] (the endpoint's `IkeEvent::MessageDropped`). Names:
+/// `IN_IKE_DROP_<REASON>` (`IN_IKE_DROP_MALFORMED`, `IN_IKE_DROP_UNKNOWN_SPI`, ...) plus
+/// the total `IN_IKE_DROPS`, so one `grep IN_IKE` shows every IKE counter. Kept by the
+/// agent (the node only sees datagrams, not why the endpoint refused them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IkeDropCounters {
+    drops: [u64; IkeDropReason::COUNT],
+}
+
+impl IkeDropCounters {
+    /// Counts one dropped IKE message.
+    pub fn count(&mut self, reason: &IkeDropReason) {
+        self.drops[reason.index()] += 1;
+    }
+
+    /// Drops counted under this reason's name (`reason.as_str()`, e.g. `malformed`).
+    pub fn get(&self, reason: &str) -> u64 {
+        IkeDropReason::NAMES
+            .iter()
+            .position(|n| *n == reason)
+            .map_or(0, |i| self.drops[i])
+    }
+
+    /// All IKE drops.
+    pub fn total(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// The counter name for a reason name (`malformed` → `IN_IKE_DROP_MALFORMED`).
+    pub fn name(reason: &str) -> String {
+        format!(
+            "IN_IKE_DROP_{}",
+            reason.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// The total and every per-reason counter, zero ones included (stable order).
+    pub fn named(&self) -> Vec<NamedCounter> {
+        let mut v = vec![nc("IN_IKE_DROPS", self.total())];
+        for (i, r) in IkeDropReason::NAMES.iter().enumerate() {
+            v.push(NamedCounter {
+                name: Self::name(r),
+                value: self.drops[i],
+            });
+        }
+        v
+    }
+}
+
 fn nc(name: &str, value: u64) -> NamedCounter {
     NamedCounter {
         name: name.to_string(),
@@ -149,6 +200,31 @@ mod tests {
             Counters::drop_name(Dir::In, DropReason::ReplayDuplicate, Family::V4),
             "IN_US_V4_PKT_REPLAY_DUPLICATE"
         );
+    }
+
+    #[test]
+    fn ike_drop_counters() {
+        let mut c = IkeDropCounters::default();
+        c.count(&IkeDropReason::UnknownSpi);
+        c.count(&IkeDropReason::UnknownSpi);
+        c.count(&IkeDropReason::MissingPayload("Nonce"));
+        assert_eq!(c.get("unknown-spi"), 2);
+        assert_eq!(c.get("missing-payload"), 1);
+        assert_eq!(c.get("malformed"), 0);
+        assert_eq!(c.total(), 3);
+        let named = c.named();
+        assert_eq!(named.len(), IkeDropReason::COUNT + 1);
+        assert_eq!(named[0], nc("IN_IKE_DROPS", 3));
+        assert!(named.contains(&nc("IN_IKE_DROP_UNKNOWN_SPI", 2)));
+        assert!(named.contains(&nc("IN_IKE_DROP_MISSING_PAYLOAD", 1)));
+        assert!(named.contains(&nc("IN_IKE_DROP_NO_PEER_CONFIG", 0)));
+        // Unique, and distinct from the datapath counters.
+        let mut names: Vec<_> = named.iter().map(|n| n.name.clone()).collect();
+        names.extend(Counters::default().named().into_iter().map(|n| n.name));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
     }
 
     #[test]

@@ -198,6 +198,7 @@ struct ChildOut {
     remote_ts: Vec<TrafficSelector>,
     dst: IpAddr,
     port: u16,
+    encap: UnderlayEncap,
     active: bool,
     out: OutSa,
 }
@@ -215,10 +216,13 @@ pub struct ChildInstall<'a> {
     pub local_ts: &'a [TrafficSelector],
     /// The peer's side's selectors.
     pub remote_ts: &'a [TrafficSelector],
-    /// Outer destination of the UDP-encapsulated ESP (RFC 3948).
+    /// Outer destination of the ESP.
     pub dst: IpAddr,
-    /// Its UDP port.
+    /// Its UDP port (for `UnderlayEncap::Udp`).
     pub port: u16,
+    /// How the ESP travels: RFC 3948 UDP encapsulation, or raw IP protocol 50 (only when
+    /// no NAT was detected, RFC 7296 §2.23; the agent decides).
+    pub encap: UnderlayEncap,
     /// Send on the outbound SA at once (false for the responder of a CHILD rekey).
     pub active: bool,
 }
@@ -803,7 +807,7 @@ impl Node {
             .rposition(|c| c.active && covers(&c.remote_ts, dst) && covers(&c.local_ts, src));
         let (s, out_dst, out_port, out_encap) = if let Some(ci) = child {
             let c = &mut self.child_out[ci];
-            (&mut c.out, c.dst, c.port, UnderlayEncap::Udp)
+            (&mut c.out, c.dst, c.port, c.encap)
         } else {
             let Some(pi) = self
                 .cfg
@@ -927,6 +931,11 @@ impl Node {
         self.cfg.peers.iter().position(|p| p.name == name)
     }
 
+    /// How the peer's configuration says ESP travels to it (None: no such peer).
+    pub fn peer_encap(&self, peer: usize) -> Option<UnderlayEncap> {
+        self.cfg.peers.get(peer).map(|p| p.encap)
+    }
+
     /// When the last packet from this peer decrypted and passed the policy check.
     pub fn last_inbound(&self, peer: usize) -> Option<Instant> {
         self.peer_last_in.get(peer).copied().flatten()
@@ -1045,6 +1054,7 @@ impl Node {
             remote_ts: c.remote_ts.to_vec(),
             dst: c.dst,
             port: c.port,
+            encap: c.encap,
             active: c.active,
             out: OutSa {
                 sa: out_sa,
@@ -1097,6 +1107,14 @@ impl Node {
         for c in self.child_out.iter_mut().filter(|c| c.peer == peer) {
             c.dst = dst;
             c.port = port;
+        }
+    }
+
+    /// Switches every negotiated SA of `peer` to RFC 3948 UDP encapsulation (the IKE SA
+    /// floated to the NAT-T port, RFC 7296 §2.23: the path now may cross a NAT).
+    pub fn set_child_udp(&mut self, peer: usize) {
+        for c in self.child_out.iter_mut().filter(|c| c.peer == peer) {
+            c.encap = UnderlayEncap::Udp;
         }
     }
 

@@ -33,6 +33,20 @@ impl Default for LogLimits {
     }
 }
 
+/// Largest `max_flows` whose flow map is allocated in full up front (~0.9 MiB for the
+/// default 4096 flows, ~3.6 MiB here); beyond it the map grows on demand.
+const PREALLOCATED_FLOWS: usize = 16 * 1024;
+
+/// Flow-map capacity for `max_flows`: twice the bound, so the map never allocates once the
+/// limiter exists. The table holds at most `max_flows` entries, but evictions leave
+/// deleted-slot markers behind; when they use up the free slots, hashbrown rehashes in place
+/// only if the map is at most half full, otherwise it allocates one twice the size (issue
+/// #7: it did so once, at a seed-dependent moment, when the table first filled). With room
+/// for `2 * max_flows` it is never more than half full.
+fn flow_map_capacity(max_flows: usize) -> usize {
+    max_flows.min(PREALLOCATED_FLOWS) * 2
+}
+
 /// Whether to print a line now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -67,7 +81,7 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
         Self {
             limits,
             // RandomState: SipHash with a per-process random key; keys are wire-controlled.
-            flows: HashMap::with_capacity(limits.max_flows.min(1024)),
+            flows: HashMap::with_capacity(flow_map_capacity(limits.max_flows)),
             window_start: None,
             window_end: None,
             window_count: 0,
@@ -308,6 +322,18 @@ mod tests {
         }
         // The sequence exercised every branch.
         assert!(logged > 100 && repeats > 50_000, "{logged} {repeats}");
+    }
+
+    #[test]
+    fn flow_map_is_never_more_than_half_full() {
+        // hashbrown rehashes in place (no allocation) only while at most half full.
+        for max_flows in [1, 64, 1000, 4096, PREALLOCATED_FLOWS] {
+            let l: LogLimiter<u32> = LogLimiter::new(LogLimits {
+                max_flows,
+                ..LogLimits::default()
+            });
+            assert!(l.flows.capacity() >= 2 * max_flows, "{max_flows}");
+        }
     }
 
     #[test]

@@ -105,10 +105,11 @@ impl RecoveryConfig {
 // ---------------------------------------------------------------------------------------
 
 use serde::Serialize;
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why a recovery step was not taken.
@@ -181,8 +182,9 @@ pub struct RecoveryEvent {
     pub at: Instant,
     /// What.
     pub kind: RecoveryKind,
-    /// The configured peer concerned, if any.
-    pub peer: Option<String>,
+    /// The configured peer concerned, if any (shared with the engine's peer table: no
+    /// string is copied per event).
+    pub peer: Option<Arc<str>>,
     /// The sender address concerned, if any.
     pub src: Option<IpAddr>,
     /// The SPI concerned, if any.
@@ -335,11 +337,22 @@ impl OnInvalidSpi {
 }
 
 /// A map bounded to `cap` entries keyed with a per-process random hash seed (keys are
-/// wire-controlled: SPIs, source addresses). When full, expired entries go first, then
-/// the oldest one.
+/// wire-controlled: SPIs, source addresses). When full, expired entries go first, then the
+/// oldest eighth at once.
+///
+/// O(1) amortised and allocation-free once grown: a random-SPI flood makes one new entry
+/// per packet, so eviction must not scan the map. Next to the map, a ring holds every
+/// admission in order as `(key, generation)`; an entry of the ring whose generation is no
+/// longer the key's in the map is stale (the key was admitted again, or evicted) and is
+/// skipped. The clock is monotonic (`Instant`), so the ring is oldest-first: the expired
+/// entries are a prefix of it, and the oldest ones are at its front.
 #[derive(Debug)]
 struct Bounded<K: Hash + Eq + Copy> {
-    map: HashMap<K, Instant, RandomState>,
+    /// Key → (last admission, generation of its live ring entry).
+    map: HashMap<K, (Instant, u64), RandomState>,
+    /// Admissions, oldest first; at most `2 * cap` long (compacted when it gets there).
+    ring: VecDeque<(K, u64)>,
+    next_gen: u64,
     cap: usize,
 }
 
@@ -347,32 +360,83 @@ impl<K: Hash + Eq + Copy> Bounded<K> {
     fn new(cap: usize) -> Self {
         Bounded {
             map: HashMap::with_hasher(RandomState::new()),
+            ring: VecDeque::new(),
+            next_gen: 0,
             cap: cap.max(1),
         }
     }
 
     /// True (and the entry refreshed) when `key` was not seen within `hold`.
     fn admit(&mut self, now: Instant, key: K, hold: Duration) -> bool {
-        if let Some(t) = self.map.get(&key) {
-            if now.saturating_duration_since(*t) < hold {
-                return false;
+        if self.map.len() >= self.cap && !self.map.contains_key(&key) {
+            self.make_room(now, hold);
+        }
+        let gen = self.next_gen;
+        match self.map.entry(key) {
+            Entry::Occupied(mut o) => {
+                if now.saturating_duration_since(o.get().0) < hold {
+                    return false;
+                }
+                *o.get_mut() = (now, gen);
+            }
+            Entry::Vacant(v) => {
+                v.insert((now, gen));
             }
         }
-        if !self.map.contains_key(&key) && self.map.len() >= self.cap {
-            self.map
-                .retain(|_, t| now.saturating_duration_since(*t) < hold);
-            if self.map.len() >= self.cap {
-                // Still full (a flood within one hold-down): drop the oldest eighth at
-                // once, so this O(n) pass runs once per cap/8 new keys, not per packet.
-                let mut ages: Vec<Instant> = self.map.values().copied().collect();
-                let n = (self.cap / 8).min(ages.len() - 1);
-                let (_, cut, _) = ages.select_nth_unstable(n);
-                let cut = *cut;
-                self.map.retain(|_, t| *t > cut);
-            }
+        self.next_gen += 1;
+        if self.ring.len() >= 2 * self.cap {
+            // At least `cap` stale entries go (the map holds at most `cap` live ones), so
+            // this O(cap) pass runs at most once per `cap` admissions.
+            let map = &self.map;
+            self.ring
+                .retain(|(k, g)| map.get(k).is_some_and(|e| e.1 == *g));
         }
-        self.map.insert(key, now);
+        self.ring.push_back((key, gen));
         true
+    }
+
+    /// Removes the oldest live entry if `evict(admitted at)` says so; stale ring entries
+    /// in front of it go too. Returns the removed entry's time (`None`: kept, or empty).
+    /// One hash per ring entry looked at (a flood evicts about one entry per new key).
+    fn pop_oldest_if(&mut self, evict: impl Fn(Instant) -> bool) -> Option<Instant> {
+        while let Some((k, g)) = self.ring.pop_front() {
+            let Entry::Occupied(o) = self.map.entry(k) else {
+                continue;
+            };
+            let t = o.get().0;
+            if o.get().1 != g {
+                // Stale: the key was admitted again since, its live entry is further back.
+                continue;
+            }
+            if !evict(t) {
+                self.ring.push_front((k, g));
+                return None;
+            }
+            o.remove();
+            return Some(t);
+        }
+        None
+    }
+
+    /// The map is full and a new key comes: forget the expired entries; if it is still
+    /// full, the oldest eighth (`cap / 8 + 1` entries, and those admitted at the same instant as the
+    /// last of them), so this runs once per `cap / 8` new keys in a flood, not per packet.
+    fn make_room(&mut self, now: Instant, hold: Duration) {
+        while self
+            .pop_oldest_if(|t| now.saturating_duration_since(t) >= hold)
+            .is_some()
+        {}
+        if self.map.len() < self.cap {
+            return;
+        }
+        let n = (self.cap / 8).min(self.map.len() - 1) + 1;
+        let mut cut = None;
+        for _ in 0..n {
+            cut = self.pop_oldest_if(|_| true);
+        }
+        if let Some(c) = cut {
+            while self.pop_oldest_if(|t| t <= c).is_some() {}
+        }
     }
 
     fn len(&self) -> usize {
@@ -388,7 +452,7 @@ enum Phase {
 
 #[derive(Debug)]
 struct PeerState {
-    name: String,
+    name: Arc<str>,
     addr: Option<IpAddr>,
     /// Where its current IKE SA is (learnt from the IKE SA, also for dynamic peers).
     current: Option<IpAddr>,
@@ -480,7 +544,7 @@ impl Recovery {
         let peers = peers
             .iter()
             .map(|p| PeerState {
-                name: p.name.clone(),
+                name: Arc::from(p.name.as_str()),
                 addr: p.addr,
                 current: None,
                 cfg: cfg.for_peer(&p.name).clone(),
@@ -537,14 +601,14 @@ impl Recovery {
 
     /// The recovery settings of the peer named `name`.
     pub fn peer_config(&self, name: &str) -> Option<&PeerRecovery> {
-        self.peers.iter().find(|p| p.name == name).map(|p| &p.cfg)
+        self.peers.iter().find(|p| *p.name == *name).map(|p| &p.cfg)
     }
 
     fn emit(
         &mut self,
         at: Instant,
         kind: RecoveryKind,
-        peer: Option<String>,
+        peer: Option<Arc<str>>,
         src: Option<IpAddr>,
         spi: Option<u32>,
     ) {
@@ -578,7 +642,7 @@ impl Recovery {
         true
     }
 
-    fn over_budget(&mut self, now: Instant, peer: Option<String>, src: IpAddr, spi: u32) {
+    fn over_budget(&mut self, now: Instant, peer: Option<Arc<str>>, src: IpAddr, spi: u32) {
         // One event per budget window; the rest is counted.
         let show = self
             .budget_event
@@ -608,7 +672,7 @@ impl Recovery {
 
     /// The name of the peer whose IKE SA (or static address) is at `src`.
     pub fn peer_name_by_addr(&self, src: IpAddr) -> Option<&str> {
-        self.peer_by_addr(src).map(|i| self.peers[i].name.as_str())
+        self.peer_by_addr(src).map(|i| &*self.peers[i].name)
     }
 
     /// An ESP packet with unknown `spi` came from `src`. `ike_sa_up`: an established
@@ -738,12 +802,12 @@ impl Recovery {
         p.last_initiation = Some(now);
         p.attempt_deadline = Some(now + p.attempt_timeout);
         p.next_allowed = Some(now + p.backoff.max(hold));
-        Action::Initiate(p.name.clone())
+        Action::Initiate(p.name.to_string())
     }
 
     /// The agent carried out [`Action::Report`].
     pub fn reported(&mut self, now: Instant, src: IpAddr, spi: u32, what: OnInvalidSpi) {
-        let name = self.peer_name_by_addr(src).map(str::to_string);
+        let name = self.peer_by_addr(src).map(|i| self.peers[i].name.clone());
         if matches!(what, OnInvalidSpi::Delete | OnInvalidSpi::Both) {
             self.stats.deletes_sent += 1;
             self.emit(
@@ -762,7 +826,7 @@ impl Recovery {
 
     /// The agent carried out [`Action::Initiate`] (`ok`: the endpoint accepted it).
     pub fn initiated(&mut self, now: Instant, peer: &str, ok: bool) {
-        let Some(i) = self.peers.iter().position(|p| p.name == peer) else {
+        let Some(i) = self.peers.iter().position(|p| *p.name == *peer) else {
             return;
         };
         let src = self.peers[i].addr;
@@ -771,7 +835,7 @@ impl Recovery {
             self.emit(
                 now,
                 RecoveryKind::IkeInitiated,
-                Some(peer.to_string()),
+                Some(self.peers[i].name.clone()),
                 src,
                 None,
             );
@@ -803,7 +867,7 @@ impl Recovery {
         remote: IpAddr,
     ) -> (Vec<u32>, OnInvalidSpi) {
         let hold = self.cfg.hold_down;
-        let Some(i) = self.peers.iter().position(|p| p.name == peer) else {
+        let Some(i) = self.peers.iter().position(|p| *p.name == *peer) else {
             return (Vec::new(), OnInvalidSpi::None);
         };
         let p = &mut self.peers[i];
@@ -836,7 +900,7 @@ impl Recovery {
             self.emit(
                 now,
                 RecoveryKind::IkeEstablished,
-                Some(peer.to_string()),
+                Some(self.peers[i].name.clone()),
                 Some(remote),
                 None,
             );
@@ -846,7 +910,7 @@ impl Recovery {
 
     /// An IKE SA attempt with `peer` failed or the peer died.
     pub fn on_ike_failed(&mut self, now: Instant, peer: &str, dead: bool) {
-        let Some(i) = self.peers.iter().position(|p| p.name == peer) else {
+        let Some(i) = self.peers.iter().position(|p| *p.name == *peer) else {
             return;
         };
         if dead {
@@ -855,7 +919,7 @@ impl Recovery {
             self.emit(
                 now,
                 RecoveryKind::PeerDead,
-                Some(peer.to_string()),
+                Some(self.peers[i].name.clone()),
                 src,
                 None,
             );
@@ -871,15 +935,13 @@ impl Recovery {
     /// [`Recovery::on_unknown_spi_deleted`]).
     pub fn on_stale_reported(&mut self, now: Instant, peer: &str, spi: u32) {
         self.stats.stale_sa_deleted += 1;
-        let src = self
-            .peers
-            .iter()
-            .find(|p| p.name == peer)
-            .and_then(|p| p.current.or(p.addr));
+        let p = self.peers.iter().find(|p| *p.name == *peer);
+        let src = p.and_then(|p| p.current.or(p.addr));
+        let name = p.map_or_else(|| Arc::from(peer), |p| p.name.clone());
         self.emit(
             now,
             RecoveryKind::StaleSaDeletedOnPeerRequest,
-            Some(peer.to_string()),
+            Some(name),
             src,
             Some(spi),
         );
@@ -898,7 +960,7 @@ impl Recovery {
     /// backoff, if it is not up after a hold-down (the peer went away mid-way).
     pub fn on_peer_deleted_ike(&mut self, now: Instant, peer: &str) {
         let hold = self.cfg.hold_down;
-        let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) else {
+        let Some(p) = self.peers.iter_mut().find(|p| *p.name == *peer) else {
             return;
         };
         p.current = None;
@@ -909,7 +971,7 @@ impl Recovery {
 
     /// We terminated the IKE SA with `peer` (a command): it is not restarted.
     pub fn on_local_terminate(&mut self, peer: &str) {
-        if let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) {
+        if let Some(p) = self.peers.iter_mut().find(|p| *p.name == *peer) {
             p.terminated = true;
             p.restart_check = None;
         }
@@ -918,7 +980,7 @@ impl Recovery {
     /// We initiate an IKE SA with `peer` by command: a later Delete(IKE) of the peer
     /// restarts it again.
     pub fn on_local_initiate(&mut self, peer: &str) {
-        if let Some(p) = self.peers.iter_mut().find(|p| p.name == peer) {
+        if let Some(p) = self.peers.iter_mut().find(|p| *p.name == *peer) {
             p.terminated = false;
         }
     }
@@ -969,7 +1031,7 @@ impl Recovery {
                 src,
                 None,
             );
-            out.push(name);
+            out.push(name.to_string());
         }
         out
     }
@@ -999,7 +1061,7 @@ impl Recovery {
             Some(src),
             None,
         );
-        Some(name)
+        Some(name.to_string())
     }
 
     /// Timers: recovery attempts that took too long count as failed.
@@ -1030,7 +1092,7 @@ impl Recovery {
                     .map(|t| t.saturating_duration_since(now).as_secs_f64())
                     .unwrap_or(0.0);
                 PeerRecoveryStatus {
-                    peer: p.name.clone(),
+                    peer: p.name.to_string(),
                     address: p.addr,
                     state: match p.phase {
                         Phase::Initiating => "initiating",
@@ -1070,6 +1132,85 @@ mod engine_tests {
             assert!(b.len() <= 4);
         }
         assert!(!b.admit(t0 + Duration::from_millis(100), 99, Duration::from_secs(10)));
+    }
+
+    /// The table as first written (an O(n) pass allocating a `Vec` of ages when full): the
+    /// ring-based one must give the same answers and keep the same entries.
+    struct Model {
+        map: HashMap<u32, Instant>,
+        cap: usize,
+    }
+
+    impl Model {
+        fn admit(&mut self, now: Instant, key: u32, hold: Duration) -> bool {
+            if let Some(t) = self.map.get(&key) {
+                if now.saturating_duration_since(*t) < hold {
+                    return false;
+                }
+            }
+            if !self.map.contains_key(&key) && self.map.len() >= self.cap {
+                self.map
+                    .retain(|_, t| now.saturating_duration_since(*t) < hold);
+                if self.map.len() >= self.cap {
+                    let mut ages: Vec<Instant> = self.map.values().copied().collect();
+                    let n = (self.cap / 8).min(ages.len() - 1);
+                    let (_, cut, _) = ages.select_nth_unstable(n);
+                    let cut = *cut;
+                    self.map.retain(|_, t| *t > cut);
+                }
+            }
+            self.map.insert(key, now);
+            true
+        }
+    }
+
+    #[test]
+    fn bounded_table_agrees_with_the_plain_scan() {
+        let t0 = Instant::now();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut evictions, mut refused, mut readmitted) = (0, 0, 0);
+        for (cap, hold_ms) in [(1, 50), (4, 0), (16, 200), (64, 1000), (100, 30)] {
+            let hold = Duration::from_millis(hold_ms);
+            let mut model = Model {
+                map: HashMap::new(),
+                cap,
+            };
+            let mut b = Bounded::new(cap);
+            let mut ms = 0u64;
+            for i in 0..20_000 {
+                let r = next();
+                // Often several packets at one instant (ties at the eviction cut).
+                ms += [0, 0, 1, 3][(r & 3) as usize];
+                let now = t0 + Duration::from_millis(ms);
+                // A few hot keys (held down, re-admitted) and a flood of fresh ones.
+                let key = if r >> 62 == 0 {
+                    (r >> 8) as u32 % 8
+                } else {
+                    (r >> 16) as u32
+                };
+                let before = model.map.len();
+                let want = model.admit(now, key, hold);
+                assert_eq!(b.admit(now, key, hold), want, "cap {cap} step {i}");
+                refused += u32::from(!want);
+                evictions += u32::from(model.map.len() <= before && want);
+                readmitted += u32::from(want && key < 8);
+                assert_eq!(b.len(), model.map.len(), "cap {cap} step {i}");
+                assert!(b.len() <= cap && b.ring.len() <= 2 * cap);
+                for (k, (t, _)) in &b.map {
+                    assert_eq!(model.map.get(k), Some(t), "cap {cap} step {i}");
+                }
+            }
+        }
+        assert!(
+            evictions > 1000 && refused > 1000 && readmitted > 1000,
+            "{evictions} {refused} {readmitted}"
+        );
     }
 
     #[test]

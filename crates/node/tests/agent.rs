@@ -149,6 +149,8 @@ fn establish_and_traffic_both_suites_both_roles() {
                 let q = ipv4_packet(B_HOST, A_HOST, i);
                 assert!(lab.send_inner(false, &q));
             }
+            // The peers' default encapsulation: RFC 3948 UDP.
+            assert_eq!(lab.last_encap, Some(UnderlayEncap::Udp));
             lab.step(Duration::from_millis(50));
             assert_eq!(lab.tun_b.len(), 10);
             assert_eq!(lab.tun_a.len(), 10);
@@ -352,4 +354,150 @@ fn manual_sas_next_to_ike() {
         vec![ipv4_packet(m_a, m_b, 1), ipv4_packet(A_HOST, B_HOST, 3)]
     );
     assert_eq!(lab.tun_a, vec![ipv4_packet(m_b, m_a, 2)]);
+}
+
+/// Both peers configured with `encap = "esp"` (raw ESP, IP protocol 50), A behind a
+/// port-translating NAT when `nat`; `float` false sets `nat_t_port = 500` (no floating).
+fn raw_esp_pair(nat: bool, float: bool) -> Lab {
+    let t0 = Instant::now();
+    let suites = ("aes128gcm16-prfsha256-x25519", "aes128gcm16");
+    let raw = |name: &str, peer_ip: Ipv4Addr, l: u8, r: u8| PeerConfig {
+        name: name.into(),
+        address: peer_ip.into(),
+        encap: UnderlayEncap::Raw,
+        port: 4500,
+        local_ts: vec![
+            TrafficSelector::from_prefix(Ipv4Addr::new(198, 19, l, 0).into(), 24).unwrap(),
+        ],
+        remote_ts: vec![
+            TrafficSelector::from_prefix(Ipv4Addr::new(198, 19, r, 0).into(), 24).unwrap(),
+        ],
+    };
+    let mut na = node_cfg("a", A_IP);
+    na.peers.push(raw("b", B_IP, 1, 2));
+    let mut nb = node_cfg("b", B_IP);
+    nb.peers.push(raw("a", A_IP, 2, 1));
+    let mut pa = peer_cfg(
+        "b",
+        A_IP,
+        Some(B_IP),
+        ("a.example", "b.example"),
+        (1, 2),
+        suites,
+    );
+    pa.start = true;
+    let pb = peer_cfg(
+        "a",
+        B_IP,
+        Some(A_IP),
+        ("b.example", "a.example"),
+        (2, 1),
+        suites,
+    );
+    let agent = |node, peer, seed| {
+        Agent::new(
+            AgentConfig {
+                node,
+                ike: EndpointConfig {
+                    peers: vec![peer],
+                    rng_seed: Some(seed),
+                    nat_t_port: if float { 4500 } else { 500 },
+                    ..Default::default()
+                },
+                debug_keys: false,
+                recovery: Default::default(),
+            },
+            t0,
+        )
+        .unwrap()
+    };
+    let mut lab = Lab::new(agent(na, pa, 5), agent(nb, pb, 6), t0);
+    if nat {
+        lab.nat_a = 30000;
+    }
+    lab.step(Duration::from_secs(1));
+    assert_eq!(lab.established(&lab.a), 1);
+    assert_eq!(lab.established(&lab.b), 1);
+    lab
+}
+
+/// Sends `n` packets each way and returns how A's and B's went (they must all arrive).
+fn traffic(lab: &mut Lab, n: u16) -> (UnderlayEncap, UnderlayEncap) {
+    let (ta, tb) = (lab.tun_a.len(), lab.tun_b.len());
+    let mut sent = (None, None);
+    for i in 0..n {
+        assert!(lab.send_inner(true, &ipv4_packet(A_HOST, B_HOST, i)));
+        sent.0 = lab.last_encap;
+        assert!(lab.send_inner(false, &ipv4_packet(B_HOST, A_HOST, i)));
+        sent.1 = lab.last_encap;
+    }
+    lab.step(Duration::from_millis(50));
+    assert_eq!(lab.tun_b.len() - tb, usize::from(n));
+    assert_eq!(lab.tun_a.len() - ta, usize::from(n));
+    (sent.0.unwrap(), sent.1.unwrap())
+}
+
+/// esplab issue #4, RFC 7296 §2.23 / RFC 3948: a raw-ESP peer without a NAT sends its
+/// negotiated SAs' ESP as IP protocol 50 (not UDP 4500), and receives it; a NAT seen
+/// later on an IKE request (the peer's IKE moved off port 500) switches to UDP.
+#[test]
+fn raw_esp_peer_without_nat_sends_protocol_50() {
+    let mut lab = raw_esp_pair(false, true);
+    assert!(lab
+        .a
+        .ike_sas(lab.now)
+        .iter()
+        .all(|s| s.local.port() == 500 && s.remote.port() == 500));
+    assert_eq!(
+        traffic(&mut lab, 5),
+        (UnderlayEncap::Raw, UnderlayEncap::Raw)
+    );
+    assert!(lab.wire.is_empty());
+    // A NAT appears in front of A: its next request reaches B from port 30500.
+    lab.nat_a = 30000;
+    lab.a.send_liveness(lab.now, "b").unwrap();
+    lab.step(Duration::from_millis(50));
+    assert!(lab.events_b.iter().any(|e| matches!(
+        e,
+        AgentEvent::Ike(IkeEvent::PeerAddressChanged { remote, .. }) if remote.port() == 30500
+    )));
+    assert!(lab.send_inner(false, &ipv4_packet(B_HOST, A_HOST, 99)));
+    assert_eq!(lab.last_encap, Some(UnderlayEncap::Udp));
+    let d = lab.wire.back().unwrap();
+    assert_eq!(d.dst, SocketAddr::new(A_IP.into(), 30500));
+    // A saw no change: it still sends raw ESP.
+    assert!(lab.send_inner(true, &ipv4_packet(A_HOST, B_HOST, 99)));
+    assert_eq!(lab.last_encap, Some(UnderlayEncap::Raw));
+}
+
+/// The same raw-ESP peers with a NAT detected (RFC 7296 §2.23): UDP-encapsulated ESP
+/// (RFC 3948) on the floated ports, both ways.
+#[test]
+fn raw_esp_peer_behind_nat_sends_udp() {
+    let mut lab = raw_esp_pair(true, true);
+    let now = lab.now;
+    assert!(lab.a.ike_sas(now).iter().all(|s| s.nat.local_behind_nat));
+    assert!(lab.b.ike_sas(now).iter().all(|s| s.nat.remote_behind_nat));
+    assert_eq!(
+        traffic(&mut lab, 5),
+        (UnderlayEncap::Udp, UnderlayEncap::Udp)
+    );
+}
+
+/// A NAT detected while IKE stays on port 500 (no NAT-T port to float to): the detection
+/// alone makes the pairs UDP-encapsulated (RFC 7296 §2.23), as with strongSwan's faked
+/// NAT.
+#[test]
+fn raw_esp_peer_with_nat_detected_on_port_500_sends_udp() {
+    let mut lab = raw_esp_pair(true, false);
+    let now = lab.now;
+    assert!(lab
+        .b
+        .ike_sas(now)
+        .iter()
+        .all(|s| s.nat.remote_behind_nat && s.local.port() == 500));
+    assert!(lab.send_inner(true, &ipv4_packet(A_HOST, B_HOST, 1)));
+    assert_eq!(lab.last_encap, Some(UnderlayEncap::Udp));
+    assert!(lab.send_inner(false, &ipv4_packet(B_HOST, A_HOST, 1)));
+    assert_eq!(lab.last_encap, Some(UnderlayEncap::Udp));
 }

@@ -439,6 +439,42 @@ impl Endpoint {
         self.send_plain(None, local, remote, &msg);
     }
 
+    /// Responder: an IKE_SA_INIT request naming an unknown payload type with the critical
+    /// bit set. RFC 7296 §2.5: the whole message is rejected and the response carries
+    /// N(UNSUPPORTED_CRITICAL_PAYLOAD) with the one-octet payload type as data. It is
+    /// answered like the other stateless IKE_SA_INIT errors (INVALID_KE_PAYLOAD,
+    /// NO_PROPOSAL_CHOSEN): unprotected, SPIr = 0, no IKE SA or half-open state, at most
+    /// one answer per request, and only to a source we have a peer configuration for. It
+    /// is also never larger than the request, so it cannot amplify a spoofed flood (a
+    /// real IKE_SA_INIT request, with SA, KE and Nonce, is always larger). The drop is
+    /// still reported, so it is counted with the other malformed messages.
+    fn reject_critical(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        e: crate::error::ParseError,
+    ) {
+        let answer = match (IkeHeader::decode(data), e.notify_type()) {
+            (Ok(d), Some(t)) if d.header.message_id == 0 => {
+                Some((d.header.spi_i, Notify::new(t, e.notify_data())))
+            }
+            _ => None,
+        };
+        self.dropped(local, remote, DropReason::Malformed(e));
+        let Some((spi_i, n)) = answer else {
+            return;
+        };
+        if self.candidates_for(remote.ip()).is_empty() {
+            return;
+        }
+        // Header + Notify (8 octets + data): no amplification.
+        if crate::header::HEADER_LEN + 8 + n.data.len() > data.len() {
+            return;
+        }
+        self.init_error(local, remote, spi_i, n);
+    }
+
     /// Responder: an IKE_SA_INIT request.
     pub(crate) fn handle_init_request(
         &mut self,
@@ -450,6 +486,9 @@ impl Endpoint {
     ) {
         let msg = match Message::parse(data) {
             Ok(m) => m,
+            Err(e @ crate::error::ParseError::UnsupportedCritical { .. }) => {
+                return self.reject_critical(local, remote, data, e)
+            }
             Err(e) => return self.dropped(local, remote, DropReason::Malformed(e)),
         };
         let h = msg.header;

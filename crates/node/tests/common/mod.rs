@@ -22,6 +22,8 @@ pub const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const A_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
 pub const B_HOST: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
 pub const LATENCY: Duration = Duration::from_millis(5);
+/// The "port" of a raw ESP packet on the wire (a real UDP port is never 0).
+pub const RAW_ESP: u16 = 0;
 
 /// 198.19.`o3`.0/24, any port.
 pub fn net(o3: u8) -> IkeTs {
@@ -85,7 +87,8 @@ impl Arrival for (Instant, Vec<u8>) {
     }
 }
 
-/// A datagram in flight: UDP from `src` to `dst`.
+/// A datagram in flight: UDP from `src` to `dst`; raw ESP (IP protocol 50) when both
+/// ports are [`RAW_ESP`].
 pub struct Dgram {
     pub at: Instant,
     pub src: SocketAddr,
@@ -107,6 +110,12 @@ pub struct Lab<T> {
     pub id: u16,
     /// Datagrams sent to addresses other than A and B (they vanish after being recorded).
     pub elsewhere: Vec<Dgram>,
+    /// A port-translating NAT in front of A (0: none): UDP from A leaves with its source
+    /// port plus this, UDP to a port at least this reaches A at the port minus it. Raw
+    /// ESP passes untranslated.
+    pub nat_a: u16,
+    /// How the last packet [`Lab::send_packet`] sent travelled.
+    pub last_encap: Option<UnderlayEncap>,
 }
 
 impl<T: Arrival> Lab<T> {
@@ -122,7 +131,17 @@ impl<T: Arrival> Lab<T> {
             events_b: vec![],
             id: 0,
             elsewhere: vec![],
+            nat_a: 0,
+            last_encap: None,
         }
+    }
+
+    /// Puts a datagram on the wire, through the NAT in front of A.
+    fn push(&mut self, mut d: Dgram) {
+        if self.nat_a != 0 && d.src.ip() == IpAddr::V4(A_IP) && d.src.port() != RAW_ESP {
+            d.src.set_port(d.src.port().wrapping_add(self.nat_a));
+        }
+        self.wire.push_back(d);
     }
 
     /// The agent at `ip` and its TUN; `None` for any other address.
@@ -139,12 +158,13 @@ impl<T: Arrival> Lab<T> {
     /// Collects transmits and events of both agents.
     pub fn collect(&mut self) {
         let at = self.now + LATENCY;
+        let mut sent = Vec::new();
         for (ag, ev) in [
             (&mut self.a, &mut self.events_a),
             (&mut self.b, &mut self.events_b),
         ] {
             while let Some(t) = ag.poll_transmit() {
-                self.wire.push_back(Dgram {
+                sent.push(Dgram {
                     at,
                     src: t.local,
                     dst: t.remote,
@@ -154,6 +174,9 @@ impl<T: Arrival> Lab<T> {
             while let Some(e) = ag.poll_event() {
                 ev.push(e);
             }
+        }
+        for d in sent {
+            self.push(d);
         }
     }
 
@@ -173,11 +196,15 @@ impl<T: Arrival> Lab<T> {
                 port,
                 encap,
             } => {
-                assert_eq!(encap, UnderlayEncap::Udp);
-                self.wire.push_back(Dgram {
+                self.last_encap = Some(encap);
+                let (sport, dport) = match encap {
+                    UnderlayEncap::Udp => (4500, port),
+                    UnderlayEncap::Raw => (RAW_ESP, RAW_ESP),
+                };
+                self.push(Dgram {
                     at: self.now + LATENCY,
-                    src: SocketAddr::new(src_ip.into(), 4500),
-                    dst: SocketAddr::new(dst, port),
+                    src: SocketAddr::new(src_ip.into(), sport),
+                    dst: SocketAddr::new(dst, dport),
                     data: buf[esp].to_vec(),
                 });
                 true
@@ -188,11 +215,19 @@ impl<T: Arrival> Lab<T> {
 
     /// Hands a datagram to A or B now (datagrams to other addresses are only recorded in
     /// `elsewhere`).
-    pub fn deliver(&mut self, src: SocketAddr, dst: SocketAddr, mut data: Vec<u8>) {
+    pub fn deliver(&mut self, src: SocketAddr, mut dst: SocketAddr, mut data: Vec<u8>) {
         let now = self.now;
+        if self.nat_a != 0 && dst.ip() == IpAddr::V4(A_IP) && dst.port() >= self.nat_a {
+            dst.set_port(dst.port().wrapping_sub(self.nat_a));
+        }
         if let Some((ag, tun)) = self.side(dst.ip()) {
             let n = data.len();
-            if let Inbound::Deliver(r) = ag.handle_underlay_udp(now, dst, src, &mut data, 0..n) {
+            let v = if dst.port() == RAW_ESP {
+                ag.handle_underlay_esp(now, src.ip(), dst.ip(), &mut data, 0..n)
+            } else {
+                ag.handle_underlay_udp(now, dst, src, &mut data, 0..n)
+            };
+            if let Inbound::Deliver(r) = v {
                 tun.push(T::arrival(now, data[r].to_vec()));
             }
         } else {
