@@ -14,43 +14,27 @@
 //! milestones; the pcap holds every IKE datagram but only spoke 1's ESP; `esp_sa` has
 //! spoke 1's SAs.
 
+use crate::net::{
+    agent_config, agent_rng_seed, apply_peer_policy, blackhole_ms, count_traffic_drop, counter_map,
+    gen_words, link_delay, ms, plot_marks, sent_lost, us, Capture, Queue, Us, IKE_PORT, NAT_T_PORT,
+    SEC, TIMELINE_MAX,
+};
 use crate::pcap::PcapBuf;
 use crate::report::{Bins, HubMetrics, Metrics, RunReport, TimelineEntry};
-use crate::scenario::{DpdActionSpec, FaultKind, Scenario};
+use crate::scenario::{FaultKind, Scenario};
 use crate::sim::{is_recovery_action, scrub};
-use esplab_esp::wire::{emit_outer, OuterParams};
-use esplab_ike::proposal::ProposalSpec;
-use esplab_ike::{
-    AddrRange, EndpointConfig, Identity, IkeEvent, IkePeerConfig, PeerAction,
-    TrafficSelector as IkeTs,
-};
+use esplab_ike::{AddrRange, Identity, IkeEvent, IkePeerConfig, TrafficSelector as IkeTs};
 use esplab_node::{
-    invalid_spi_log_line, Agent, AgentConfig, AgentEvent, DpdAction, Event, Inbound, LogLimits,
-    NodeConfig, OnInvalidSpi, Outbound, PeerRecovery, RecoveryConfig, HEADROOM, TAILROOM,
+    invalid_spi_log_line, Agent, AgentEvent, Event, Inbound, Outbound, HEADROOM, TAILROOM,
 };
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use rand::SeedableRng;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-type Us = u64;
-const SEC: Us = 1_000_000;
-const IKE_PORT: u16 = 500;
-const NAT_T_PORT: u16 = 4500;
-const GEN_PORT: u16 = 9;
-const TIMELINE_MAX: usize = 5000;
 /// The hub's underlay address.
 const HUB: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-
-fn us(secs: f64) -> Us {
-    (secs.max(0.0) * 1e6).round() as Us
-}
-
-fn ms(t: Us) -> f64 {
-    t as f64 / 1000.0
-}
 
 /// Underlay address of agent `k` (0 = hub; spoke k in 198.18.16.0/19, 250 per /24).
 fn underlay(k: usize) -> Ipv4Addr {
@@ -106,41 +90,13 @@ fn gen_packet(dir: usize, spoke: usize, seq: u32) -> Vec<u8> {
     } else {
         (inner_host(spoke), inner_host(0))
     };
-    let len = 20 + 8 + 12;
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let mut sum = 0u32;
-    for c in p[..20].chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p[20..22].copy_from_slice(&GEN_PORT.to_be_bytes());
-    p[22..24].copy_from_slice(&GEN_PORT.to_be_bytes());
-    p[24..26].copy_from_slice(&20u16.to_be_bytes());
-    p[28..32].copy_from_slice(&(dir as u32).to_be_bytes());
-    p[32..36].copy_from_slice(&(spoke as u32).to_be_bytes());
-    p[36..40].copy_from_slice(&seq.to_be_bytes());
-    p
+    crate::net::gen_packet(src, dst, seq, &[dir as u32, spoke as u32, seq])
 }
 
 /// (direction, spoke, seq) of a delivered generator packet.
 fn parse_gen(p: &[u8]) -> Option<(usize, usize, u32)> {
-    if p.len() < 40 || p[0] != 0x45 || p[9] != 17 || p[22..24] != GEN_PORT.to_be_bytes() {
-        return None;
-    }
-    let dir = u32::from_be_bytes(p[28..32].try_into().ok()?) as usize;
-    let spoke = u32::from_be_bytes(p[32..36].try_into().ok()?) as usize;
-    let seq = u32::from_be_bytes(p[36..40].try_into().ok()?);
-    (dir < 2).then_some((dir, spoke, seq))
+    let [dir, spoke, seq] = gen_words::<3>(p)?;
+    (dir < 2).then_some((dir as usize, spoke as usize, seq))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,13 +105,7 @@ enum Origin {
     Ike,
 }
 
-#[derive(Debug)]
-struct Dgram {
-    src: SocketAddr,
-    dst: SocketAddr,
-    data: Vec<u8>,
-    origin: Origin,
-}
+type Dgram = crate::net::Dgram<Origin>;
 
 #[derive(Debug)]
 enum Ev {
@@ -191,9 +141,7 @@ struct Hub<'s> {
     end: Us,
     t_fault: Option<Us>,
     rng: StdRng,
-    queue: BinaryHeap<Reverse<(Us, u64)>>,
-    pending: BTreeMap<u64, Ev>,
-    seq: u64,
+    queue: Queue<Ev>,
     agents: Vec<Agent>,
     restarts: Vec<u64>,
     armed: Vec<Option<Us>>,
@@ -203,7 +151,7 @@ struct Hub<'s> {
     sent_at: [Vec<Us>; 2],
     delivered: [Vec<bool>; 2],
     spokes: Vec<SpokeState>,
-    pcap: PcapBuf,
+    cap: Capture,
     uat: Vec<String>,
     ike_uat: Vec<String>,
     timeline: Vec<TimelineEntry>,
@@ -213,7 +161,6 @@ struct Hub<'s> {
     bins: Bins,
     counters_before: [BTreeMap<String, u64>; 2],
     snapped: bool,
-    ip_id: u16,
     act: Option<Us>,
     /// IKE datagrams sent or received by the hub, per second of virtual time.
     hub_ike_per_s: Vec<u32>,
@@ -241,9 +188,7 @@ pub fn simulate_hub(
         end,
         t_fault: sc.t_fault().map(us),
         rng: StdRng::seed_from_u64(seed),
-        queue: BinaryHeap::new(),
-        pending: BTreeMap::new(),
-        seq: 0,
+        queue: Queue::default(),
         agents: Vec::with_capacity(n + 1),
         restarts: vec![0; n + 1],
         armed: vec![None; n + 1],
@@ -251,7 +196,7 @@ pub fn simulate_hub(
         sent_at: Default::default(),
         delivered: Default::default(),
         spokes: vec![SpokeState::default(); n + 1],
-        pcap: PcapBuf::default(),
+        cap: Capture::default(),
         uat: Vec::new(),
         ike_uat: Vec::new(),
         timeline: Vec::new(),
@@ -264,7 +209,6 @@ pub fn simulate_hub(
         bins: Bins::new((end / 240).max(SEC / 2), end),
         counters_before: Default::default(),
         snapped: false,
-        ip_id: 0,
         act: None,
         hub_ike_per_s: vec![0; (end / SEC) as usize + 1],
         last_delivery: [None; 2],
@@ -285,10 +229,7 @@ impl Hub<'_> {
     }
 
     fn schedule(&mut self, at: Us, ev: Ev) {
-        let s = self.seq;
-        self.seq += 1;
-        self.queue.push(Reverse((at, s)));
-        self.pending.insert(s, ev);
+        self.queue.schedule(at, ev);
     }
 
     fn after_fault(&self) -> bool {
@@ -316,28 +257,8 @@ impl Hub<'_> {
             p.remote_addr = Some(SocketAddr::new(underlay(other).into(), IKE_PORT));
             p.local_ts = vec![ts(me)];
             p.remote_ts = vec![ts(other)];
-            p.ike_proposals = ProposalSpec::parse_ike(&topo.ike_proposal)
-                .or_else(|_| ProposalSpec::parse_ike("aes128gcm16-prfsha256-x25519"))
-                .into_iter()
-                .collect();
-            p.esp_proposals = ProposalSpec::parse_esp(&topo.esp_proposal)
-                .or_else(|_| ProposalSpec::parse_esp("aes128gcm16"))
-                .into_iter()
-                .collect();
-            // The spokes initiate, as in most hub-and-spoke deployments.
+            apply_peer_policy(&mut p, sc, false);
             p.start = me != 0;
-            if let Some(l) = topo.child_linger_s {
-                p.child_linger = Duration::from_secs_f64(l);
-            }
-            p.dpd_delay = sc.dpd.delay_s.map(Duration::from_secs_f64);
-            p.on_peer_delete = match sc.policy.on_peer_delete.as_str() {
-                "restart" => PeerAction::Restart,
-                _ => PeerAction::None,
-            };
-            p.on_dead = match sc.dpd.action {
-                DpdActionSpec::Restart => PeerAction::Restart,
-                DpdActionSpec::Clear => PeerAction::None,
-            };
             p
         };
         let peers: Vec<IkePeerConfig> = if k == 0 {
@@ -345,54 +266,17 @@ impl Hub<'_> {
         } else {
             vec![peer(k, 0)]
         };
-        let rng_seed = self
-            .seed
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .wrapping_add(k as u64 * 2 + 1)
-            .wrapping_add(self.restarts[k] << 32);
-        let dpd = sc.dpd.delay_s.map(Duration::from_secs_f64);
-        let recovery = RecoveryConfig {
-            default: PeerRecovery {
-                on_invalid_spi: match sc.policy.on_invalid_spi.as_str() {
-                    "notify" => OnInvalidSpi::Notify,
-                    "both" => OnInvalidSpi::Both,
-                    "none" => OnInvalidSpi::None,
-                    _ => OnInvalidSpi::Delete,
-                },
-                invalid_spi_recovery: self.recovery,
-                dpd_delay: dpd,
-                dpd_action: match sc.dpd.action {
-                    DpdActionSpec::Restart => DpdAction::Restart,
-                    DpdActionSpec::Clear => DpdAction::Clear,
-                },
-            },
-            hold_down: Duration::from_secs_f64(sc.policy.hold_down_s),
-            global_per_minute: sc.policy.global_per_minute,
-            ..Default::default()
-        };
-        let node = NodeConfig {
-            name: name(k),
-            local: underlay(k).into(),
-            peers: Vec::new(),
-            log_limits: LogLimits {
-                per_flow_interval: Duration::from_secs_f64(sc.policy.log_per_flow_s),
-                global_max: sc.policy.log_global_max,
-                ..LogLimits::default()
-            },
-            event_queue: 1 << 16,
-            retired_grace: Duration::from_secs_f64(topo.retired_grace_s),
-        };
-        let cfg = AgentConfig {
-            node,
-            ike: EndpointConfig {
-                peers,
-                rng_seed: Some(rng_seed),
-                ..Default::default()
-            },
-            // Key material only for spoke 1, whose ESP is in the pcap.
-            debug_keys: k == 1,
-            recovery,
-        };
+        let rng_seed = agent_rng_seed(self.seed, k, self.restarts[k]);
+        // Key material only for spoke 1, whose ESP is in the pcap.
+        let cfg = agent_config(
+            sc,
+            self.recovery,
+            name(k),
+            underlay(k).into(),
+            peers,
+            rng_seed,
+            k == 1,
+        );
         // Built from validated values only.
         Agent::new(cfg, self.instant(self.now)).expect("lab hub agent configuration")
     }
@@ -459,12 +343,12 @@ impl Hub<'_> {
             self.schedule(us(self.sc.faults[k].at), Ev::Fault(k));
         }
         let mut steps = 0u64;
-        while let Some(Reverse((t, s))) = self.queue.pop() {
+        while let Some((t, ev)) = self.queue.pop() {
             if t > self.end {
                 break;
             }
             self.now = self.now.max(t);
-            let Some(ev) = self.pending.remove(&s) else {
+            let Some(ev) = ev else {
                 continue;
             };
             self.dispatch(ev);
@@ -605,52 +489,21 @@ impl Hub<'_> {
         if hub_ike || src.ip() == spoke1 || dst.ip() == spoke1 {
             self.capture(src, dst, &data);
         }
-        let l = &self.sc.link;
-        if l.loss > 0.0 && self.rng.gen_bool(l.loss) {
+        let Some(delay) = link_delay(&self.sc.link, &mut self.rng) else {
             return;
-        }
-        let mut delay = us(l.delay_ms / 1000.0);
-        if l.jitter_ms > 0.0 {
-            delay += us(self.rng.gen_range(0.0..l.jitter_ms) / 1000.0);
-        }
-        if l.reorder > 0.0 && self.rng.gen_bool(l.reorder) {
-            delay += us(l.reorder_ms / 1000.0);
-        }
-        if l.duplicate > 0.0 && self.rng.gen_bool(l.duplicate) {
-            let copy = Dgram {
-                src,
-                dst,
-                data: data.clone(),
-                origin,
-            };
-            self.schedule(self.now + delay + 1, Ev::Deliver(copy));
-        }
-        self.schedule(
-            self.now + delay,
-            Ev::Deliver(Dgram {
-                src,
-                dst,
-                data,
-                origin,
-            }),
-        );
+        };
+        let d = Dgram {
+            src,
+            dst,
+            data,
+            origin,
+        };
+        let (link, rng) = (&self.sc.link, &mut self.rng);
+        self.queue.send(self.now, delay, link, rng, d, Ev::Deliver);
     }
 
     fn capture(&mut self, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
-        let params = OuterParams {
-            src: src.ip(),
-            dst: dst.ip(),
-            udp: Some((src.port(), dst.port())),
-            ip_id: self.ip_id,
-            ttl: 64,
-        };
-        self.ip_id = self.ip_id.wrapping_add(1);
-        let h = params.header_len();
-        let mut pkt = vec![0u8; h + data.len()];
-        pkt[h..].copy_from_slice(data);
-        if emit_outer(&mut pkt, &params, data.len()).is_ok() {
-            self.pcap.push(self.now, &pkt);
-        }
+        self.cap.capture(self.now, src, dst, data);
     }
 
     fn deliver(&mut self, d: Dgram) {
@@ -672,14 +525,7 @@ impl Hub<'_> {
             }
             Inbound::Drop(reason) => {
                 if let Origin::Traffic { dir, spoke } = d.origin {
-                    *self
-                        .m
-                        .drop_reasons
-                        .entry(reason.as_str().to_string())
-                        .or_insert(0) += 1;
-                    if reason.as_str() == "retired-spi" {
-                        self.m.retired_spi_drops += 1;
-                    }
+                    count_traffic_drop(&mut self.m, reason.as_str());
                     self.traffic_dropped(dir, spoke);
                 }
             }
@@ -854,18 +700,7 @@ impl Hub<'_> {
 
     /// Named counters of the hub (`a`) and the sum over the spokes (`b`).
     fn snapshot(&self) -> [BTreeMap<String, u64>; 2] {
-        let one = |a: &Agent| -> BTreeMap<String, u64> {
-            let c = a.node().counters();
-            let mut m: BTreeMap<String, u64> =
-                c.named().into_iter().map(|n| (n.name, n.value)).collect();
-            m.insert("in_packets".into(), c.in_packets);
-            m.insert("out_packets".into(), c.out_packets);
-            m.insert("ike_in".into(), c.ike_in);
-            m.insert("peer_address_followed".into(), c.peer_address_followed);
-            m.insert("invalid_spi_logged".into(), c.invalid_spi_logged);
-            m.insert("invalid_spi_suppressed".into(), c.invalid_spi_suppressed);
-            m
-        };
+        let one = |a: &Agent| counter_map(a, false);
         let mut spokes = BTreeMap::new();
         for a in &self.agents[1..] {
             for (k, v) in one(a) {
@@ -905,22 +740,11 @@ impl Hub<'_> {
                 0.0
             };
         }
-        m.blackhole_ms = match (m.t_fault_ms, m.t_first_drop_ms, m.t_recovered_ms) {
-            (Some(f), Some(_), Some(r)) => Some(r - f),
-            (Some(f), Some(_), None) => Some(ms(self.end) - f),
-            (Some(_), None, _) => Some(0.0),
-            _ => None,
-        };
+        m.blackhole_ms = blackhole_ms(&m, self.end);
         if let Some(f) = self.t_fault {
             let horizon = self.end.saturating_sub(SEC);
             for dir in 0..2 {
-                let (mut sent, mut lost) = (0u64, 0u64);
-                for (i, &t) in self.sent_at[dir].iter().enumerate() {
-                    if t >= f && t < horizon {
-                        sent += 1;
-                        lost += u64::from(!self.delivered[dir][i]);
-                    }
-                }
+                let (sent, lost) = sent_lost(&self.sent_at[dir], &self.delivered[dir], f, horizon);
                 m.sent_after_fault[dir] = sent;
                 m.lost[dir] = lost;
                 let from = self.last_delivery[dir].unwrap_or(f).max(f);
@@ -939,19 +763,7 @@ impl Hub<'_> {
             counters.insert(format!("{side}_before"), self.counters_before[i].clone());
             counters.insert(format!("{side}_after"), after[i].clone());
         }
-        let mut marks = Vec::new();
-        for f in &self.sc.faults {
-            marks.push((ms(us(f.at)), "fault".to_string()));
-        }
-        if let Some(t) = m.t_detect_ms {
-            marks.push((t, "detect".into()));
-        }
-        if let Some(t) = m.t_action_ms {
-            marks.push((t, "action".into()));
-        }
-        if let Some(t) = m.t_recovered_ms {
-            marks.push((t, "all recovered".into()));
-        }
+        let marks = plot_marks(self.sc, &m, "all recovered");
         let mut timeline = std::mem::take(&mut self.timeline);
         // Notes are pushed in event order already; keep it stable.
         timeline.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
@@ -962,7 +774,7 @@ impl Hub<'_> {
             counters,
             plot: self.bins.finish(marks),
         };
-        (run, self.pcap, self.uat, self.ike_uat)
+        (run, self.cap.pcap, self.uat, self.ike_uat)
     }
 }
 

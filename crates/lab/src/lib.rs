@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod hub;
+mod net;
 pub mod pcap;
 pub mod report;
 pub mod scenario;

@@ -5,51 +5,29 @@
 //! pure function of (scenario, seed, recovery). Nothing ticks per millisecond: packets,
 //! timers and faults are scheduled events, so an hour of virtual time is cheap.
 
+use crate::net::{
+    agent_config, agent_rng_seed, apply_peer_policy, blackhole_ms, count_traffic_drop, counter_map,
+    gen_words, link_delay, ms, plot_marks, sent_lost, us, Capture, Queue, Us, IKE_PORT, NAT_T_PORT,
+    SEC, TIMELINE_MAX,
+};
 use crate::pcap::PcapBuf;
 use crate::report::{Bins, Metrics, RunReport, TimelineEntry};
-use crate::scenario::{
-    exchange_number, Direction, DpdActionSpec, Family, FaultKind, Scenario, SpoofKind,
-};
-use esplab_esp::wire::{emit_outer, finish_udp6_checksum, OuterParams};
-use esplab_ike::proposal::ProposalSpec;
+use crate::scenario::{exchange_number, Direction, Family, FaultKind, Scenario, SpoofKind};
 use esplab_ike::{
-    AddrRange, EndpointConfig, ExchangeType, Identity, IkeEvent, IkePeerConfig, Lifetime,
-    PeerAction, TrafficSelector as IkeTs,
+    AddrRange, ExchangeType, Identity, IkeEvent, IkePeerConfig, Lifetime, TrafficSelector as IkeTs,
 };
 use esplab_node::{
-    invalid_spi_log_line, suppressed_log_line, Agent, AgentConfig, AgentEvent, DpdAction, Event,
-    Inbound, LogLimits, NodeConfig, OnInvalidSpi, Outbound, PeerRecovery, RecoveryConfig, HEADROOM,
-    TAILROOM,
+    invalid_spi_log_line, suppressed_log_line, Agent, AgentEvent, Event, Inbound, Outbound,
+    HEADROOM, TAILROOM,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Virtual time in microseconds since the start of the run.
-type Us = u64;
-
-const SEC: Us = 1_000_000;
-/// The IKE port and the NAT-T port (RFC 7296 §2, RFC 3948).
-const IKE_PORT: u16 = 500;
-const NAT_T_PORT: u16 = 4500;
 /// Inner (protected) hosts: 198.19.1.1 behind A, 198.19.2.1 behind B.
 const INNER: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 19, 1, 1), Ipv4Addr::new(198, 19, 2, 1)];
-/// Generator packets are UDP to this port; the payload is the direction and sequence number.
-const GEN_PORT: u16 = 9;
-/// Largest timeline kept per run (floods would otherwise fill it).
-const TIMELINE_MAX: usize = 5000;
-
-fn us(secs: f64) -> Us {
-    (secs.max(0.0) * 1e6).round() as Us
-}
-
-fn ms(t: Us) -> f64 {
-    t as f64 / 1000.0
-}
-
 /// Underlay addresses of A, B, the third host X, and B's NAT public address.
 #[derive(Debug, Clone, Copy)]
 struct Addrs {
@@ -93,13 +71,7 @@ enum Origin {
     Attack,
 }
 
-#[derive(Debug)]
-struct Dgram {
-    src: SocketAddr,
-    dst: SocketAddr,
-    data: Vec<u8>,
-    origin: Origin,
-}
+type Dgram = crate::net::Dgram<Origin>;
 
 #[derive(Debug)]
 enum Ev {
@@ -140,9 +112,7 @@ struct World<'s> {
     end: Us,
     t_fault: Option<Us>,
     rng: StdRng,
-    queue: BinaryHeap<Reverse<(Us, u64)>>,
-    pending: BTreeMap<u64, Ev>,
-    seq: u64,
+    queue: Queue<Ev>,
     addrs: Addrs,
     agents: Vec<Agent>,
     restarts: [u64; 2],
@@ -157,7 +127,7 @@ struct World<'s> {
     cuts: Vec<(Direction, Us, Us)>,
     nat_offset: u16,
     // Outputs.
-    pcap: PcapBuf,
+    cap: Capture,
     uat: Vec<String>,
     /// Wireshark `ikev2_decryption_table` lines of every IKE SA (first and rekeyed).
     ike_uat: Vec<String>,
@@ -170,7 +140,6 @@ struct World<'s> {
     act_msg: Option<Us>,
     counters_before: [BTreeMap<String, u64>; 2],
     snapped: bool,
-    ip_id: u16,
     recovered_dir: [Option<Us>; 2],
     recovery_kinds: BTreeMap<String, u64>,
     cost_msgs: Vec<(Us, bool, bool)>,
@@ -215,9 +184,7 @@ pub fn simulate_with_progress(
         end,
         t_fault: sc.t_fault().map(us),
         rng: StdRng::seed_from_u64(seed),
-        queue: BinaryHeap::new(),
-        pending: BTreeMap::new(),
-        seq: 0,
+        queue: Queue::default(),
         addrs,
         agents: Vec::new(),
         restarts: [0; 2],
@@ -229,7 +196,7 @@ pub fn simulate_with_progress(
         delay_esp: [(0, 0); 2],
         cuts: Vec::new(),
         nat_offset: 0,
-        pcap: PcapBuf::default(),
+        cap: Capture::default(),
         uat: Vec::new(),
         ike_uat: Vec::new(),
         timeline: Vec::new(),
@@ -241,7 +208,6 @@ pub fn simulate_with_progress(
         act_msg: None,
         counters_before: Default::default(),
         snapped: false,
-        ip_id: 0,
         recovered_dir: [None; 2],
         recovery_kinds: BTreeMap::new(),
         cost_msgs: Vec::new(),
@@ -273,40 +239,13 @@ fn peer_label(i: usize) -> &'static str {
 
 /// The inner generator packet: IPv4/UDP with the direction and sequence number as payload.
 fn gen_packet(dir: usize, seq: u32) -> Vec<u8> {
-    let (src, dst) = (INNER[dir], INNER[1 - dir]);
-    let len = 20 + 8 + 8;
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let mut sum = 0u32;
-    for c in p[..20].chunks_exact(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p[20..22].copy_from_slice(&GEN_PORT.to_be_bytes());
-    p[22..24].copy_from_slice(&GEN_PORT.to_be_bytes());
-    p[24..26].copy_from_slice(&16u16.to_be_bytes());
-    p[28..32].copy_from_slice(&(dir as u32).to_be_bytes());
-    p[32..36].copy_from_slice(&seq.to_be_bytes());
-    p
+    crate::net::gen_packet(INNER[dir], INNER[1 - dir], seq, &[dir as u32, seq])
 }
 
 /// (direction, seq) of a delivered generator packet.
 fn parse_gen(p: &[u8]) -> Option<(usize, u32)> {
-    if p.len() < 36 || p[0] != 0x45 || p[9] != 17 || p[22..24] != GEN_PORT.to_be_bytes() {
-        return None;
-    }
-    let dir = u32::from_be_bytes(p[28..32].try_into().ok()?) as usize;
-    let seq = u32::from_be_bytes(p[32..36].try_into().ok()?);
-    (dir < 2).then_some((dir, seq))
+    let [dir, seq] = gen_words::<2>(p)?;
+    (dir < 2).then_some((dir as usize, seq))
 }
 
 /// An unprotected IKE INFORMATIONAL request (RFC 7296 §3.1 header, §3.10 Notify, §3.11
@@ -361,10 +300,7 @@ impl World<'_> {
     }
 
     fn schedule(&mut self, at: Us, ev: Ev) {
-        let s = self.seq;
-        self.seq += 1;
-        self.queue.push(Reverse((at, s)));
-        self.pending.insert(s, ev);
+        self.queue.schedule(at, ev);
     }
 
     fn new_agent(&self, i: usize) -> Agent {
@@ -391,79 +327,22 @@ impl World<'_> {
         p.remote_addr = (!dynamic).then_some(SocketAddr::new(other, IKE_PORT));
         p.local_ts = vec![net(i)];
         p.remote_ts = vec![net(1 - i)];
-        // Proposals were validated when the scenario was loaded; fall back to the defaults.
-        p.ike_proposals = ProposalSpec::parse_ike(&topo.ike_proposal)
-            .or_else(|_| ProposalSpec::parse_ike("aes128gcm16-prfsha256-x25519"))
-            .into_iter()
-            .collect();
-        p.esp_proposals = ProposalSpec::parse_esp(&topo.esp_proposal)
-            .or_else(|_| ProposalSpec::parse_esp("aes128gcm16"))
-            .into_iter()
-            .collect();
+        apply_peer_policy(&mut p, sc, dynamic);
         p.start = topo.initiator.idx() == i && !dynamic;
         if let Some(l) = topo.child_lifetime_s {
             let hard = Duration::from_secs_f64(l);
             p.child_lifetime = Some(Lifetime::new(hard, hard / 3, hard / 10));
         }
-        if let Some(l) = topo.child_linger_s {
-            p.child_linger = Duration::from_secs_f64(l);
-        }
-        let dpd = sc.dpd.delay_s.map(Duration::from_secs_f64);
-        p.dpd_delay = dpd;
-        p.on_peer_delete = match sc.policy.on_peer_delete.as_str() {
-            "restart" if !dynamic => PeerAction::Restart,
-            _ => PeerAction::None,
-        };
-        p.on_dead = match sc.dpd.action {
-            DpdActionSpec::Restart if !dynamic => PeerAction::Restart,
-            _ => PeerAction::None,
-        };
-        let rng_seed = self
-            .seed
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .wrapping_add(i as u64 * 2 + 1)
-            .wrapping_add(self.restarts[i] << 32);
-        let recovery = RecoveryConfig {
-            default: PeerRecovery {
-                on_invalid_spi: match sc.policy.on_invalid_spi.as_str() {
-                    "notify" => OnInvalidSpi::Notify,
-                    "both" => OnInvalidSpi::Both,
-                    "none" => OnInvalidSpi::None,
-                    _ => OnInvalidSpi::Delete,
-                },
-                invalid_spi_recovery: self.recovery,
-                dpd_delay: dpd,
-                dpd_action: match sc.dpd.action {
-                    DpdActionSpec::Restart => DpdAction::Restart,
-                    DpdActionSpec::Clear => DpdAction::Clear,
-                },
-            },
-            hold_down: Duration::from_secs_f64(sc.policy.hold_down_s),
-            global_per_minute: sc.policy.global_per_minute,
-            ..Default::default()
-        };
-        let node = NodeConfig {
-            name: side_name(i).into(),
-            local: me,
-            peers: Vec::new(),
-            log_limits: LogLimits {
-                per_flow_interval: Duration::from_secs_f64(sc.policy.log_per_flow_s),
-                global_max: sc.policy.log_global_max,
-                ..LogLimits::default()
-            },
-            event_queue: 1 << 16,
-            retired_grace: Duration::from_secs_f64(topo.retired_grace_s),
-        };
-        let cfg = AgentConfig {
-            node,
-            ike: EndpointConfig {
-                peers: vec![p],
-                rng_seed: Some(rng_seed),
-                ..Default::default()
-            },
-            debug_keys: true,
-            recovery,
-        };
+        let rng_seed = agent_rng_seed(self.seed, i, self.restarts[i]);
+        let cfg = agent_config(
+            sc,
+            self.recovery,
+            side_name(i).into(),
+            me,
+            vec![p],
+            rng_seed,
+            true,
+        );
         // The configuration is built from validated values only.
         Agent::new(cfg, self.instant(self.now)).expect("lab agent configuration")
     }
@@ -508,7 +387,7 @@ impl World<'_> {
                     (self.progress)(f);
                 }
             }
-            let next_q = self.queue.peek().map(|Reverse((t, _))| *t);
+            let next_q = self.queue.peek_time();
             let mut next_timer: Option<(Us, usize)> = None;
             for i in 0..2 {
                 if let Some(t) = self.agents[i].poll_timeout() {
@@ -543,14 +422,14 @@ impl World<'_> {
                 self.drain(i);
                 continue;
             }
-            let Some(Reverse((t, s))) = self.queue.pop() else {
+            let Some((t, ev)) = self.queue.pop() else {
                 break;
             };
             if t > self.end {
                 break;
             }
             self.now = self.now.max(t);
-            let Some(ev) = self.pending.remove(&s) else {
+            let Some(ev) = ev else {
                 continue;
             };
             self.dispatch(ev);
@@ -559,17 +438,7 @@ impl World<'_> {
     }
 
     fn snapshot_counters(&self, i: usize) -> BTreeMap<String, u64> {
-        let c = self.agents[i].node().counters();
-        let mut m: BTreeMap<String, u64> =
-            c.named().into_iter().map(|n| (n.name, n.value)).collect();
-        m.insert("in_packets".into(), c.in_packets);
-        m.insert("out_packets".into(), c.out_packets);
-        m.insert("ike_in".into(), c.ike_in);
-        m.insert("peer_address_followed".into(), c.peer_address_followed);
-        m.insert("events_dropped".into(), c.events_dropped);
-        m.insert("invalid_spi_logged".into(), c.invalid_spi_logged);
-        m.insert("invalid_spi_suppressed".into(), c.invalid_spi_suppressed);
-        m
+        counter_map(&self.agents[i], true)
     }
 
     fn dispatch(&mut self, ev: Ev) {
@@ -880,17 +749,9 @@ impl World<'_> {
                 return;
             }
         }
-        let l = &self.sc.link;
-        if l.loss > 0.0 && self.rng.gen_bool(l.loss) {
+        let Some(mut delay) = link_delay(&self.sc.link, &mut self.rng) else {
             return;
-        }
-        let mut delay = us(l.delay_ms / 1000.0);
-        if l.jitter_ms > 0.0 {
-            delay += us(self.rng.gen_range(0.0..l.jitter_ms) / 1000.0);
-        }
-        if l.reorder > 0.0 && self.rng.gen_bool(l.reorder) {
-            delay += us(l.reorder_ms / 1000.0);
-        }
+        };
         if from < 2 {
             match origin {
                 Origin::Ike => {
@@ -913,45 +774,18 @@ impl World<'_> {
                 Origin::Attack => {}
             }
         }
-        let dup = l.duplicate > 0.0 && self.rng.gen_bool(l.duplicate);
-        if dup {
-            let copy = Dgram {
-                src,
-                dst,
-                data: data.clone(),
-                origin,
-            };
-            self.schedule(self.now + delay + 1, Ev::Deliver(copy));
-        }
-        self.schedule(
-            self.now + delay,
-            Ev::Deliver(Dgram {
-                src,
-                dst,
-                data,
-                origin,
-            }),
-        );
+        let d = Dgram {
+            src,
+            dst,
+            data,
+            origin,
+        };
+        let (link, rng) = (&self.sc.link, &mut self.rng);
+        self.queue.send(self.now, delay, link, rng, d, Ev::Deliver);
     }
 
     fn capture(&mut self, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
-        let params = OuterParams {
-            src: src.ip(),
-            dst: dst.ip(),
-            udp: Some((src.port(), dst.port())),
-            ip_id: self.ip_id,
-            ttl: 64,
-        };
-        self.ip_id = self.ip_id.wrapping_add(1);
-        let h = params.header_len();
-        let mut pkt = vec![0u8; h + data.len()];
-        pkt[h..].copy_from_slice(data);
-        if emit_outer(&mut pkt, &params, data.len()).is_ok() {
-            if src.is_ipv6() {
-                finish_udp6_checksum(&mut pkt);
-            }
-            self.pcap.push(self.now, &pkt);
-        }
+        self.cap.capture(self.now, src, dst, data);
     }
 
     fn deliver(&mut self, d: Dgram) {
@@ -992,14 +826,7 @@ impl World<'_> {
             }
             Inbound::Drop(reason) => {
                 if let Origin::Traffic { dir, .. } = d.origin {
-                    *self
-                        .m
-                        .drop_reasons
-                        .entry(reason.as_str().to_string())
-                        .or_insert(0) += 1;
-                    if reason.as_str() == "retired-spi" {
-                        self.m.retired_spi_drops += 1;
-                    }
+                    count_traffic_drop(&mut self.m, reason.as_str());
                     self.traffic_dropped(dir);
                 }
             }
@@ -1272,26 +1099,13 @@ impl World<'_> {
         }
         m.t_action_ms = self.act_recovery.or(self.act_msg).map(ms);
         m.recovered = m.t_recovered_ms.is_some();
-        m.blackhole_ms = match (m.t_fault_ms, m.t_first_drop_ms, m.t_recovered_ms) {
-            (Some(f), Some(_), Some(r)) => Some(r - f),
-            (Some(f), Some(_), None) => Some(ms(self.end) - f),
-            (Some(_), None, _) => Some(0.0),
-            _ => None,
-        };
+        m.blackhole_ms = blackhole_ms(&m, self.end);
         if let Some(f) = self.t_fault {
             // Packets sent in the last second may still be in flight: not counted.
             let horizon = self.end.saturating_sub(SEC);
             for dir in 0..2 {
                 let fl = &self.flows[dir];
-                let (mut sent, mut lost) = (0u64, 0u64);
-                for (k, &t) in fl.sent_at.iter().enumerate() {
-                    if t >= f && t < horizon {
-                        sent += 1;
-                        if !fl.delivered[k] {
-                            lost += 1;
-                        }
-                    }
-                }
+                let (sent, lost) = sent_lost(&fl.sent_at, &fl.delivered, f, horizon);
                 m.sent_after_fault[dir] = sent;
                 m.lost[dir] = lost;
             }
@@ -1317,19 +1131,7 @@ impl World<'_> {
             );
             counters.insert(format!("{}_after", side_name(i)), self.snapshot_counters(i));
         }
-        let mut marks = Vec::new();
-        for f in &self.sc.faults {
-            marks.push((ms(us(f.at)), "fault".to_string()));
-        }
-        if let Some(t) = m.t_detect_ms {
-            marks.push((t, "detect".into()));
-        }
-        if let Some(t) = m.t_action_ms {
-            marks.push((t, "action".into()));
-        }
-        if let Some(t) = m.t_recovered_ms {
-            marks.push((t, "recovered".into()));
-        }
+        let marks = plot_marks(self.sc, &m, "recovered");
         let run = RunReport {
             recovery: if self.recovery { "on" } else { "off" }.into(),
             metrics: m,
@@ -1337,7 +1139,7 @@ impl World<'_> {
             counters,
             plot: self.bins.finish(marks),
         };
-        (run, self.pcap, self.uat, self.ike_uat)
+        (run, self.cap.pcap, self.uat, self.ike_uat)
     }
 }
 
