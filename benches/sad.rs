@@ -8,7 +8,8 @@
 //!
 //! * `sad_reader`: `SadReader::lookup`, the snapshot check included in every lookup.
 //! * `sad_view`: `SadView::lookup`, snapshot taken once per 1024 lookups.
-//! * `sad_batch32`: `SadReader::lookup_batch` on 32 SPIs at a time.
+//! * `sad_batch32`: `SadReader::lookup_batch` on 32 SPIs at a time; `sad_batch32_warm` the
+//!   same through `lookup_batch_warm`, which also reads each hit's SA line.
 //! * `vec_index`: `vec[spi & mask]`, no verification at all: the physical floor.
 //! * `vec_batch32`: the same with the two-pass (touch, then use) batching of `sad_batch32`.
 //! * `std_hashmap`: `std::collections::HashMap<u32, usize>` (SipHash-1-3, random key).
@@ -30,8 +31,8 @@
 //!
 //! `sad_hit_work` is the datapath's shape: look up, read the SA, then do ~50 ns of dependent
 //! per-packet work (`packet_work`) before the next packet; `work_only` is that work alone.
-//! Here single lookups can no longer overlap, and batching (all tags first, SA lines warmed)
-//! shows what it is for.
+//! Here single lookups can no longer overlap, and batching (all fingerprints first, and for
+//! `sad_batch32_warm` the SA lines warmed too) shows what it is for.
 //!
 //! After criterion, `interleaved()` runs the main cases alternately in one loop and prints
 //! best-of-rounds numbers and ratios to the bare index, which hold up better on this shared
@@ -384,6 +385,17 @@ fn bench_sad(c: &mut Criterion) {
                 }
                 black_box(acc);
             });
+            case(&mut g, "sad_batch32_warm", n, &mut hits, |w| {
+                let mut acc = 0;
+                for spis in w.chunks(BATCH) {
+                    let mut out = [Lookup::Unknown; BATCH];
+                    reader.lookup_batch_warm(spis, &mut out);
+                    for l in &out {
+                        acc = packet_work(acc, l.hit().map_or(0, |sa| sa.spi));
+                    }
+                }
+                black_box(acc);
+            });
             g.finish();
         }
         drop(hits);
@@ -451,6 +463,7 @@ fn interleaved() {
         let fast: hashbrown::HashMap<u32, usize, foldhash::fast::RandomState> =
             fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
         let (mut r1, mut r2, mut r3) = (fx.sad.reader(), fx.sad.reader(), fx.sad.reader());
+        let mut r4 = fx.sad.reader();
         type Case<'a> = (&'static str, Box<dyn FnMut(&[u32]) + 'a>);
         /// The output-array shape of a batch of 32 for any `get`.
         fn batch<T: Copy + Default>(w: &[u32], get: impl Fn(u32) -> T) {
@@ -498,6 +511,16 @@ fn interleaved() {
                     for spis in w.chunks(BATCH) {
                         let mut out = [Lookup::Unknown; BATCH];
                         r3.lookup_batch(spis, &mut out);
+                        black_box(&out);
+                    }
+                }),
+            ),
+            (
+                "sad_batch32_warm",
+                Box::new(|w| {
+                    for spis in w.chunks(BATCH) {
+                        let mut out = [Lookup::Unknown; BATCH];
+                        r4.lookup_batch_warm(spis, &mut out);
                         black_box(&out);
                     }
                 }),

@@ -7,7 +7,8 @@
 #
 # one after another in the same run, each measured with iperf3 TCP (1 stream, then 4
 # streams) and UDP (1400-byte IP packets at the highest loss-free rate, a short bisection),
-# then a table of Gbit/s and ratios. Results: docs/PERFORMANCE.md ("End to end over TUN").
+# then a table of Gbit/s and ratios, and for esplab the CPU each daemon used during the TCP
+# 1-stream test (100% = one core). Results: docs/PERFORMANCE.md ("End to end over TUN").
 #
 # Topology (two namespaces created here, both veth ends inside them):
 #
@@ -183,11 +184,28 @@ udp_search() {
     echo "$best"
 }
 
+# CPU time (user + system, clock ticks) of process $1: what a daemon used.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CPU_PIDS=()  # the daemons whose CPU use the TCP 1-stream test reports (esplab only)
+HZ=$(getconf CLK_TCK)
+
 declare -A RES
 measure() {
     local name=$1 dst=$2 src=$3
     say "$name: TCP 1 stream, ${DURATION}s"
+    local before=() p i t0 t1 cpu=""
+    for p in "${CPU_PIDS[@]}"; do before+=("$(cpu_ticks "$p")"); done
+    t0=$(date +%s.%N)
     RES[$name,tcp1]=$(tcp_test "$name" "$dst" "$src" 1)
+    t1=$(date +%s.%N)
+    for i in "${!CPU_PIDS[@]}"; do
+        cpu+=$(awk -v a="${before[$i]}" -v b="$(cpu_ticks "${CPU_PIDS[$i]}")" -v hz="$HZ" \
+            -v t="$(awk -v x="$t0" -v y="$t1" 'BEGIN { print y - x }')" \
+            'BEGIN { printf "%.0f%%", 100 * (b - a) / hz / t }')
+        cpu+=" "
+    done
+    RES[$name,cpu1]=${cpu% }
+    [[ -n $cpu ]] && say "$name: CPU of the daemons (A B) during TCP 1 stream: ${cpu% }"
     say "$name: TCP 4 streams, ${DURATION}s"
     RES[$name,tcp4]=$(tcp_test "$name" "$dst" "$src" 4)
     say "$name: UDP ${PKT} B, searching the highest loss-free rate"
@@ -262,7 +280,9 @@ run_esplab() {
     pb=$!
     PIDS+=("$pb")
     tunnel_ping 20 "$name"
+    CPU_PIDS=("$pa" "$pb")
     measure "$name" "$B_IN" "$A_IN"
+    CPU_PIDS=()
     stop_pid "$pa"
     stop_pid "$pb"
 }
@@ -340,14 +360,22 @@ run_strongswan() {
     stop_pid "$(cat "$STATE/charon-b/pid")"
 }
 
+# An esplab configuration named again in ONLY (interleaved rounds, e.g. ONLY="esplab
+# esplab@no-udp-gro esplab esplab@no-udp-gro") is reported as NAME#2, NAME#3, ...
+declare -A SEEN
+RUNS=()
 for c in $ONLY; do
+    SEEN[$c]=$((${SEEN[$c]:-0} + 1))
+    run=$c
+    ((SEEN[$c] == 1)) || run="$c#${SEEN[$c]}"
+    RUNS+=("$run")
     case $c in
     bare) run_bare ;;
-    esplab) run_esplab esplab "$ESPLAB" "" ;;
-    esplab@*) run_esplab "$c" "$ESPLAB" "${c#esplab@}" ;;
+    esplab) run_esplab "$run" "$ESPLAB" "" ;;
+    esplab@*) run_esplab "$run" "$ESPLAB" "${c#esplab@}" ;;
     esplab-old)
         [[ -x ${ESPLAB_OLD:-} ]] || die "esplab-old needs ESPLAB_OLD=PATH to an esplab binary"
-        run_esplab esplab-old "$ESPLAB_OLD" ""
+        run_esplab "$run" "$ESPLAB_OLD" ""
         ;;
     strongswan) run_strongswan ;;
     *) die "unknown configuration $c (bare, esplab, strongswan)" ;;
@@ -357,9 +385,9 @@ done
 # ---- report ----
 echo
 echo "End to end over TUN: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, TCP ${DURATION}s, UDP ${PKT} B packets (loss <= ${LOSS_PCT}%)"
-printf '%-40s %10s %10s %12s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s"
-for c in $ONLY; do
-    printf '%-40s %10s %10s %12s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" "$(gbps "${RES[$c,udp]}")"
+printf '%-40s %10s %10s %12s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "CPU A B (tcp-1)"
+for c in "${RUNS[@]}"; do
+    printf '%-40s %10s %10s %12s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" "$(gbps "${RES[$c,udp]}")" "${RES[$c,cpu1]:-}"
 done
 ratio() {
     local a=$1 b=$2

@@ -14,7 +14,8 @@ mod attack;
 mod harness;
 
 use attack::{
-    helper_result, probe, rss_kib, spawn_helper, uids, Attack, Rng, A_ADDR, B_ADDR, C_ADDR,
+    cpu_ms, helper_result, probe, rss_kib, spawn_helper, spawn_helper_on, uids, Attack, Rng,
+    A_ADDR, B_ADDR, C_ADDR,
 };
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -62,20 +63,21 @@ fn spi_set(t: &Attack, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// An unpaced SPI flood from a third namespace: logs within the limits, no IKE initiations
+/// towards unknown addresses, bounded memory, no SA touched, and the tunnel keeps at least
+/// 80% of a 1000 pps probe stream.
+/// The attacker models another machine: both unpaced senders run on one CPU and B's daemon
+/// on another, each in a scheduling group of its own ahead of unrelated jobs
+/// (`attack::isolate`, `attack::spawn_helper_on`; one sending CPU offers 120 000 - 150 000
+/// datagrams a second here). The flood and the tunnel's ESP-in-UDP share B's one UDP 4500
+/// socket: when B cannot shed the flood as fast as it comes, the socket overflows and the
+/// kernel drops tunnel packets in proportion. With the workspace crates unoptimised B needed
+/// 6 - 8.5 us per packet and kept 64 - 85%; the dev profile therefore builds the datapath
+/// crates at `opt-level = 2` (Cargo.toml), and B keeps 100% (docs/RELIABILITY.md, "Under
+/// attack").
 #[test]
-fn spi_flood_from_a_third_namespace_bounds_logs_initiations_and_memory() {
-    spi_flood("fl", false);
-}
-
-/// The same flood, asserting that the tunnel keeps at least 80% of a 1000 pps probe stream.
-/// It does not yet on 2 shared cores: the flood and the tunnel's ESP-in-UDP share B's one
-/// UDP 4500 socket, and B, always runnable during the flood, gets only a third to a half of
-/// a core next to the senders, so the socket overflows and the kernel drops tunnel packets in
-/// proportion (docs/RELIABILITY.md, "Under attack", has the numbers). Run with `--ignored`.
-#[test]
-#[ignore = "B is CPU-starved next to the flood senders on 2 cores: docs/RELIABILITY.md, Under attack"]
-fn spi_flood_from_a_third_namespace_keeps_80_percent_of_the_tunnel() {
-    spi_flood("ft", true);
+fn spi_flood_from_a_third_namespace() {
+    spi_flood("fl", true);
 }
 
 fn spi_flood(tag: &str, assert_throughput: bool) {
@@ -86,6 +88,7 @@ fn spi_flood(tag: &str, assert_throughput: bool) {
     let mut t = Attack::new(tag);
     let mut b = Attack::b_opts();
     b.log = format!("invalid_spi_global_window = \"{GLOBAL_WINDOW_SECS}s\"\n");
+    b.own_session = true;
     t.pair(Attack::a_opts(), b);
     let c = t.add_c();
 
@@ -95,6 +98,15 @@ fn spi_flood(tag: &str, assert_throughput: bool) {
     let (sent0, got0) = probe(&t.lab, 9000, PPS, MS);
 
     let pid = t.daemon("b").pid();
+    // The attacker is another machine: its sending CPU is not B's. Both flood senders run
+    // on one CPU, B's daemon on another, all ahead of unrelated jobs on the test machine
+    // (`attack::ISOLATED_NICE`); A and the probe stream are not bound.
+    let cpus = attack::split_cpus();
+    if let Some((_, victim)) = cpus {
+        attack::isolate(pid, victim);
+    } else {
+        eprintln!("one CPU only: the flood senders and B share it");
+    }
     let rss0 = rss_kib(pid);
     let rec0 = t.recovery_stats("b");
     let log0 = t.lab.log("b").len();
@@ -109,21 +121,30 @@ fn spi_flood(tag: &str, assert_throughput: bool) {
 
     // Two unpaced floods for the whole probe: one from C's own address, one forging A's
     // (address and NAT-T port), each with fresh random SPIs.
+    let attacker = cpus.map(|(a, _)| a);
+    let cpu0 = cpu_ms(pid);
     let t0 = Instant::now();
     let flood_ms = MS + 1500;
-    let f1 = spawn_helper(
+    let f1 = spawn_helper_on(
         &c,
         &format!("spi-flood {C_ADDR}:0 {B_ADDR}:4500 {flood_ms} 1"),
+        attacker,
     );
-    let f2 = spawn_helper(
+    let f2 = spawn_helper_on(
         &c,
         &format!("spi-flood {A_ADDR}:4500 {B_ADDR}:4500 {flood_ms} 2"),
+        attacker,
     );
+    if attacker.is_some() {
+        attack::autogroup_nice(f1.id());
+        attack::autogroup_nice(f2.id());
+    }
     std::thread::sleep(Duration::from_millis(500));
     let (sent1, got1) = probe(&t.lab, 9001, PPS, MS);
     let r1 = helper_result(f1, Duration::from_secs(60));
     let r2 = helper_result(f2, Duration::from_secs(60));
     let elapsed = t0.elapsed();
+    let b_cpu = cpu_ms(pid) - cpu0;
     // Let B drain its socket before reading counters and memory.
     std::thread::sleep(Duration::from_millis(500));
     let rss1 = rss_kib(pid);
@@ -149,15 +170,21 @@ fn spi_flood(tag: &str, assert_throughput: bool) {
         .filter(|e| e["type"] == "events-suppressed")
         .map(|e| u(&e["count"]))
         .sum();
+    // The senders' own time: their rate is the offered load.
+    let flood_secs = r1["ms"].max(r2["ms"]).max(1) as f64 / 1000.0;
     eprintln!(
-        "UNDER ATTACK spi-flood: {flood_sent} datagrams in {:.1} s ({:.0}/s; {} + {} socket-full retries), \
-         B counted {not_found} unknown-SPI packets; probe {PPS} pps x {MS} ms: baseline {got0}/{sent0}, \
+        "UNDER ATTACK spi-flood: {flood_sent} datagrams in {flood_secs:.1} s (offered {:.0}/s; \
+         {} + {} socket-full retries; senders on CPU {attacker:?}, B on {}), \
+         B counted {not_found} unknown-SPI packets (shed {:.0}/s, B on a CPU {b_cpu} ms of {:.0}); \
+         probe {PPS} pps x {MS} ms: baseline {got0}/{sent0}, \
          under flood {got1}/{sent1}; B VmRSS {rss0} -> {rss1} KiB; B log +{} lines ({inv_lines} invalid-SPI), \
          events file +{} records ({held} held back by the rate limit); recovery before {rec0} after {rec1}",
-        secs,
-        flood_sent as f64 / secs,
+        flood_sent as f64 / flood_secs,
         r1["full"],
         r2["full"],
+        attack::affinity(pid),
+        not_found as f64 / flood_secs,
+        secs * 1000.0,
         log.lines().count(),
         events.len(),
     );

@@ -380,6 +380,48 @@ fn transcript_covers_every_exchange() {
         .map(|(_, d)| (d[18], d[19] & 0x20))
         .collect();
     assert_eq!(kinds.len(), 8, "{kinds:?}");
+    // `ike_state` tells real messages from forged ones with this set, built once.
+    let real: std::collections::BTreeSet<_> = t.packets.iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(t.real, real);
+}
+
+/// `fuzz/uninstrumented-rustc.sh` (the fuzz workspace's rustc wrapper) strips libFuzzer's
+/// instrumentation and debug assertions from the third-party cryptography crates only.
+#[test]
+fn fuzz_rustc_wrapper_strips_only_crypto_crates() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/uninstrumented-rustc.sh");
+    let run = |crate_name: &str| {
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .args(["echo", "--crate-name", crate_name, "-Cpasses=sancov-module"])
+            .args(["-C", "llvm-args=-sanitizer-coverage-level=4"])
+            .args([
+                "-Cllvm-args=-sanitizer-coverage-trace-compares",
+                "--cfg",
+                "fuzzing",
+            ])
+            .args([
+                "-Cllvm-args=-simplifycfg-branch-fold-threshold=0",
+                "-Cdebug-assertions",
+            ])
+            .output()
+            .expect("bash runs the wrapper");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(
+        run("curve25519_dalek"),
+        "--crate-name curve25519_dalek --cfg fuzzing \
+         -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
+         -Cdebug-assertions=off -Coverflow-checks=off"
+    );
+    assert_eq!(
+        run("esplab_ike"),
+        "--crate-name esplab_ike -Cpasses=sancov-module -C \
+         llvm-args=-sanitizer-coverage-level=4 \
+         -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing \
+         -Cllvm-args=-simplifycfg-branch-fold-threshold=0 -Cdebug-assertions"
+    );
 }
 
 /// Rewrites `fuzz/seeds/` (run by hand when the seed generators change).

@@ -17,73 +17,22 @@ mod harness;
 #[path = "decrypt/tshark.rs"]
 mod tshark;
 
+#[path = "decrypt/dumpcap.rs"]
+mod dumpcap;
+
+use dumpcap::Dumpcap;
 use harness::{may_run, EsplabNode, Lab};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tshark::{assert_fully_decrypted, logged_lines, tshark_usable, Tables};
 
 /// One lab at a time: each runs charon, esplab, dumpcap and tshark.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-/// `dumpcap` on an interface inside a namespace; stopped (SIGINT, so the file is
-/// complete) by PID on drop.
-struct Dumpcap {
-    child: Child,
-}
-
-impl Dumpcap {
-    fn start(ns: &str, dev: &str, file: &Path) -> Dumpcap {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "dumpcap", "-q", "-P", "-i", dev, "-w"])
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dumpcap");
-        let mut d = Dumpcap { child };
-        // The pcap header is written once the capture runs.
-        let t0 = Instant::now();
-        while std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) < 24 {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("dumpcap on {dev} in {ns} exited: {st}");
-            }
-            assert!(t0.elapsed() < LIMIT, "dumpcap did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // `ip netns exec` execs dumpcap: this PID is dumpcap's.
-            let _ = Command::new("kill")
-                .args(["-INT", &self.child.id().to_string()])
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dumpcap {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// One control request straight on the daemon's socket (docs: crates/netio/src/control.rs).
 fn control(sock: &Path, request: &str) -> serde_json::Value {
@@ -126,7 +75,7 @@ fn case(tag: &str, suites: (&str, &str)) {
     std::env::set_var("ESPLAB_DATAPATH", "no-udp-gso");
     let mut lab = Lab::new("edi", "esplab-ike-decrypt", tag);
     let pcap = lab.dir.join("underlay.pcap");
-    let mut cap = Dumpcap::start(&lab.ns[0], &format!("{}a", lab.tag), &pcap);
+    let mut cap = Dumpcap::start(&lab.ns[0], &format!("{}a", lab.tag), None, &pcap);
     lab.strongswan(suites, false, None);
     let tun = format!("{}t0", lab.tag);
     lab.start_esplab(&EsplabNode {

@@ -12,12 +12,18 @@
 #[path = "interop/harness.rs"]
 mod harness;
 
+#[path = "decrypt/dumpcap.rs"]
+mod dumpcap;
+
+use dumpcap::{has_dumpcap, Dumpcap};
 use harness::{may_run, EsplabNode, Lab};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 const GCM: (&str, &str) = ("aes128gcm16-prfsha256-x25519", "aes128gcm16");
+
+/// What the wire checks count: raw ESP and UDP 4500 (RFC 3948), nothing else.
+const WIRE_ESP: &str = "ip proto 50 or udp port 4500";
 
 #[test]
 fn ike_peer_with_raw_esp_encap_carries_traffic() {
@@ -44,15 +50,7 @@ fn ike_peer_with_raw_esp_encap_carries_traffic() {
         Duration::from_secs(20),
         |l| l.esplab_sas("a") >= 2 && l.esplab_sas("b") >= 2,
     );
-    let pcap = lab.dir.join("a-veth.pcap");
-    let mut cap = has_dumpcap().then(|| {
-        Dumpcap::start(
-            &lab.ns[0],
-            &format!("{tag}a"),
-            "ip proto 50 or udp port 4500",
-            &pcap,
-        )
-    });
+    let cap = capture_esp(&lab);
     // Traffic both ways through the negotiated SAs (a lost first probe while the
     // responder installs its pair is retried: poll, do not time).
     let mut ok = false;
@@ -65,12 +63,9 @@ fn ike_peer_with_raw_esp_encap_carries_traffic() {
         }
     }
     assert!(ok, "no traffic over the raw-ESP IKE peer\n{}", lab.logs());
-    let Some(c) = cap.as_mut() else {
-        eprintln!("wire check skipped: no dumpcap (ESPLAB_SKIP_TSHARK=1)");
+    let Some((esp, udp)) = esp_on_wire(cap) else {
         return;
     };
-    c.stop();
-    let (esp, udp) = count_protocols(&std::fs::read(&pcap).unwrap());
     // dumpcap may not have written the last packets before it stopped: some raw ESP
     // and no UDP 4500 at all (UDP encapsulation would put every packet there).
     assert!(
@@ -106,22 +101,11 @@ fn raw_esp_ike_peer_stays_udp_with_strongswan() {
         Duration::from_secs(20),
         |l| l.esplab_sas("a") == 2 && l.sw_children() == 1,
     );
-    let pcap = lab.dir.join("a-veth.pcap");
-    let mut cap = has_dumpcap().then(|| {
-        Dumpcap::start(
-            &lab.ns[0],
-            &format!("{tag}a"),
-            "ip proto 50 or udp port 4500",
-            &pcap,
-        )
-    });
+    let cap = capture_esp(&lab);
     lab.ping_both_ways_n(3);
-    let Some(c) = cap.as_mut() else {
-        eprintln!("wire check skipped: no dumpcap (ESPLAB_SKIP_TSHARK=1)");
+    let Some((esp, udp)) = esp_on_wire(cap) else {
         return;
     };
-    c.stop();
-    let (esp, udp) = count_protocols(&std::fs::read(&pcap).unwrap());
     assert!(
         esp == 0 && udp > 0,
         "expected UDP 4500 only on the wire: {esp} protocol-50, {udp} UDP 4500 packets\n{}",
@@ -129,73 +113,27 @@ fn raw_esp_ike_peer_stays_udp_with_strongswan() {
     );
 }
 
-fn has_dumpcap() -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("dumpcap").is_file()));
-    if !found && std::env::var("ESPLAB_SKIP_TSHARK").as_deref() != Ok("1") {
-        panic!("dumpcap missing: apt-get install wireshark-common, or set ESPLAB_SKIP_TSHARK=1");
-    }
-    found
+/// A capture of ESP (raw or UDP 4500) on A's veth, when dumpcap is installed.
+fn capture_esp(lab: &Lab) -> Option<(Dumpcap, PathBuf)> {
+    let pcap = lab.dir.join("a-veth.pcap");
+    has_dumpcap().then(|| {
+        let dev = format!("{}a", lab.tag);
+        (
+            Dumpcap::start(&lab.ns[0], &dev, Some(WIRE_ESP), &pcap),
+            pcap,
+        )
+    })
 }
 
-/// `dumpcap` on an interface inside a namespace; stopped (SIGINT, so the file is
-/// complete) by PID, at the latest on drop.
-struct Dumpcap {
-    child: Child,
-}
-
-impl Dumpcap {
-    fn start(ns: &str, dev: &str, filter: &str, file: &Path) -> Dumpcap {
-        let child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "dumpcap", "-q", "-P", "-i", dev, "-f", filter,
-            ])
-            .arg("-w")
-            .arg(file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dumpcap");
-        let mut d = Dumpcap { child };
-        // The pcap header is written once the capture runs.
-        let t0 = Instant::now();
-        while std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) < 24 {
-            if let Ok(Some(st)) = d.child.try_wait() {
-                panic!("dumpcap on {dev} in {ns} exited: {st}");
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "dumpcap did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn stop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // `ip netns exec` execs dumpcap: this PID is dumpcap's.
-            let _ = Command::new("kill")
-                .args(["-INT", &self.child.id().to_string()])
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dumpcap {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Stops the capture and counts (protocol-50, UDP 4500) packets in it; None (the wire
+/// check skipped) without dumpcap.
+fn esp_on_wire(cap: Option<(Dumpcap, PathBuf)>) -> Option<(usize, usize)> {
+    let Some((mut c, pcap)) = cap else {
+        eprintln!("wire check skipped: no dumpcap (ESPLAB_SKIP_TSHARK=1)");
+        return None;
+    };
+    c.stop();
+    Some(count_protocols(&std::fs::read(&pcap).unwrap()))
 }
 
 /// (IPv4 protocol-50 packets, IPv4 UDP packets) in a classic pcap of an Ethernet link.

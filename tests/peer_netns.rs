@@ -115,7 +115,18 @@ fn desync_and_recover(test: &str, scenario: &str, encap: Encap, family: u8) {
             assert_eq!(u(&sa["bytes"]), 6 * ECHO_LEN, "{sa}");
             assert_eq!(u(&sa["seq"]), 6, "{sa}");
             assert_eq!(u(&sa["replay_window"]), window, "{sa}");
+            // How the SA travels: the lab's encapsulation, UDP on the default port 4500.
+            assert_eq!(sa["encap"], encap.name(), "{sa}");
+            let port = (encap == Encap::Udp).then_some(4500);
+            assert_eq!(sa["udp_port"].as_u64(), port, "{sa}");
         }
+        let cell = match encap {
+            Encap::Udp => " udp:4500 ",
+            Encap::Esp => " esp ",
+        };
+        let table = lab.esplab(p, &["show", "sa"]);
+        assert!(table.starts_with("PEER  DIR  SPI"), "{table}");
+        assert_eq!(table.matches(cell).count(), 2, "ENCAP of both SAs: {table}");
         let c = lab.counters(p);
         assert_eq!(
             (c["IN_PACKETS"], c["OUT_PACKETS"]),

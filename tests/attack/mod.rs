@@ -41,6 +41,9 @@ pub struct Opts {
     pub start: bool,
     /// Extra `esplab peer` arguments.
     pub args: Vec<String>,
+    /// Runs in a session of its own (`setsid`), so that [`isolate`] can give it its own
+    /// scheduling group.
+    pub own_session: bool,
 }
 
 /// A daemon started by [`Attack::start`].
@@ -276,15 +279,15 @@ replay_window = 64
             .append(true)
             .open(self.lab.dir.join(format!("{name}.log")))
             .unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.lab.ns[side],
-                ESPLAB,
-                "peer",
-                "--config",
-            ])
+        // `setsid` execs the daemon (the child is no process group leader), so the PID is
+        // still the daemon's.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.lab.ns[side]]);
+        if opts.own_session {
+            cmd.arg("setsid");
+        }
+        let child = cmd
+            .args([ESPLAB, "peer", "--config"])
             .arg(&path)
             .args(&opts.args)
             .stdin(Stdio::null())
@@ -557,6 +560,101 @@ replay_window = 64
     }
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` in /proc/self/status, e.g.
+/// `0-1` or `0,2-3`); empty if it cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(list) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
+            cpus.extend(a..=b);
+        }
+    }
+    cpus
+}
+
+/// (attacker CPU, victim CPU): two different CPUs of [`allowed_cpus`], or `None` on a
+/// single CPU. A flood from another machine does not take the victim's CPU time; on one
+/// machine, binding the senders to one CPU and the victim to another models that.
+pub fn split_cpus() -> Option<(usize, usize)> {
+    let cpus = allowed_cpus();
+    match (cpus.first(), cpus.last()) {
+        (Some(&a), Some(&v)) if a != v => Some((a, v)),
+        _ => None,
+    }
+}
+
+/// Binds every thread of process `pid` to CPU `cpu` (`taskset -a -p -c`) at nice
+/// [`ISOLATED_NICE`] (`renice` per thread: on Linux the nice value is a thread's), and its
+/// scheduling autogroup too ([`autogroup_nice`]).
+pub fn isolate(pid: u32, cpu: usize) {
+    let (ok, out) =
+        run(Command::new("taskset").args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()]));
+    assert!(ok, "taskset {pid} to CPU {cpu}: {out}");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("threads of the daemon");
+    for tid in tasks.flatten() {
+        let tid = tid.file_name().to_string_lossy().into_owned();
+        let (ok, out) =
+            run(Command::new("renice").args(["-n", &ISOLATED_NICE.to_string(), "-p", &tid]));
+        assert!(ok, "renice {pid}/{tid}: {out}");
+    }
+    autogroup_nice(pid);
+}
+
+/// With `kernel.sched_autogroup_enabled`, the scheduler first shares the CPUs between
+/// sessions (autogroups), and a thread's nice value only counts inside its session: a
+/// process started with `setsid` ([`Opts::own_session`], [`spawn_helper_on`]) has a group
+/// of its own, set here to [`ISOLATED_NICE`]. Only once `pid` leads its own session (it may
+/// not have reached `setsid` yet): the group is shared until then, with this test and
+/// whatever else runs in its session. Nothing to do without autogroups.
+pub fn autogroup_nice(pid: u32) {
+    let t0 = Instant::now();
+    while session_of(pid) != Some(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "process {pid} did not start a session of its own"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = std::fs::write(format!("/proc/{pid}/autogroup"), ISOLATED_NICE.to_string());
+}
+
+/// The session ID of process `pid` (field 6 of /proc/PID/stat).
+fn session_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    // After the ')': state, ppid, pgrp, session.
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The CPU affinity list of process `pid` as `taskset -p -c` shows it (e.g. `1`).
+pub fn affinity(pid: u32) -> String {
+    let (_, out) = run(Command::new("taskset").args(["-p", "-c", &pid.to_string()]));
+    out.rsplit(':').next().unwrap_or("").trim().to_string()
+}
+
+/// CPU time of process `pid` (all threads, user + system) in milliseconds, from
+/// /proc/PID/stat (0 if it cannot be read).
+pub fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 (11 and 12 after the ')'), in clock ticks
+    // (USER_HZ, 100 on Linux).
+    (f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10
+}
+
 pub fn tail(s: &str, n: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
     v[v.len().saturating_sub(n)..].join("\n")
@@ -719,9 +817,25 @@ pub const HELPER_ENV: &str = "ESPLAB_ATTACK_HELPER";
 
 /// Starts the helper test `helper` of this test binary in namespace `ns` with `job`.
 pub fn spawn_helper(ns: &str, job: &str) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(std::env::current_exe().unwrap())
+    spawn_helper_on(ns, job, None)
+}
+
+/// Scheduling priority of processes that model a machine of their own ([`isolate`],
+/// [`spawn_helper_on`]): ahead of unrelated jobs on the test machine (parallel builds),
+/// which another machine would not run.
+pub const ISOLATED_NICE: i32 = -10;
+
+/// [`spawn_helper`], if `cpu` is given isolated like [`isolate`]: in a session of its own,
+/// bound to that CPU, at nice [`ISOLATED_NICE`] (`setsid`, `nice` and `taskset -c` exec
+/// the helper, so the child's PID is still the helper's).
+pub fn spawn_helper_on(ns: &str, job: &str, cpu: Option<usize>) -> Child {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    if let Some(cpu) = cpu {
+        c.args(["setsid", "nice", "-n", &ISOLATED_NICE.to_string()]);
+        c.args(["taskset", "-c", &cpu.to_string()]);
+    }
+    c.arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "helper",

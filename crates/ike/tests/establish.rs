@@ -8,11 +8,10 @@ use common::*;
 use esplab_ike::crypto::nat_detection_hash;
 use esplab_ike::proposal::{offer, ProposalSpec};
 use esplab_ike::{
-    AuthFailure, DhGroup, ExchangeType, Flags, IkeEvent, IkeHeader, IkeSaState, KePayload, Message,
-    Notify, NotifyType, Payload, Role,
+    AuthFailure, DhGroup, ExchangeType, Flags, Identity, IkeEvent, IkeHeader, IkeSaState,
+    KePayload, Message, Notify, NotifyType, Payload, Role,
 };
 
-const GCM_IKE: &str = "aes128gcm16-prfsha256-x25519";
 const CBC_IKE: &str = "aes128-sha256-x25519";
 
 fn establish_and_check(ike: &str, esp: &str) -> Wire {
@@ -185,18 +184,9 @@ fn ike_sa_init_request_structure() {
 
 #[test]
 fn ike_no_proposal_chosen() {
-    let t0 = std::time::Instant::now();
-    let a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        CBC_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let (a, _) = gcm_configs();
+    let (_, b) = configs(CBC_IKE, GCM_ESP);
+    let mut w = Wire::of(a, b);
     w.establish();
     assert!(w.a.ep.ike_sas(w.now).is_empty());
     assert!(w.b.ep.ike_sas(w.now).is_empty());
@@ -226,18 +216,9 @@ fn ike_no_proposal_chosen() {
 
 #[test]
 fn esp_no_proposal_chosen_keeps_the_ike_sa() {
-    let t0 = std::time::Instant::now();
-    let a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes256-sha256",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let (a, _) = gcm_configs();
+    let (_, b) = configs(GCM_IKE, "aes256-sha256");
+    let mut w = Wire::of(a, b);
     w.establish();
     // §1.2: the IKE SA is established even though the CHILD SA is not.
     assert_eq!(w.a.established(w.now), 1);
@@ -265,22 +246,12 @@ fn esp_no_proposal_chosen_keeps_the_ike_sa() {
 
 #[test]
 fn ts_unacceptable() {
-    let t0 = std::time::Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     // A wants a subnet behind B that B's policy (its own host) does not cover.
     a.remote_ts = vec![esplab_ike::selectors::host_selector(
         "192.0.2.99".parse().unwrap(),
     )];
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     assert_eq!(w.a.established(w.now), 1);
     assert!(w.a.installs().is_empty() && w.b.installs().is_empty());
@@ -296,28 +267,18 @@ fn ts_unacceptable() {
 #[test]
 fn ts_narrowing_to_the_responder_policy() {
     use esplab_ike::ts::{AddrRange, TrafficSelector};
-    let t0 = std::time::Instant::now();
     let net = |a: [u8; 4], b: [u8; 4]| {
         TrafficSelector::any_port(AddrRange::V4 {
             start: a.into(),
             end: b.into(),
         })
     };
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, mut b) = gcm_configs();
     a.local_ts = vec![net([10, 1, 0, 0], [10, 1, 255, 255])];
     a.remote_ts = vec![net([10, 2, 0, 0], [10, 2, 255, 255])];
     b.local_ts = vec![net([10, 2, 1, 0], [10, 2, 1, 255])];
     b.remote_ts = vec![net([10, 1, 0, 0], [10, 1, 255, 255])];
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     assert_eq!(assert_pairs_match(&w), 1);
     let c = w.a.installed.values().next().unwrap();
@@ -327,20 +288,10 @@ fn ts_narrowing_to_the_responder_policy() {
 
 #[test]
 fn transport_mode() {
-    let t0 = std::time::Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, mut b) = gcm_configs();
     a.mode = esplab_ike::Mode::Transport;
     b.mode = esplab_ike::Mode::Transport;
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     assert_eq!(assert_pairs_match(&w), 1);
     assert_eq!(w.a.installs()[0].mode, esplab_ike::Mode::Transport);
@@ -348,19 +299,9 @@ fn transport_mode() {
 
 #[test]
 fn wrong_psk_authentication_failed() {
-    let t0 = std::time::Instant::now();
-    let a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (a, mut b) = gcm_configs();
     b.psk = esplab_ike::crypto::SecretBytes::from_slice(b"another secret");
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     assert!(w.b.events().iter().any(|e| matches!(
         e,
@@ -386,18 +327,10 @@ fn wrong_psk_authentication_failed() {
 
 #[test]
 fn wrong_identity_is_refused() {
-    let t0 = std::time::Instant::now();
-    let a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "mercury"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let (a, mut b) = gcm_configs();
+    // B expects another identity than the one A presents.
+    b.remote_id = Some(Identity::fqdn("mercury"));
+    let mut w = Wire::of(a, b);
     w.establish();
     assert!(w.b.events().iter().any(|e| matches!(
         e,
@@ -413,19 +346,9 @@ fn wrong_identity_is_refused() {
 /// first group it can compute, and the exchange works.
 #[test]
 fn unsupported_group_first_in_the_offer() {
-    let t0 = std::time::Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     a.ike_proposals[0].dh = vec![DhGroup::ECP_256, DhGroup::CURVE25519];
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.a.ep.initiate(w.now, "moon", &mut w.a.spis).unwrap();
     let p = w.pop().unwrap();
     let m = Message::parse(&p.data).unwrap();

@@ -4,25 +4,13 @@
 mod common;
 
 use common::*;
-use esplab_ike::{Endpoint, EndpointConfig, ExchangeType, IkeSaKeyExport, Output, Role};
+use esplab_ike::{ExchangeType, IkeSaKeyExport, Output, Role};
 use std::time::Instant;
 
 fn wire(ike: &str, esp: &str, export: bool) -> Wire {
     let t0 = Instant::now();
-    let a = with_suites(peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"), ike, esp);
-    let b = with_suites(peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"), ike, esp);
-    let ep = |p, seed| {
-        Endpoint::new(
-            EndpointConfig {
-                peers: vec![p],
-                rng_seed: Some(seed),
-                export_ike_keys: export,
-                ..Default::default()
-            },
-            t0,
-        )
-        .unwrap()
-    };
+    let (a, b) = configs(ike, esp);
+    let ep = |p, seed| endpoint_with(vec![p], seed, t0, |c| c.export_ike_keys = export);
     Wire::new(t0, ep(a, 1), ep(b, 2))
 }
 

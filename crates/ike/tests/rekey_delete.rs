@@ -7,19 +7,11 @@ use common::*;
 use esplab_ike::{DeleteReason, IkeEvent, IkeSaState, Message, Output, PeerAction, ProtocolId};
 use std::time::Duration;
 
-const GCM_IKE: &str = "aes128gcm16-prfsha256-x25519";
-
 fn established(esp: &str) -> Wire {
     let mut w = pair(GCM_IKE, esp);
     w.establish();
     assert_eq!(assert_pairs_match(&w), 1);
     w
-}
-
-fn only_pair(n: &Node) -> (u32, u32) {
-    assert_eq!(n.installed.len(), 1, "{:x?}", n.installed.keys());
-    let c = n.installed.values().next().unwrap();
-    (c.inbound.spi, c.outbound.spi)
 }
 
 /// Position in the node's log of the first output matching `f`.
@@ -128,22 +120,8 @@ fn child_rekey_with_pfs() {
 #[test]
 fn simultaneous_child_rekey() {
     for seed in 0..8u64 {
-        let t0 = std::time::Instant::now();
-        let a = with_suites(
-            peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-            GCM_IKE,
-            "aes128gcm16",
-        );
-        let b = with_suites(
-            peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-            GCM_IKE,
-            "aes128gcm16",
-        );
-        let mut w = Wire::new(
-            t0,
-            endpoint(vec![a], 10 + seed, t0),
-            endpoint(vec![b], 100 + seed, t0),
-        );
+        let (a, b) = gcm_configs();
+        let mut w = Wire::seeded(a, b, (10 + seed, 100 + seed));
         w.establish();
         let (a_in, a_out) = only_pair(&w.a);
         w.a.ep.rekey_child(w.now, a_in, &mut w.a.spis).unwrap();
@@ -184,24 +162,10 @@ fn simultaneous_child_rekey_delete_overtakes_response() {
     let mut outcomes = [0u32; 2];
     for seed in 0..8u64 {
         for held_is_a in [true, false] {
-            let t0 = std::time::Instant::now();
-            let mut a = with_suites(
-                peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-                GCM_IKE,
-                "aes128gcm16",
-            );
-            let mut b = with_suites(
-                peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-                GCM_IKE,
-                "aes128gcm16",
-            );
+            let (mut a, mut b) = gcm_configs();
             a.on_peer_delete = PeerAction::Restart;
             b.on_peer_delete = PeerAction::Restart;
-            let mut w = Wire::new(
-                t0,
-                endpoint(vec![a], 10 + seed, t0),
-                endpoint(vec![b], 100 + seed, t0),
-            );
+            let mut w = Wire::seeded(a, b, (10 + seed, 100 + seed));
             w.establish();
             let (a_in, a_out) = only_pair(&w.a);
             let starts = (w.a.log.len(), w.b.log.len());
@@ -368,27 +332,9 @@ fn simultaneous_ike_rekey_follows_the_nonce_rule() {
     let mut outcomes = [0u32; 2];
     for seed in 0..12u64 {
         let t0 = std::time::Instant::now();
-        let a = with_suites(
-            peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-            GCM_IKE,
-            "aes128gcm16",
-        );
-        let b = with_suites(
-            peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-            GCM_IKE,
-            "aes128gcm16",
-        );
+        let (a, b) = gcm_configs();
         // A exports its IKE SA keys, so the test can read the nonces of both exchanges.
-        let ea = esplab_ike::Endpoint::new(
-            esplab_ike::EndpointConfig {
-                peers: vec![a],
-                rng_seed: Some(20 + seed),
-                export_ike_keys: true,
-                ..Default::default()
-            },
-            t0,
-        )
-        .unwrap();
+        let ea = endpoint_with(vec![a], 20 + seed, t0, |c| c.export_ike_keys = true);
         let mut w = Wire::new(t0, ea, endpoint(vec![b], 200 + seed, t0));
         w.establish();
         let old = w.a.ep.ike_sas(w.now)[0].clone();
@@ -639,19 +585,9 @@ fn delete_ike_from_b() {
 /// exactly that pair and, configured to restart, negotiates a new one.
 #[test]
 fn notify_invalid_spi_deletes_exactly_that_pair_and_restarts() {
-    let t0 = std::time::Instant::now();
-    let a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (a, mut b) = gcm_configs();
     b.on_peer_delete = PeerAction::Restart;
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     // A second pair, to check only one goes.
     let (a_in, a_out) = only_pair(&w.a);
@@ -713,23 +649,8 @@ fn notify_invalid_spi_variants() {
         esplab_ike::InvalidSpiAction::Notify,
     ] {
         let t0 = std::time::Instant::now();
-        let a = with_suites(
-            peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-            GCM_IKE,
-            "aes128gcm16",
-        );
-        let b = with_suites(
-            peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-            GCM_IKE,
-            "aes128gcm16",
-        );
-        let mut cfg = esplab_ike::EndpointConfig {
-            peers: vec![a],
-            rng_seed: Some(1),
-            ..Default::default()
-        };
-        cfg.invalid_spi_action = action;
-        let ea = esplab_ike::Endpoint::new(cfg, t0).unwrap();
+        let (a, b) = gcm_configs();
+        let ea = endpoint_with(vec![a], 1, t0, |c| c.invalid_spi_action = action);
         let mut w = Wire::new(t0, ea, endpoint(vec![b], 2, t0));
         w.establish();
         // An SPI neither side knows: nothing is removed anywhere.
@@ -765,11 +686,7 @@ fn initial_contact_replaces_the_old_ike_sa() {
     let mut w = established("aes128gcm16");
     let (old_b_in, _) = only_pair(&w.b);
     let old_id = w.b.ep.ike_sas(w.now)[0].id;
-    let a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (a, _) = gcm_configs();
     w.a = Node::new(endpoint(vec![a], 77, w.now), "10.0.0.1", 0xa100_0000);
     w.establish();
     assert!(w.a.events().iter().any(|e| matches!(
@@ -789,19 +706,9 @@ fn initial_contact_replaces_the_old_ike_sa() {
 
 #[test]
 fn no_initial_contact_when_disabled() {
-    let t0 = std::time::Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     a.initial_contact = false;
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     assert!(!w.a.events().iter().any(|e| matches!(
         e,
@@ -814,11 +721,13 @@ fn no_initial_contact_when_disabled() {
 fn dynamic_peer() {
     let t0 = std::time::Instant::now();
     let far = "198.51.100.7:4500";
-    let a = with_suites(
-        peer("moon", far, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    // A at an address B has no static config for.
+    let far_a = || {
+        let (mut a, _) = gcm_configs();
+        a.local_addr = Some(addr(far));
+        a
+    };
+    let a = far_a();
     let mut b = peer("roadwarrior", B_ADDR, None, "moon", "sun");
     b.remote_id = None;
     b.local_addr = None;
@@ -838,14 +747,8 @@ fn dynamic_peer() {
     assert_eq!(s.remote, addr(far));
     assert_eq!(s.remote_id.as_deref(), Some("sun"));
     // An address with no config and no dynamic peer is not answered.
-    let t0 = std::time::Instant::now();
-    let a = with_suites(
-        peer("moon", far, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
     let b = peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun");
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(far_a(), b);
     w.a.ip = addr(far).ip();
     w.establish();
     assert!(w.b.ep.ike_sas(w.now).is_empty());
@@ -861,17 +764,8 @@ fn dynamic_peer() {
 #[test]
 fn start_at_first_timeout() {
     let t0 = std::time::Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     a.start = true;
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
     let ea = endpoint(vec![a], 1, t0);
     assert_eq!(ea.poll_timeout(), Some(t0));
     let mut w = Wire::new(t0, ea, endpoint(vec![b], 2, t0));
@@ -883,7 +777,6 @@ fn start_at_first_timeout() {
 /// Soft expiry rekeys, hard expiry deletes — all on the virtual clock.
 #[test]
 fn lifetimes_drive_rekeys() {
-    let t0 = std::time::Instant::now();
     let life = esplab_ike::Lifetime::new(
         Duration::from_secs(100),
         Duration::from_secs(20),
@@ -894,21 +787,12 @@ fn lifetimes_drive_rekeys() {
         Duration::from_secs(30),
         Duration::from_secs(10),
     );
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, mut b) = gcm_configs();
     a.child_lifetime = Some(life);
     b.child_lifetime = Some(life);
     a.ike_lifetime = Some(ike_life);
     b.ike_lifetime = Some(ike_life);
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     let first = only_pair(&w.a);
     let end = w.now + Duration::from_secs(1000);
@@ -953,24 +837,14 @@ fn lifetimes_drive_rekeys() {
 /// With a hard lifetime but no chance to rekey (B never answers), the pair is deleted.
 #[test]
 fn hard_expiry_deletes() {
-    let t0 = std::time::Instant::now();
     let life = esplab_ike::Lifetime::new(
         Duration::from_secs(100),
         Duration::from_secs(20),
         Duration::ZERO,
     );
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     a.child_lifetime = Some(life);
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     let start = w.now;
     // From now on B hears nothing.
@@ -988,19 +862,9 @@ fn hard_expiry_deletes() {
 
 #[test]
 fn dpd_liveness_checks() {
-    let t0 = std::time::Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     a.dpd_delay = Some(Duration::from_secs(30));
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     let n0 = w.history.len();
     let end = w.now + Duration::from_secs(100);
@@ -1032,24 +896,14 @@ fn terminate_during_ike_rekey() {
 /// IKE_SA_INIT request follows it too.
 #[test]
 fn per_peer_retransmit_schedule() {
-    let t0 = std::time::Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     a.retransmit = Some(esplab_ike::Retransmit {
         tries: 2,
         timeout: Duration::from_secs(1),
         base: 2.0,
         limit: None,
     });
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 5, t0), endpoint(vec![b], 6, t0));
+    let mut w = Wire::seeded(a, b, (5, 6));
     // B keeps the endpoint default: its first wait is 4 s.
     assert_eq!(w.b.ep.config().retransmit.timeout, Duration::from_secs(4));
     w.a.ep.initiate(w.now, "moon", &mut w.a.spis).unwrap();

@@ -11,8 +11,6 @@ use esplab_ike::{
 };
 use std::time::{Duration, Instant};
 
-const GCM_IKE: &str = "aes128gcm16-prfsha256-x25519";
-
 #[test]
 fn dropped_request_is_retransmitted() {
     let mut w = pair(GCM_IKE, "aes128gcm16");
@@ -80,10 +78,7 @@ fn dropped_response_is_answered_from_cache() {
 fn duplicated_request_is_not_processed_twice() {
     let mut w = pair(GCM_IKE, "aes128gcm16");
     w.establish();
-    let (a_in, _) = {
-        let c = w.a.installed.values().next().unwrap();
-        (c.inbound.spi, c.outbound.spi)
-    };
+    let (a_in, _) = only_pair(&w.a);
     w.a.ep.rekey_child(w.now, a_in, &mut w.a.spis).unwrap();
     let req = w.pop().unwrap();
     let installs_before = w.b.installs().len();
@@ -244,19 +239,9 @@ fn initiator_gives_up_without_any_answer() {
 
 #[test]
 fn restart_after_peer_death() {
-    let t0 = Instant::now();
-    let mut a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (mut a, b) = gcm_configs();
     a.on_dead = esplab_ike::PeerAction::Restart;
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.establish();
     w.a.ep.send_liveness(w.now, "moon").unwrap();
     // B is unreachable for 170 s, then back.
@@ -301,25 +286,10 @@ fn half_open_sa_times_out() {
 #[test]
 fn cookie_under_half_open_load() {
     let t0 = Instant::now();
-    let a = with_suites(
-        peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
-    let b = with_suites(
-        peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"),
-        GCM_IKE,
-        "aes128gcm16",
-    );
+    let (a, b) = gcm_configs();
     let mut rw = peer("rw", B_ADDR, None, "moon", "any");
     rw.remote_id = None;
-    let mut cfg = esplab_ike::EndpointConfig {
-        peers: vec![b, rw],
-        rng_seed: Some(2),
-        ..Default::default()
-    };
-    cfg.half_open_limit = 2;
-    let eb = esplab_ike::Endpoint::new(cfg, t0).unwrap();
+    let eb = endpoint_with(vec![b, rw], 2, t0, |c| c.half_open_limit = 2);
     let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), eb);
     // Two half-open SAs from other initiators that never continue.
     for (i, ip) in ["192.0.2.10", "192.0.2.11"].iter().enumerate() {
@@ -440,7 +410,6 @@ fn unprotected_informational_changes_nothing() {
 /// carries the NAT flags and the post-NAT addresses.
 #[test]
 fn nat_detection_and_port_floating() {
-    let t0 = Instant::now();
     let inside = "192.168.1.10";
     let outside = "203.0.113.5";
     let a = with_suites(
@@ -460,7 +429,7 @@ fn nat_detection_and_port_floating() {
         "aes128gcm16",
     );
     b.local_addr = None;
-    let mut w = Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0));
+    let mut w = Wire::of(a, b);
     w.a.ip = outside.parse().unwrap();
     w.a.ep.initiate(w.now, "moon", &mut w.a.spis).unwrap();
     let nat = |p: &mut Packet| {

@@ -700,14 +700,14 @@ impl Hub<'_> {
 
     /// Named counters of the hub (`a`) and the sum over the spokes (`b`).
     fn snapshot(&self) -> [BTreeMap<String, u64>; 2] {
-        let one = |a: &Agent| counter_map(a, false);
+        // The same counters as the two-peer report, `events_dropped` included.
         let mut spokes = BTreeMap::new();
         for a in &self.agents[1..] {
-            for (k, v) in one(a) {
+            for (k, v) in counter_map(a) {
                 *spokes.entry(k).or_insert(0) += v;
             }
         }
-        [one(&self.agents[0]), spokes]
+        [counter_map(&self.agents[0]), spokes]
     }
 
     fn finish(mut self) -> (RunReport, PcapBuf, Vec<String>, Vec<String>) {
@@ -794,5 +794,22 @@ mod tests {
         assert_eq!(inner_net(4000).1, Ipv4Addr::new(198, 19, 253, 7));
         let p = gen_packet(1, 77, 12345);
         assert_eq!(parse_gen(&p), Some((1, 77, 12345)));
+    }
+
+    /// The hub's counter report names the same counters as the two-peer report
+    /// (`events_dropped` included), before and after, for the hub and the spokes' sum.
+    #[test]
+    fn counters_match_the_two_peer_report() {
+        let hub = Scenario::from_toml("h", "name = \"h\"\n[topology]\nspokes = 2\n").unwrap();
+        let two = Scenario::from_toml("p", "name = \"p\"\n").unwrap();
+        let (h, ..) = simulate_hub(&hub, 1, true, &mut |_| {});
+        let runs = crate::sim::run_scenario(&two, 1, &[true]).report.runs;
+        for k in ["a_before", "a_after", "b_before", "b_after"] {
+            let names = |c: &BTreeMap<String, BTreeMap<String, u64>>| -> Vec<String> {
+                c[k].keys().cloned().collect()
+            };
+            assert_eq!(names(&h.counters), names(&runs[0].counters), "{k}");
+            assert!(h.counters[k].contains_key("events_dropped"), "{k}");
+        }
     }
 }

@@ -299,18 +299,15 @@ pub(crate) fn count_traffic_drop(m: &mut Metrics, reason: &str) {
     }
 }
 
-/// An agent's datapath counters by name, as the report shows them. The two-peer report
-/// also lists `events_dropped`; the hub's aggregate does not.
-pub(crate) fn counter_map(a: &Agent, events_dropped: bool) -> BTreeMap<String, u64> {
+/// An agent's datapath counters by name, as both simulators' reports show them.
+pub(crate) fn counter_map(a: &Agent) -> BTreeMap<String, u64> {
     let c = a.node().counters();
     let mut m: BTreeMap<String, u64> = c.named().into_iter().map(|n| (n.name, n.value)).collect();
     m.insert("in_packets".into(), c.in_packets);
     m.insert("out_packets".into(), c.out_packets);
     m.insert("ike_in".into(), c.ike_in);
     m.insert("peer_address_followed".into(), c.peer_address_followed);
-    if events_dropped {
-        m.insert("events_dropped".into(), c.events_dropped);
-    }
+    m.insert("events_dropped".into(), c.events_dropped);
     m.insert("invalid_spi_logged".into(), c.invalid_spi_logged);
     m.insert("invalid_spi_suppressed".into(), c.invalid_spi_suppressed);
     m

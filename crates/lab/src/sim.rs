@@ -438,7 +438,7 @@ impl World<'_> {
     }
 
     fn snapshot_counters(&self, i: usize) -> BTreeMap<String, u64> {
-        counter_map(&self.agents[i], true)
+        counter_map(&self.agents[i])
     }
 
     fn dispatch(&mut self, ev: Ev) {

@@ -171,6 +171,14 @@ pub struct SaRow {
     /// Seconds since last used (absent: never used).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_secs: Option<f64>,
+    /// How the SA's ESP travels: `udp` (RFC 3948 UDP encapsulation) or `esp` (raw, IP
+    /// protocol 50), the words events use. Empty when read from a daemon that predates
+    /// the field.
+    #[serde(default)]
+    pub encap: String,
+    /// The peer's UDP port for `udp` (4500 unless a NAT moved it); absent for `esp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_port: Option<u16>,
 }
 
 impl From<esplab_node::SaInfo> for SaRow {
@@ -187,6 +195,12 @@ impl From<esplab_node::SaInfo> for SaRow {
             seq: s.seq,
             age_secs: s.age_secs,
             idle_secs: s.idle_secs,
+            encap: match s.encap {
+                esplab_node::UnderlayEncap::Udp => "udp",
+                esplab_node::UnderlayEncap::Raw => "esp",
+            }
+            .to_string(),
+            udp_port: s.udp_port,
         }
     }
 }
@@ -649,12 +663,57 @@ mod tests {
             seq: 3,
             age_secs: 1.5,
             idle_secs: None,
+            encap: "esp".into(),
+            udp_port: None,
         }]);
         let line = serde_json::to_string(&r).unwrap();
         assert!(line.contains(r#""spi":"0xc0de0002""#), "{line}");
         assert!(!line.contains("idle_secs"), "{line}");
+        assert!(line.contains(r#""encap":"esp""#), "{line}");
+        assert!(!line.contains("udp_port"), "raw ESP has no port: {line}");
         let back: Response = serde_json::from_str(&line).unwrap();
         assert_eq!(back, r);
+    }
+
+    fn sa_info(encap: esplab_node::UnderlayEncap, udp_port: Option<u16>) -> esplab_node::SaInfo {
+        esplab_node::SaInfo {
+            peer: "b".into(),
+            direction: "out",
+            spi: 0xc0de0001,
+            alg: "aes-gcm-128",
+            esn: false,
+            packets: 0,
+            bytes: 0,
+            replay_window: 0,
+            seq: 0,
+            age_secs: 0.0,
+            idle_secs: None,
+            encap,
+            udp_port,
+        }
+    }
+
+    /// The encapsulation uses the words of the events (`udp`/`esp`) and the UDP port
+    /// a NAT may have moved.
+    #[test]
+    fn sa_row_encap_from_sa_info() {
+        use esplab_node::UnderlayEncap;
+        let udp = SaRow::from(sa_info(UnderlayEncap::Udp, Some(31000)));
+        assert_eq!((udp.encap.as_str(), udp.udp_port), ("udp", Some(31000)));
+        let line = serde_json::to_string(&udp).unwrap();
+        assert!(line.contains(r#""encap":"udp","udp_port":31000"#), "{line}");
+        let raw = SaRow::from(sa_info(UnderlayEncap::Raw, None));
+        assert_eq!((raw.encap.as_str(), raw.udp_port), ("esp", None));
+    }
+
+    /// A newer client still reads an older daemon's `show sa` (fields were only added).
+    #[test]
+    fn sa_row_without_encap_still_parses() {
+        let old = r#"{"peer":"b","direction":"in","spi":"0xc0de0002","alg":"aes-gcm-128",
+            "esn":false,"packets":3,"bytes":252,"replay_window":64,"seq":3,"age_secs":1.5}"#;
+        let r: SaRow = serde_json::from_str(old).unwrap();
+        assert_eq!((r.encap.as_str(), r.udp_port), ("", None));
+        assert_eq!(r.spi, 0xc0de0002);
     }
 
     #[test]

@@ -11,9 +11,13 @@
 //! Loop: wait until the TUN device, a socket, the control channel, the 1 s tick or a
 //! signal is ready; drain the ready source with non-blocking batched reads (up to [`BATCH`]
 //! TUN reads, each possibly a 64 KiB offloaded super-packet; one `recvmmsg` of up to 64
-//! datagrams or GRO runs) into buffers made once at start (pool.rs); send the results in
-//! one batched write (`sendmmsg` with UDP GSO, batch.rs; tun-rs `send_multiple` with GRO);
-//! then hand the node's events to the log, the ring, followers and the events file.
+//! datagrams or GRO runs, handed to the agent in groups whose SPIs are looked up in one
+//! pass, `Agent::handle_underlay_udp_batch`) into buffers made once at start (pool.rs);
+//! send the results in one batched write (`sendmmsg` with UDP GSO, batch.rs; tun-rs
+//! `send_multiple` with GRO); then hand the node's events to the log, the ring, followers
+//! and the events file. A thread per direction was evaluated and left out (see
+//! docs/PERFORMANCE.md, "End to end over TUN": neither daemon is CPU-bound on the 2-core
+//! machine it was measured on).
 
 use crate::batch::{self, SendQueue};
 use crate::capture::{Capture, Direction, Transport};
@@ -29,8 +33,8 @@ use crate::tun::{self, TunError};
 use crate::underlay::{Underlay, UnderlayError};
 use esplab_esp::Encap;
 use esplab_node::{
-    Agent, AgentConfig, AgentError, AgentEvent, Event, Inbound, NodeError, Outbound, UnderlayEncap,
-    HEADROOM,
+    Agent, AgentConfig, AgentError, AgentEvent, Event, Inbound, NodeError, Outbound, UdpDatagram,
+    UnderlayEncap, BATCH as NODE_BATCH, HEADROOM,
 };
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -112,7 +116,7 @@ pub enum DaemonError {
     #[error("cannot start: {0}")]
     Runtime(io::Error),
     /// `ESPLAB_DATAPATH` names a switch that does not exist.
-    #[error("ESPLAB_DATAPATH: unknown switch {0:?} (known: no-tun-offload, no-udp-gso, no-udp-gro, no-batch)")]
+    #[error("ESPLAB_DATAPATH: unknown switch {0:?} (known: no-tun-offload, no-udp-gso, no-udp-gro, no-batch, no-sad-batch)")]
     Knobs(String),
 }
 
@@ -859,16 +863,20 @@ impl Datapath {
                 }
             };
             let now = Instant::now();
-            for (slot, m) in rx.slots.iter_mut().zip(&rx.meta).take(got) {
-                // One datagram, or a run the kernel coalesced (UDP GRO): each on its own.
-                for seg in m.segments() {
-                    if let Some(c) = &mut self.capture {
-                        record_udp(c, &self.clock, now, m.from, local, &slot[seg.clone()]);
+            if self.knobs.sad_batch {
+                self.udp_burst(now, local, &mut rx.slots[..got], &rx.meta[..got]);
+            } else {
+                for (slot, m) in rx.slots.iter_mut().zip(&rx.meta).take(got) {
+                    // One datagram, or a run the kernel coalesced (UDP GRO): each on its own.
+                    for seg in m.segments() {
+                        if let Some(c) = &mut self.capture {
+                            record_udp(c, &self.clock, now, m.from, local, &slot[seg.clone()]);
+                        }
+                        let v =
+                            self.agent
+                                .handle_underlay_udp(now, local, m.from, &mut slot[..], seg);
+                        self.deliver(v, &slot[..]);
                     }
-                    let v = self
-                        .agent
-                        .handle_underlay_udp(now, local, m.from, &mut slot[..], seg);
-                    self.deliver(v, &slot[..]);
                 }
             }
             if got < rx.slots.len() && rounds == 1 {
@@ -878,6 +886,62 @@ impl Datapath {
         }
         self.udp_rx = rx;
         self.flush_tun_tx();
+    }
+
+    /// One `recvmmsg` burst through the agent's batch entry: its datagrams (GRO runs split
+    /// into their segments) go in groups of [`NODE_BATCH`], each group's SPIs looked up in
+    /// one pass against one SAD snapshot. Each is recorded before it is decrypted in place.
+    fn udp_burst(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        slots: &mut [Box<[u8]>],
+        meta: &[batch::RecvMeta],
+    ) {
+        let mut group: [UdpDatagram<'_>; NODE_BATCH] = std::array::from_fn(|_| UdpDatagram {
+            src: local.ip(),
+            sport: 0,
+            dst: local.ip(),
+            dport: local.port(),
+            buf: &mut [],
+            payload: 0..0,
+        });
+        let mut out = [const { Inbound::Keepalive }; NODE_BATCH];
+        let mut n = 0;
+        for (slot, m) in slots.iter_mut().zip(meta) {
+            // One datagram, or a run the kernel coalesced (UDP GRO): each on its own. The
+            // segments are consecutive, so the slot splits into disjoint buffers.
+            let mut rest: &mut [u8] = &mut slot[..];
+            let mut at = 0;
+            for seg in m.segments() {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(seg.start - at);
+                let (this, tail) = tail.split_at_mut(seg.len());
+                rest = tail;
+                at = seg.end;
+                if let Some(c) = &mut self.capture {
+                    record_udp(c, &self.clock, now, m.from, local, this);
+                }
+                let d = &mut group[n];
+                d.src = m.from.ip();
+                d.sport = m.from.port();
+                d.payload = 0..this.len();
+                d.buf = this;
+                n += 1;
+                if n == NODE_BATCH {
+                    self.agent
+                        .handle_underlay_udp_batch(now, &mut group, &mut out);
+                    for (d, v) in group.iter().zip(&mut out) {
+                        self.deliver(std::mem::replace(v, Inbound::Keepalive), d.buf);
+                    }
+                    n = 0;
+                }
+            }
+        }
+        self.agent
+            .handle_underlay_udp_batch(now, &mut group[..n], &mut out[..n]);
+        for (d, v) in group.iter().zip(&mut out).take(n) {
+            self.deliver(std::mem::replace(v, Inbound::Keepalive), d.buf);
+        }
     }
 
     fn raw_to_tun(&mut self) {

@@ -34,7 +34,7 @@ pub const TUN_WRITE_BATCH: usize = 128;
 
 /// Which datapath optimisations are on. All are by default; `ESPLAB_DATAPATH` switches
 /// them off for measurements (a comma-separated list of `no-tun-offload`, `no-udp-gso`,
-/// `no-udp-gro`, `no-batch`), see docs/PERFORMANCE.md.
+/// `no-udp-gro`, `no-batch`, `no-sad-batch`), see docs/PERFORMANCE.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Knobs {
     /// TUN offload (virtio-net header, TSO/GSO reads, GRO writes).
@@ -45,6 +45,9 @@ pub struct Knobs {
     pub udp_gro: bool,
     /// `recvmmsg`/`sendmmsg` (off: one datagram per call, as before batching).
     pub batch: bool,
+    /// Underlay bursts through the agent's batch entry (SPIs of a burst looked up in one
+    /// pass; off: one `handle_underlay_udp` per datagram).
+    pub sad_batch: bool,
 }
 
 impl Default for Knobs {
@@ -54,6 +57,7 @@ impl Default for Knobs {
             udp_gso: true,
             udp_gro: true,
             batch: true,
+            sad_batch: true,
         }
     }
 }
@@ -68,6 +72,7 @@ impl Knobs {
                 "no-udp-gso" => k.udp_gso = false,
                 "no-udp-gro" => k.udp_gro = false,
                 "no-batch" => k.batch = false,
+                "no-sad-batch" => k.sad_batch = false,
                 other => return Err(other.to_string()),
             }
         }
@@ -93,6 +98,7 @@ impl Knobs {
             on(self.batch, "batch"),
             on(self.udp_gso, "udp-gso"),
             on(self.udp_gro, "udp-gro"),
+            on(self.sad_batch, "sad-batch"),
         ]
         .join(",")
     }
@@ -264,8 +270,10 @@ mod tests {
         assert_eq!(Knobs::parse("no-such").unwrap_err(), "no-such");
         assert_eq!(
             Knobs::default().describe(),
-            "tun-offload,batch,udp-gso,udp-gro"
+            "tun-offload,batch,udp-gso,udp-gro,sad-batch"
         );
+        let k = Knobs::parse("no-sad-batch").unwrap();
+        assert!(!k.sad_batch && k.batch && k.udp_gro);
     }
 
     #[test]

@@ -5,19 +5,22 @@ use crate::control::{CounterRow, SaRow};
 /// `show sa`: one row per SA, in the spirit of `show crypto ipsec sa`.
 ///
 /// `REPLAY/SEQ` is `WINDOW/HIGHEST` for an inbound SA (replay window size, highest sequence
-/// number accepted) and the last sequence number sent for an outbound one.
+/// number accepted) and the last sequence number sent for an outbound one. `ENCAP` is
+/// `udp:PORT` for RFC 3948 UDP-encapsulated ESP (the peer's port, which a NAT may have
+/// moved from 4500) or `esp` for raw ESP (IP protocol 50).
 pub fn sa_table(sas: &[SaRow]) -> String {
     let header = [
         "PEER",
         "DIR",
         "SPI",
         "ALG",
+        "ENCAP",
         "PACKETS",
         "BYTES",
         "REPLAY/SEQ",
         "AGE",
     ];
-    let rows: Vec<[String; 8]> = sas
+    let rows: Vec<[String; 9]> = sas
         .iter()
         .map(|s| {
             let alg = if s.esn {
@@ -35,6 +38,7 @@ pub fn sa_table(sas: &[SaRow]) -> String {
                 s.direction.clone(),
                 format!("0x{:08x}", s.spi),
                 alg,
+                encap(s),
                 s.packets.to_string(),
                 s.bytes.to_string(),
                 replay,
@@ -43,6 +47,16 @@ pub fn sa_table(sas: &[SaRow]) -> String {
         })
         .collect();
     table(&header, &rows)
+}
+
+/// The `ENCAP` cell: `udp:4500`, `esp`, or `-` when the daemon did not say (it predates
+/// the field).
+fn encap(s: &SaRow) -> String {
+    match (s.encap.as_str(), s.udp_port) {
+        ("", _) => "-".to_string(),
+        (e, Some(port)) => format!("{e}:{port}"),
+        (e, None) => e.to_string(),
+    }
 }
 
 /// `show counters`: `NAME  VALUE` lines, names padded to one column; zero counters only
@@ -116,18 +130,53 @@ mod tests {
             seq,
             age_secs: 75.2,
             idle_secs: Some(1.0),
+            encap: "udp".into(),
+            udp_port: Some(4500),
         }
     }
 
     #[test]
     fn sa_table_shape() {
-        let t = sa_table(&[row("in", 0xc0de0002, 3), row("out", 0xc0de0001, 3)]);
+        let mut nat = row("out", 0xc0de0001, 3);
+        nat.udp_port = Some(31000);
+        let mut raw = row("out", 0xc0de0003, 7);
+        (raw.encap, raw.udp_port) = ("esp".into(), None);
+        let t = sa_table(&[row("in", 0xc0de0002, 3), nat, raw]);
         assert_eq!(
             t,
-            "PEER  DIR  SPI         ALG          PACKETS  BYTES  REPLAY/SEQ  AGE\n\
-             b     in   0xc0de0002  aes-gcm-128  3        252    64/3        1m15s\n\
-             b     out  0xc0de0001  aes-gcm-128  3        252    3           1m15s\n"
+            "PEER  DIR  SPI         ALG          ENCAP      PACKETS  BYTES  REPLAY/SEQ  AGE\n\
+             b     in   0xc0de0002  aes-gcm-128  udp:4500   3        252    64/3        1m15s\n\
+             b     out  0xc0de0001  aes-gcm-128  udp:31000  3        252    3           1m15s\n\
+             b     out  0xc0de0003  aes-gcm-128  esp        3        252    7           1m15s\n"
         );
+    }
+
+    /// Rows from a daemon that predates the encapsulation fields still render.
+    #[test]
+    fn sa_table_without_encap() {
+        let old = r#"{"peer":"b","direction":"out","spi":"0xc0de0001","alg":"aes-gcm-128",
+            "esn":true,"packets":3,"bytes":252,"replay_window":0,"seq":3,"age_secs":5.0}"#;
+        let r: SaRow = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            sa_table(&[r]),
+            "PEER  DIR  SPI         ALG              ENCAP  PACKETS  BYTES  REPLAY/SEQ  AGE\n\
+             b     out  0xc0de0001  aes-gcm-128+esn  -      3        252    3           5s\n"
+        );
+    }
+
+    /// `show sa --json` carries the encapsulation as fields of each SA.
+    #[test]
+    fn sa_json_has_encap() {
+        let mut resp = crate::control::Response::ok("a");
+        let mut raw = row("out", 0xc0de0003, 7);
+        (raw.encap, raw.udp_port) = ("esp".into(), None);
+        resp.sas = Some(vec![row("in", 0xc0de0002, 3), raw]);
+        let v: serde_json::Value = serde_json::to_value(&resp).unwrap();
+        let sas = v["sas"].as_array().unwrap();
+        assert_eq!(sas[0]["encap"], "udp");
+        assert_eq!(sas[0]["udp_port"], 4500);
+        assert_eq!(sas[1]["encap"], "esp");
+        assert!(sas[1].get("udp_port").is_none(), "{}", sas[1]);
     }
 
     #[test]

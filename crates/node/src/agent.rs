@@ -11,7 +11,10 @@
 //! datagrams (rare, control plane) come out of [`Agent::poll_transmit`] as owned buffers.
 
 use crate::event::Event;
-use crate::node::{ChildInstall, Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig};
+use crate::node::{
+    ChildInstall, Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig, UdpDatagram,
+    UdpLookup, BATCH,
+};
 use crate::recovery::{
     Action, DpdAction, OnInvalidSpi, PeerInfo, PeerRecoveryStatus, Recovery, RecoveryEvent,
     RecoveryStats,
@@ -380,6 +383,51 @@ impl Agent {
         }
         self.drain_node_events(now);
         v
+    }
+
+    /// The batched form of [`handle_underlay_udp`](Self::handle_underlay_udp), for a burst
+    /// received on the NAT-T socket (one `recvmmsg`, GRO runs split): `out[i]` receives the
+    /// verdict of `batch[i]` (its `dst`/`dport` are our address and port, `src`/`sport`
+    /// the remote's). The SPIs of each group of up to [`crate::BATCH`] datagrams are looked
+    /// up in one pass against one SAD snapshot ([`Node::lookup_udp_batch`]); everything
+    /// else happens per datagram, in order, exactly as [`handle_underlay_udp`] does: IKE
+    /// behind the non-ESP marker goes to the endpoint (and if that changes the SAD, the rest
+    /// of the group is looked up again), node events (invalid-SPI recovery) are handled
+    /// before the next datagram.
+    ///
+    /// [`handle_underlay_udp`]: Self::handle_underlay_udp
+    ///
+    /// # Panics
+    /// If `out` is shorter than `batch`.
+    pub fn handle_underlay_udp_batch(
+        &mut self,
+        now: Instant,
+        batch: &mut [UdpDatagram<'_>],
+        out: &mut [Inbound],
+    ) {
+        assert!(
+            out.len() >= batch.len(),
+            "handle_underlay_udp_batch: out too short"
+        );
+        let mut lk = UdpLookup::new();
+        for (group, outs) in batch.chunks_mut(BATCH).zip(out.chunks_mut(BATCH)) {
+            self.node.lookup_udp_batch(group, &mut lk);
+            for (i, (d, o)) in group.iter_mut().zip(outs.iter_mut()).enumerate() {
+                let local = SocketAddr::new(d.dst, d.dport);
+                let remote = SocketAddr::new(d.src, d.sport);
+                if d.dport == IKE_PORT {
+                    // RFC 7296 §2: port 500 carries bare IKE messages, never ESP.
+                    *o = self.handle_underlay_udp(now, local, remote, d.buf, d.payload.clone());
+                    continue;
+                }
+                let v = self.node.inbound_udp_looked(now, &mut lk, i, d);
+                if let Inbound::Ike(r) = &v {
+                    self.ike_datagram(now, local, remote, &d.buf[r.clone()]);
+                }
+                self.drain_node_events(now);
+                *o = v;
+            }
+        }
     }
 
     /// A whole underlay IP datagram (raw socket, capture): raw ESP to the node; an IKE

@@ -18,7 +18,7 @@ pub use counters::{Counters, Dir, NamedCounter};
 pub use event::{invalid_spi_log_line, suppressed_log_line, Event, EventQueue, InvalidSpi};
 pub use node::{
     ChildInstall, Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig, SaInfo, UdpDatagram,
-    UnderlayEncap, BATCH, HEADROOM, TAILROOM,
+    UdpLookup, UnderlayEncap, BATCH, HEADROOM, TAILROOM,
 };
 pub use rate_limit::{Decision, LogLimiter, LogLimits};
 pub use recovery::{

@@ -153,6 +153,53 @@ pub struct UdpDatagram<'a> {
 /// Largest batch [`Node::inbound_udp_batch`] looks up in one pass.
 pub const BATCH: usize = esplab_sad::BATCH;
 
+/// The SPIs of up to [`BATCH`] datagrams and what the SAD said about them, from
+/// [`Node::lookup_udp_batch`] (pass 1 of a batch) for [`Node::inbound_udp_looked`] (pass 2).
+/// Lives on the caller's stack: nothing is allocated.
+pub struct UdpLookup {
+    spis: [u32; BATCH],
+    found: [Found; BATCH],
+    n: usize,
+    /// [`Node`]'s SAD generation when `found` was filled.
+    sad_gen: u64,
+}
+
+impl UdpLookup {
+    /// An empty one (looks nothing up).
+    pub fn new() -> Self {
+        Self {
+            spis: [0; BATCH],
+            found: [Found::Unknown; BATCH],
+            n: 0,
+            sad_gen: 0,
+        }
+    }
+}
+
+impl Default for UdpLookup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for UdpLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpLookup")
+            .field("spis", &&self.spis[..self.n])
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SPI of a UDP payload that can be ESP, else 0 (a non-ESP marker, keepalive or runt).
+#[inline(always)]
+fn esp_spi(p: &[u8]) -> u32 {
+    if p.len() >= ESP_HEADER_LEN {
+        u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+    } else {
+        0
+    }
+}
+
 /// Most NAT-followed pairs (see [`Node::follow_peer_address`]).
 const MAX_FOLLOW: usize = 256;
 
@@ -252,6 +299,11 @@ pub struct SaInfo {
     pub age_secs: f64,
     /// Seconds since last used (None: never).
     pub idle_secs: Option<f64>,
+    /// How the SA's ESP travels: RFC 3948 UDP encapsulation or raw IP protocol 50.
+    pub encap: UnderlayEncap,
+    /// The peer's UDP port for UDP-encapsulated ESP (a NAT may have moved it from 4500,
+    /// RFC 7296 §2.23); None for raw ESP, which has no port.
+    pub udp_port: Option<u16>,
 }
 
 /// A peer's datapath state.
@@ -275,6 +327,9 @@ pub struct Node {
     /// SPIs reserved for an exchange in flight, not installed yet (at most
     /// `MAX_PENDING_SPIS`, oldest forgotten first).
     pending_spis: Vec<u32>,
+    /// Bumped whenever the SAD changes, so a batch looked up earlier knows its results are
+    /// stale ([`UdpLookup`]).
+    sad_gen: u64,
     counters: Counters,
     events: EventQueue,
     limiter: LogLimiter<(IpAddr, IpAddr, u32)>,
@@ -337,6 +392,7 @@ impl Node {
             peer_last_in: vec![None; npeers],
             pending_spis: Vec::new(),
             follow: Vec::new(),
+            sad_gen: 0,
             counters: Counters::default(),
             last_summary: None,
             cfg,
@@ -368,6 +424,7 @@ impl Node {
             }
         };
         self.sad.insert_foreign(params.spi, idx as u32)?;
+        self.sad_changed();
         self.in_sas[idx] = Some(InSa {
             sa,
             peer,
@@ -408,6 +465,7 @@ impl Node {
             self.in_sas[*idx as usize] = None;
             n += 1;
         }
+        self.sad_changed();
         for o in self.out_sas.iter_mut() {
             if o.as_ref().is_some_and(|s| s.sa.spi() == spi) {
                 *o = None;
@@ -429,6 +487,7 @@ impl Node {
         let past = now.checked_sub(self.cfg.retired_grace).unwrap_or(now);
         let n = self.remove_spi(spi, past);
         self.sad.purge(now);
+        self.sad_changed();
         n
     }
 
@@ -437,6 +496,7 @@ impl Node {
         let past = now.checked_sub(self.cfg.retired_grace).unwrap_or(now);
         let n = self.remove_all(past);
         self.sad.purge(now);
+        self.sad_changed();
         n
     }
 
@@ -486,6 +546,7 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.retire_lingering(now);
         self.sad.purge(now);
+        self.sad_changed();
         let window = self.cfg.log_limits.global_window;
         let due = match self.last_summary {
             None => {
@@ -506,6 +567,11 @@ impl Node {
                 });
             }
         }
+    }
+
+    /// Marks every earlier batch lookup stale (see [`UdpLookup`]).
+    fn sad_changed(&mut self) {
+        self.sad_gen = self.sad_gen.wrapping_add(1);
     }
 
     fn push_event(&mut self, e: Event) {
@@ -572,7 +638,10 @@ impl Node {
     /// The batched form of [`inbound_udp`](Self::inbound_udp): `out[i]` receives the verdict
     /// of `batch[i]`. The SPIs of each group of up to [`BATCH`] ESP datagrams are looked up
     /// in one pass against one SAD snapshot (the SAD's prefetching batch lookup), so their
-    /// cache misses overlap; then each packet is processed exactly as a single one would be.
+    /// cache misses overlap; then each packet is processed exactly as a single one would be
+    /// ([`lookup_udp_batch`](Self::lookup_udp_batch) and
+    /// [`inbound_udp_looked`](Self::inbound_udp_looked), which callers that must act
+    /// between packets, like the agent, use directly).
     ///
     /// # Panics
     /// If `out` is shorter than `batch`.
@@ -583,60 +652,89 @@ impl Node {
         out: &mut [Inbound],
     ) {
         assert!(out.len() >= batch.len(), "inbound_udp_batch: out too short");
+        let mut lk = UdpLookup::new();
         for (group, outs) in batch.chunks_mut(BATCH).zip(out.chunks_mut(BATCH)) {
-            // Pass 1: the SPI of every datagram that is ESP (0 marks "not ESP": SPI 0 can
-            // never be an SA, RFC 4303 §2.1, and is the non-ESP marker, RFC 3948 §2.2).
-            let mut spis = [0u32; BATCH];
-            for (d, spi) in group.iter().zip(spis.iter_mut()) {
-                let p = &d.buf[d.payload.clone()];
-                if p.len() >= ESP_HEADER_LEN {
-                    *spi = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
-                }
-            }
-            let n = group.len();
-            let mut found = [Found::Unknown; BATCH];
-            {
-                let mut looked = [Lookup::Unknown; BATCH];
-                self.reader.lookup_batch(&spis[..n], &mut looked[..n]);
-                for (f, l) in found.iter_mut().zip(looked.iter()).take(n) {
-                    *f = Found::from(*l);
-                }
-            }
-            // Pass 2: the per-packet path, with the lookup already done.
-            for ((d, o), (spi, f)) in group
-                .iter_mut()
-                .zip(outs.iter_mut())
-                .zip(spis.iter().zip(found.iter()))
-            {
-                *o = if *spi > 255 {
-                    let encap = Encap::Udp {
-                        sport: d.sport,
-                        dport: d.dport,
-                    };
-                    self.inbound_esp_found(
-                        now,
-                        d.src,
-                        d.dst,
-                        encap,
-                        d.buf,
-                        d.payload.clone(),
-                        *spi,
-                        *f,
-                    )
-                } else {
-                    // Markers, keepalives, reserved SPIs, runts: the single path sorts them.
-                    self.inbound_udp(
-                        now,
-                        d.src,
-                        d.sport,
-                        d.dst,
-                        d.dport,
-                        d.buf,
-                        d.payload.clone(),
-                    )
-                };
+            self.lookup_udp_batch(group, &mut lk);
+            for (i, (d, o)) in group.iter_mut().zip(outs.iter_mut()).enumerate() {
+                *o = self.inbound_udp_looked(now, &mut lk, i, d);
             }
         }
+    }
+
+    /// Pass 1 of a batch: reads the SPI of each of the first [`BATCH`] datagrams of `batch`
+    /// that is ESP and looks them all up in one pass against one SAD snapshot, into `lk`.
+    /// Pass 2 is [`inbound_udp_looked`](Self::inbound_udp_looked) on each datagram.
+    pub fn lookup_udp_batch(&mut self, batch: &[UdpDatagram<'_>], lk: &mut UdpLookup) {
+        let n = batch.len().min(BATCH);
+        lk.n = n;
+        // The SPI of every datagram that is ESP (0 marks "not ESP": SPI 0 can never be an
+        // SA, RFC 4303 §2.1, and is the non-ESP marker, RFC 3948 §2.2).
+        for (d, spi) in batch.iter().zip(lk.spis.iter_mut()).take(n) {
+            *spi = esp_spi(&d.buf[d.payload.clone()]);
+        }
+        self.relookup(lk, 0);
+    }
+
+    /// Looks up `lk.spis[from..lk.n]` again, against the current snapshot.
+    fn relookup(&mut self, lk: &mut UdpLookup, from: usize) {
+        let n = lk.n;
+        let mut looked = [Lookup::Unknown; BATCH];
+        self.reader
+            .lookup_batch(&lk.spis[from..n], &mut looked[from..n]);
+        for (f, l) in lk.found[from..n].iter_mut().zip(&looked[from..n]) {
+            *f = Found::from(*l);
+        }
+        lk.sad_gen = self.sad_gen;
+    }
+
+    /// Pass 2 of a batch: datagram `d`, which was `batch[i]` of the
+    /// [`lookup_udp_batch`](Self::lookup_udp_batch) that filled `lk`. The verdict, counters
+    /// and events are exactly those of [`inbound_udp`](Self::inbound_udp) on it now: if the
+    /// SAD changed since the lookup (an IKE message earlier in the burst installed or
+    /// removed an SA), the rest of the burst is looked up again first; a datagram whose SPI
+    /// is not the one looked up (a caller's mix-up) is looked up on its own.
+    pub fn inbound_udp_looked(
+        &mut self,
+        now: Instant,
+        lk: &mut UdpLookup,
+        i: usize,
+        d: &mut UdpDatagram<'_>,
+    ) -> Inbound {
+        let spi = esp_spi(&d.buf[d.payload.clone()]);
+        if spi <= 255 {
+            // Markers, keepalives, reserved SPIs, runts: the single path sorts them.
+            return self.inbound_udp(
+                now,
+                d.src,
+                d.sport,
+                d.dst,
+                d.dport,
+                d.buf,
+                d.payload.clone(),
+            );
+        }
+        let found = if i < lk.n && lk.spis[i] == spi {
+            if lk.sad_gen != self.sad_gen {
+                self.relookup(lk, i);
+            }
+            lk.found[i]
+        } else {
+            Found::from(self.reader.lookup(spi))
+        };
+        let encap = Encap::Udp {
+            sport: d.sport,
+            dport: d.dport,
+        };
+        self.inbound_esp_found(
+            now,
+            d.src,
+            d.dst,
+            encap,
+            d.buf,
+            d.payload.clone(),
+            spi,
+            found,
+        )
     }
 
     /// An ESP packet at `buf[esp]` (SPI to ICV), received from `src` for `dst`.
@@ -855,9 +953,27 @@ impl Node {
     /// Every SA, for `show sa`.
     pub fn sa_info(&self, now: Instant) -> Vec<SaInfo> {
         let secs = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+        let udp_port = |encap: UnderlayEncap, port: u16| match encap {
+            UnderlayEncap::Udp => Some(port),
+            UnderlayEncap::Raw => None,
+        };
+        // A negotiated inbound SA travels like the outbound half of its pair (which NAT
+        // following and NAT-T floating update); a static one, or one whose outbound half is
+        // gone (lingering after a rekey), like its peer's config. Indexed once so that
+        // thousands of pairs do not make this quadratic.
+        let mut pair_encap = std::collections::BTreeMap::new();
+        for c in &self.child_out {
+            pair_encap
+                .entry((c.peer, c.inbound_spi))
+                .or_insert((c.encap, c.port));
+        }
         let mut v = Vec::new();
         for (pi, p) in self.cfg.peers.iter().enumerate() {
             for s in self.in_sas.iter().flatten().filter(|s| s.peer == pi) {
+                let (encap, port) = pair_encap
+                    .get(&(pi, s.sa.spi()))
+                    .copied()
+                    .unwrap_or((p.encap, p.port));
                 v.push(SaInfo {
                     peer: p.name.clone(),
                     direction: "in",
@@ -870,6 +986,8 @@ impl Node {
                     seq: s.sa.replay().right_edge(),
                     age_secs: secs(s.created),
                     idle_secs: s.last.map(secs),
+                    encap,
+                    udp_port: udp_port(encap, port),
                 });
             }
             for c in self.child_out.iter().filter(|c| c.peer == pi) {
@@ -886,6 +1004,8 @@ impl Node {
                     seq: s.sa.last_seq(),
                     age_secs: secs(s.created),
                     idle_secs: s.last.map(secs),
+                    encap: c.encap,
+                    udp_port: udp_port(c.encap, c.port),
                 });
             }
             if let Some(s) = &self.out_sas[pi] {
@@ -901,6 +1021,8 @@ impl Node {
                     seq: s.sa.last_seq(),
                     age_secs: secs(s.created),
                     idle_secs: s.last.map(secs),
+                    encap: p.encap,
+                    udp_port: udp_port(p.encap, p.port),
                 });
             }
         }
@@ -945,6 +1067,7 @@ impl Node {
     /// exist; lookups say `Unknown` until [`Node::install_child`]).
     pub fn reserve_spi(&mut self) -> Result<u32, NodeError> {
         let spi = self.sad.reserve_spi()?;
+        self.sad_changed();
         if self.pending_spis.len() >= MAX_PENDING_SPIS {
             self.pending_spis.remove(0);
         }
@@ -966,12 +1089,14 @@ impl Node {
     /// marked as offered in an exchange ([`Node::is_pending_spi`]). On error (`Full`) the
     /// SPIs already in `out` stay reserved.
     pub fn reserve_spis(&mut self, n: usize, out: &mut Vec<u32>) -> Result<(), NodeError> {
-        self.sad.update(|t| {
+        let r = self.sad.update(|t| {
             for _ in 0..n {
                 out.push(t.reserve_spi()?);
             }
             Ok(())
-        })
+        });
+        self.sad_changed();
+        r
     }
 
     /// Lets the outbound destination of `peer`'s pairs follow the source address and port
@@ -1019,6 +1144,7 @@ impl Node {
     pub fn release_spi(&mut self, spi: u32, now: Instant) {
         self.pending_spis.retain(|s| *s != spi);
         self.sad.remove(spi, now);
+        self.sad_changed();
     }
 
     /// Installs a negotiated CHILD SA pair: the inbound SA under its reserved SPI, the
@@ -1038,6 +1164,7 @@ impl Node {
             }
         };
         self.sad.install(c.inbound.spi, idx as u32)?;
+        self.sad_changed();
         self.in_sas[idx] = Some(InSa {
             sa: in_sa,
             peer: c.peer,
@@ -1147,6 +1274,7 @@ impl Node {
                 *slot = None;
             }
         }
+        self.sad_changed();
     }
 }
 
@@ -1214,5 +1342,277 @@ mod reserve_tests {
         }
         assert!(!n.is_pending_spi(b));
         assert_eq!(n.pending_spis.len(), MAX_PENDING_SPIS);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use esplab_esp::Algorithm;
+
+    const X: u32 = 0xc0de_0001;
+    const Y: u32 = 0xc0de_0002;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn node(name: &str, local: &str, peer: &str, lts: &str, rts: &str) -> Node {
+        Node::new(
+            NodeConfig {
+                name: name.into(),
+                local: ip(local),
+                peers: vec![PeerConfig {
+                    name: "peer".into(),
+                    address: ip(peer),
+                    encap: UnderlayEncap::Udp,
+                    port: 4500,
+                    local_ts: vec![lts.parse().unwrap()],
+                    remote_ts: vec![rts.parse().unwrap()],
+                }],
+                log_limits: LogLimits::default(),
+                event_queue: 16,
+                retired_grace: Duration::from_secs(5),
+            },
+            Some(3),
+        )
+    }
+
+    fn sa(spi: u32) -> SaParams {
+        SaParams::new(spi, Algorithm::AesGcm128, &[spi as u8; 20], &[])
+    }
+
+    /// A (198.18.0.1, protecting 198.19.1.0/24) and B (198.18.0.2, 198.19.2.0/24).
+    fn pair() -> (Node, Node) {
+        (
+            node(
+                "a",
+                "198.18.0.1",
+                "198.18.0.2",
+                "198.19.1.0/24",
+                "198.19.2.0/24",
+            ),
+            node(
+                "b",
+                "198.18.0.2",
+                "198.18.0.1",
+                "198.19.2.0/24",
+                "198.19.1.0/24",
+            ),
+        )
+    }
+
+    /// A sends ESP on `spi` (installed on A first); returns the ESP packets.
+    fn esp(a: &mut Node, spi: u32, count: usize, t: Instant) -> Vec<Vec<u8>> {
+        a.install_outbound(0, &sa(spi), t).unwrap();
+        (0..count)
+            .map(|i| {
+                let mut buf = vec![0u8; HEADROOM + 40 + TAILROOM];
+                let p = &mut buf[HEADROOM..HEADROOM + 40];
+                p[0] = 0x45;
+                p[2..4].copy_from_slice(&40u16.to_be_bytes());
+                p[8] = 64;
+                p[9] = 17;
+                p[12..16].copy_from_slice(&[198, 19, 1, 1 + i as u8]);
+                p[16..20].copy_from_slice(&[198, 19, 2, 1]);
+                match a.outbound(t, &mut buf, HEADROOM..HEADROOM + 40) {
+                    Outbound::Send { esp, .. } => buf[esp].to_vec(),
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    fn dgram(buf: &mut [u8]) -> UdpDatagram<'_> {
+        let n = buf.len();
+        UdpDatagram {
+            src: ip("198.18.0.1"),
+            sport: 4500,
+            dst: ip("198.18.0.2"),
+            dport: 4500,
+            buf,
+            payload: 0..n,
+        }
+    }
+
+    /// A burst looked up before the SAD changed (an SA installed or removed between
+    /// datagrams, as an IKE message earlier in the burst does) is looked up again: the
+    /// verdicts are those of the SAD at each datagram's turn, not at the lookup.
+    #[test]
+    fn sad_change_mid_batch_relooks_up_the_rest() {
+        let t = Instant::now();
+        let (mut a, mut b) = pair();
+        let mut pkts = esp(&mut a, X, 3, t);
+        let mut it = pkts.iter_mut();
+        let mut batch: Vec<UdpDatagram<'_>> = (0..3).map(|_| dgram(it.next().unwrap())).collect();
+        let mut lk = UdpLookup::new();
+        b.lookup_udp_batch(&batch, &mut lk);
+        // Not installed at lookup time: looked up as unknown.
+        assert!(matches!(lk.found[0], Found::Unknown));
+        b.install_inbound(0, &sa(X), t).unwrap();
+        for (i, d) in batch.iter_mut().take(2).enumerate() {
+            let v = b.inbound_udp_looked(t, &mut lk, i, d);
+            assert!(matches!(v, Inbound::Deliver(_)), "{i}: {v:?}");
+        }
+        // Removed before the third: retired now, whatever the lookup said.
+        b.remove_spi(X, t);
+        assert_eq!(
+            b.inbound_udp_looked(t, &mut lk, 2, &mut batch[2]),
+            Inbound::Drop(DropReason::RetiredSpi)
+        );
+        assert_eq!(b.counters().in_packets, 2);
+        assert!(b.poll_event().is_none(), "no invalid-SPI event");
+    }
+
+    /// A datagram handed to pass 2 under another index than it had in pass 1 is looked up
+    /// on its own, not given another datagram's result.
+    #[test]
+    fn mismatched_index_is_looked_up_singly() {
+        let t = Instant::now();
+        let (mut a, mut b) = pair();
+        b.install_inbound(0, &sa(X), t).unwrap();
+        let mut good = esp(&mut a, X, 1, t).remove(0);
+        let mut bad = good.clone();
+        bad[..4].copy_from_slice(&Y.to_be_bytes());
+        let mut lk = UdpLookup::new();
+        {
+            let batch = [dgram(&mut bad), dgram(&mut good)];
+            b.lookup_udp_batch(&batch, &mut lk);
+        }
+        // `good` as index 0 (where Y, unknown, was looked up): still delivered.
+        let v = b.inbound_udp_looked(t, &mut lk, 0, &mut dgram(&mut good));
+        assert!(matches!(v, Inbound::Deliver(_)), "{v:?}");
+        // Past the end of the lookup: looked up singly too.
+        let v = b.inbound_udp_looked(t, &mut lk, BATCH + 5, &mut dgram(&mut bad));
+        assert_eq!(v, Inbound::Drop(DropReason::UnknownSpi));
+    }
+}
+
+#[cfg(test)]
+mod sa_info_tests {
+    use super::*;
+    use esplab_esp::Algorithm;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn peer(name: &str, addr: &str, encap: UnderlayEncap, rts: &str) -> PeerConfig {
+        PeerConfig {
+            name: name.into(),
+            address: ip(addr),
+            encap,
+            port: 4500,
+            local_ts: vec!["198.19.1.0/24".parse().unwrap()],
+            remote_ts: vec![rts.parse().unwrap()],
+        }
+    }
+
+    fn sa(spi: u32) -> SaParams {
+        SaParams::new(spi, Algorithm::AesGcm128, &[spi as u8; 20], &[])
+    }
+
+    /// (direction, spi) -> (encap, udp_port) of every SA of `peer`.
+    fn encaps(
+        n: &Node,
+        peer: &str,
+        t: Instant,
+    ) -> Vec<(&'static str, u32, UnderlayEncap, Option<u16>)> {
+        let mut v: Vec<_> = n
+            .sa_info(t)
+            .into_iter()
+            .filter(|s| s.peer == peer)
+            .map(|s| (s.direction, s.spi, s.encap, s.udp_port))
+            .collect();
+        v.sort_by_key(|e| (e.0, e.1));
+        v
+    }
+
+    /// Every SA kind says how it travels: static SAs as their peer's config, negotiated
+    /// outbound SAs as their own (after NAT following / NAT-T floating), negotiated inbound
+    /// SAs as the outbound half of their pair, and a lingering inbound SA whose pair is gone
+    /// as its peer's config again.
+    #[test]
+    fn sa_info_reports_encapsulation_of_every_sa_kind() {
+        use UnderlayEncap::{Raw, Udp};
+        let t = Instant::now();
+        let mut n = Node::new(
+            NodeConfig {
+                name: "a".into(),
+                local: ip("198.18.0.1"),
+                peers: vec![
+                    peer("raw", "198.18.0.2", Raw, "198.19.2.0/24"),
+                    peer("nat", "198.18.0.3", Udp, "198.19.3.0/24"),
+                ],
+                log_limits: LogLimits::default(),
+                event_queue: 16,
+                retired_grace: Duration::from_secs(5),
+            },
+            Some(3),
+        );
+        // Static SAs: the peer's config.
+        n.install_inbound(0, &sa(0x1000), t).unwrap();
+        n.install_outbound(0, &sa(0x1001), t).unwrap();
+        n.install_inbound(1, &sa(0x2000), t).unwrap();
+        n.install_outbound(1, &sa(0x2001), t).unwrap();
+        assert_eq!(
+            encaps(&n, "raw", t),
+            [("in", 0x1000, Raw, None), ("out", 0x1001, Raw, None)]
+        );
+        assert_eq!(
+            encaps(&n, "nat", t),
+            [
+                ("in", 0x2000, Udp, Some(4500)),
+                ("out", 0x2001, Udp, Some(4500))
+            ]
+        );
+
+        // Negotiated pairs: their own encapsulation, not the peer's config.
+        let install = |n: &mut Node, peer: usize, out_spi: u32, encap| {
+            let in_spi = n.reserve_spi().unwrap();
+            let rts = ["198.19.2.0/24".parse().unwrap()];
+            let lts = ["198.19.1.0/24".parse().unwrap()];
+            n.install_child(
+                ChildInstall {
+                    peer,
+                    inbound: &sa(in_spi),
+                    outbound: &sa(out_spi),
+                    local_ts: &lts,
+                    remote_ts: &rts,
+                    dst: ip("198.18.0.9"),
+                    port: 4500,
+                    encap,
+                    active: true,
+                },
+                t,
+            )
+            .unwrap();
+            in_spi
+        };
+        let raw_in = install(&mut n, 0, 0x3001, Raw);
+        let nat_in = install(&mut n, 1, 0x4001, Udp);
+        // The NAT in front of "nat" rebinds (RFC 7296 §2.23); the raw-ESP pair of "raw"
+        // floats to UDP while its peer's config still says raw.
+        n.set_child_destination(1, ip("198.18.0.9"), 31000);
+        let raw_in_2 = install(&mut n, 0, 0x3002, Raw);
+        n.set_child_udp(0);
+        let raw = encaps(&n, "raw", t);
+        assert!(raw.contains(&("in", raw_in, Udp, Some(4500))), "{raw:?}");
+        assert!(raw.contains(&("out", 0x3001, Udp, Some(4500))), "{raw:?}");
+        assert!(raw.contains(&("in", raw_in_2, Udp, Some(4500))), "{raw:?}");
+        assert!(raw.contains(&("in", 0x1000, Raw, None)), "static unchanged");
+        let nat = encaps(&n, "nat", t);
+        assert!(nat.contains(&("in", nat_in, Udp, Some(31000))), "{nat:?}");
+        assert!(nat.contains(&("out", 0x4001, Udp, Some(31000))), "{nat:?}");
+        assert!(
+            nat.contains(&("out", 0x2001, Udp, Some(4500))),
+            "static unchanged"
+        );
+
+        // Outbound half removed, inbound lingering: back to the peer's config.
+        n.remove_child(raw_in, 0x3001, Duration::from_secs(60), t);
+        let raw = encaps(&n, "raw", t);
+        assert!(raw.contains(&("in", raw_in, Raw, None)), "{raw:?}");
+        assert!(!raw.iter().any(|e| e.1 == 0x3001), "{raw:?}");
     }
 }

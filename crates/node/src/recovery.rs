@@ -107,7 +107,7 @@ impl RecoveryConfig {
 use serde::Serialize;
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -444,6 +444,45 @@ impl<K: Hash + Eq + Copy> Bounded<K> {
     }
 }
 
+/// Key of the per-SPI hold-down table: (sender, SPI).
+///
+/// Hashed as one fixed-size write instead of the derived field-by-field hash (the `IpAddr`
+/// discriminant, the octets' length prefix and bytes, the SPI: four writes, 25 bytes, for
+/// IPv4): an unknown-SPI flood makes one new key per packet, and SipHash's cost is in its
+/// rounds per 8 bytes and per write. Injective per family, and the two families write
+/// different lengths (8 and 20 bytes), which SipHash's final block includes: the seed
+/// alone still decides the buckets (RandomState, keys are wire-controlled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SpiKey(IpAddr, u32);
+
+impl Hash for SpiKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self.0 {
+            IpAddr::V4(a) => h.write_u64(u64::from(a.to_bits()) << 32 | u64::from(self.1)),
+            IpAddr::V6(a) => {
+                let mut b = [0u8; 20];
+                b[..16].copy_from_slice(&a.octets());
+                b[16..].copy_from_slice(&self.1.to_be_bytes());
+                h.write(&b);
+            }
+        }
+    }
+}
+
+/// Key of the per-source tables: the sender's address, hashed as one write of 4 or 16
+/// bytes (see [`SpiKey`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SrcKey(IpAddr);
+
+impl Hash for SrcKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        match self.0 {
+            IpAddr::V4(a) => h.write_u32(a.to_bits()),
+            IpAddr::V6(a) => h.write_u128(a.to_bits()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
@@ -510,9 +549,9 @@ pub enum Action {
 pub struct Recovery {
     cfg: RecoveryConfig,
     peers: Vec<PeerState>,
-    spi_seen: Bounded<(IpAddr, u32)>,
-    src_events: Bounded<IpAddr>,
-    liveness: Bounded<IpAddr>,
+    spi_seen: Bounded<SpiKey>,
+    src_events: Bounded<SrcKey>,
+    liveness: Bounded<SrcKey>,
     budget_start: Option<Instant>,
     budget_used: u32,
     budget_event: Option<Instant>,
@@ -688,7 +727,7 @@ impl Recovery {
     ) -> Action {
         self.stats.invalid_spi_packets += 1;
         let hold = self.cfg.hold_down;
-        if !self.spi_seen.admit(now, (src, spi), hold) {
+        if !self.spi_seen.admit(now, SpiKey(src, spi), hold) {
             // Rule 4: one action per SPI per hold-down; counted, never logged per packet.
             self.stats.recovery_suppressed += 1;
             return Action::None;
@@ -724,7 +763,7 @@ impl Recovery {
             } else {
                 SuppressWhy::NotConfigured
             };
-            if self.src_events.admit(now, src, hold) {
+            if self.src_events.admit(now, SrcKey(src), hold) {
                 self.emit(
                     now,
                     RecoveryKind::Suppressed { why },
@@ -751,7 +790,7 @@ impl Recovery {
         };
         let p = &mut self.peers[i];
         if !p.cfg.invalid_spi_recovery {
-            if self.src_events.admit(now, src, hold) {
+            if self.src_events.admit(now, SrcKey(src), hold) {
                 self.emit(
                     now,
                     RecoveryKind::Suppressed {
@@ -1049,7 +1088,7 @@ impl Recovery {
             .find(|p| p.current == Some(src) || p.addr == Some(src))?
             .name
             .clone();
-        if !self.liveness.admit(now, src, self.cfg.hold_down) {
+        if !self.liveness.admit(now, SrcKey(src), self.cfg.hold_down) {
             self.stats.recovery_suppressed += 1;
             return None;
         }
@@ -1211,6 +1250,60 @@ mod engine_tests {
             evictions > 1000 && refused > 1000 && readmitted > 1000,
             "{evictions} {refused} {readmitted}"
         );
+    }
+
+    /// The bytes a key feeds the hasher (lengths included, as SipHash's last block does).
+    #[derive(Default)]
+    struct Bytes(Vec<u8>);
+
+    impl Hasher for Bytes {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, b: &[u8]) {
+            self.0.extend_from_slice(b);
+        }
+    }
+
+    fn fed(k: impl Hash) -> Vec<u8> {
+        let mut h = Bytes::default();
+        k.hash(&mut h);
+        h.0
+    }
+
+    #[test]
+    fn table_keys_feed_the_hasher_one_distinct_input_per_key() {
+        let v4: IpAddr = "198.18.0.1".parse().unwrap();
+        let v4b: IpAddr = "198.18.0.2".parse().unwrap();
+        let mapped: IpAddr = "::ffff:198.18.0.1".parse().unwrap();
+        let v6: IpAddr = "2001:2::1".parse().unwrap();
+        let keys = [
+            SpiKey(v4, 0x100),
+            SpiKey(v4, 0x101),
+            SpiKey(v4b, 0x100),
+            SpiKey(mapped, 0x100),
+            SpiKey(v6, 0x100),
+            SpiKey(v6, 0x101),
+        ];
+        let inputs: std::collections::BTreeSet<Vec<u8>> = keys.iter().map(|k| fed(*k)).collect();
+        assert_eq!(inputs.len(), keys.len());
+        // One write each: 8 bytes for IPv4, 20 for IPv6.
+        assert_eq!(fed(SpiKey(v4, 1)).len(), 8);
+        assert_eq!(fed(SpiKey(v6, 1)).len(), 20);
+        let srcs = [v4, v4b, mapped, v6].map(|a| fed(SrcKey(a)));
+        assert_eq!(
+            srcs.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            4
+        );
+        assert_eq!((srcs[0].len(), srcs[3].len()), (4, 16));
+        // The engine's tables keep IPv4 and IPv4-mapped senders apart.
+        let mut b = Bounded::new(8);
+        let t0 = Instant::now();
+        let hold = Duration::from_secs(10);
+        assert!(b.admit(t0, SpiKey(v4, 7), hold));
+        assert!(b.admit(t0, SpiKey(mapped, 7), hold));
+        assert!(!b.admit(t0, SpiKey(v4, 7), hold));
+        assert_eq!(b.len(), 2);
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl<V, O> SadReader<V, O> {
     }
 
     /// Classify an inbound SPI against the current snapshot.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&mut self, spi: u32) -> Lookup<'_, V> {
         self.view().lookup(spi)
     }
@@ -59,6 +59,16 @@ impl<V, O> SadReader<V, O> {
     #[inline]
     pub fn lookup_batch<'a>(&'a mut self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
         self.view().lookup_batch(spis, out)
+    }
+
+    /// [`Self::lookup_batch`] that also brings every hit's SA into the cache; see
+    /// [`SadView::lookup_batch_warm`].
+    ///
+    /// # Panics
+    /// If `out` is shorter than `spis`.
+    #[inline]
+    pub fn lookup_batch_warm<'a>(&'a mut self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
+        self.view().lookup_batch_warm(spis, out)
     }
 
     /// The outbound SA for a cleartext packet; see [`SadView::outbound_match`].

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::reader::SadReader;
 use crate::selector::SelectorPair;
 use crate::table::CHUNK;
-use crate::txn::{SadTxn, WriterState};
+use crate::txn::{Quarantine, SadTxn, WriterState};
 use crate::view::{SadStats, SadView};
 use crate::{SadConfig, SadError};
 
@@ -51,14 +51,17 @@ impl<V, O> Sad<V, O> {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
+        let mut rng = rng;
         let max_slots = slots_for(config.max_capacity.min(MAX_CAPACITY));
         let slots = slots_for(config.initial_capacity).min(max_slots);
+        let fp_key = rng.gen::<u16>();
         Self {
-            current: Arc::new(ArcSwap::from_pointee(SadView::with_slots(slots))),
+            current: Arc::new(ArcSwap::from_pointee(SadView::with_slots(slots, fp_key))),
             writer: Mutex::new(WriterState {
                 rng,
                 retiring: BTreeSet::new(),
                 graveyard: Vec::new(),
+                quarantine: Quarantine::default(),
             }),
             grace: config.grace_period,
             max_slots,
@@ -117,20 +120,28 @@ impl<V, O> Sad<V, O> {
     pub fn update<R>(&self, f: impl FnOnce(&mut SadTxn<'_, V, O>) -> R) -> R {
         let mut guard = self.lock();
         let state = &mut *guard;
+        // Free replaced snapshots no reader holds any more, then release the quarantined slots
+        // that only those snapshots could have seen. (The graveyard is in publication order.)
+        state.graveyard.retain(|s| Arc::strong_count(s) > 1);
+        let oldest_live = state.graveyard.first().map_or(u64::MAX, |s| s.gen);
+        state.quarantine.release(oldest_live);
         // Only writers publish and we hold the writer lock, so this is the latest snapshot.
         let base = self.current.load_full();
         let mut txn = SadTxn::new(
             base,
             &mut state.rng,
             &state.retiring,
+            &state.quarantine,
             self.grace,
             self.max_slots,
         );
         let result = f(&mut txn);
         let done = txn.finish();
         if let Some(view) = done.publish {
+            let (gen, slots) = (view.gen, view.table.slots());
             let old = self.current.swap(Arc::new(view));
             state.graveyard.push(old);
+            state.quarantine.commit(gen, done.grew, done.freed, slots);
         }
         if let Some(hi) = done.purged_upto {
             while state.retiring.first().is_some_and(|r| *r <= hi) {

@@ -4,7 +4,15 @@
 //! index plus one 4-byte compare. The table is split into fixed-size chunks, each behind its
 //! own `Arc`, so a copy-on-write update clones the chunk array (pointers only) and the one
 //! chunk it touches instead of the whole table.
+//!
+//! Tables of at least [`EXACT_MIN_SLOTS`] slots also keep a flat array of 16-bit
+//! fingerprints, one per slot, shared by every snapshot of the same table size and updated in
+//! place (see [`Fingerprints`]): with 16 or more index bits the upper 16 bits of an SPI are
+//! all a slot needs to tell it apart, so lookups there read 2 bytes per slot instead of the
+//! chunk's 4-byte tag, and a miss reads only that dense array (4 MiB at 1Mi SAs, which stays
+//! within the data TLB's reach on this machine; the 8 MiB tag array did not).
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 /// log2 of the slots per chunk.
@@ -130,9 +138,49 @@ impl<V> Clone for Chunk<V> {
     }
 }
 
+/// Smallest table that keeps fingerprints: from 2^16 slots up the slot index holds the low
+/// 16 bits of an SPI, so the upper 16 bits (the fingerprint, keyed) identify it exactly.
+pub(crate) const EXACT_MIN_SLOTS: usize = 1 << 16;
+
+/// The per-slot fingerprints of one table size, shared by every snapshot of that size.
+///
+/// `fp[idx]` is `fingerprint(spi)` of the last SPI reserved in slot `idx` (0 if none was since
+/// the array was built). It is the only part of the SAD that changes in place, which keeps
+/// copy-on-write cheap (no 4 MiB copy per change) and is sound because of two rules:
+///
+/// 1. Only `reserve` writes it (`SlotTable::replace` with a new SPI in an empty slot); purge
+///    and every other change leave it alone. A stale fingerprint on a freed slot costs a
+///    lookup one extra read, never a wrong answer (the snapshot's slot is empty there).
+/// 2. A slot freed by purge is reserved again only once no snapshot older than that purge is
+///    alive (the writer's quarantine, `txn::Quarantine`). So when `fp[idx]` changes, every
+///    live snapshot sharing this array has slot `idx` empty.
+///
+/// Invariant, from 1 and 2: for every live snapshot `S` sharing the array and every slot
+/// `idx` that `S` holds non-empty with SPI `T`, `fp[idx] == fingerprint(T)` at every instant.
+/// A lookup of `spi` that finds `fp[idx] == fingerprint(spi)` and a value in `S`'s slot
+/// therefore has `fingerprint(T) == fingerprint(spi)` and `T & mask == spi & mask == idx`,
+/// and with at least 16 index bits that is `T == spi`: a hit is never another SA. Any other
+/// interleaving a reader can observe (a fingerprint written by a transaction not yet
+/// published, or by one that panicked) lands on a slot its snapshot has empty, which
+/// classifies as a miss, as it should. Growth builds a new array for the new table and never
+/// writes the old one again, so snapshots from before a growth keep a consistent pair.
+///
+/// Relaxed ordering suffices: a fingerprint is written before the snapshot that holds its
+/// slot is published (`ArcSwap::swap`, release), and a reader that loads that snapshot
+/// (acquire) sees the write; a reader that does not see it has a snapshot with the slot empty.
+pub(crate) type Fingerprints = Arc<[AtomicU16]>;
+
 /// The slot table: `mask + 1` slots (a power of two, at least `CHUNK`) in `chunks`.
 pub(crate) struct SlotTable<V> {
     pub(crate) mask: u32,
+    /// `true` when the table has at least [`EXACT_MIN_SLOTS`] slots and `fps` is in use.
+    pub(crate) exact: bool,
+    /// Random key xored into fingerprints, so a sender cannot tell which SPIs match the 0
+    /// of never-used slots (those would cost an extra read each; never a wrong answer).
+    pub(crate) fp_key: u16,
+    /// One fingerprint per slot when `exact`, empty otherwise (small tables compare the
+    /// chunk's full tag, already cache-resident there).
+    pub(crate) fps: Fingerprints,
     pub(crate) chunks: Box<[Arc<Chunk<V>>]>,
 }
 
@@ -140,6 +188,9 @@ impl<V> Clone for SlotTable<V> {
     fn clone(&self) -> Self {
         Self {
             mask: self.mask,
+            exact: self.exact,
+            fp_key: self.fp_key,
+            fps: Arc::clone(&self.fps),
             chunks: self.chunks.clone(),
         }
     }
@@ -147,14 +198,43 @@ impl<V> Clone for SlotTable<V> {
 
 impl<V> SlotTable<V> {
     /// An empty table of `slots` slots (`slots` is a power of two, at least `CHUNK`).
-    pub(crate) fn with_slots(slots: usize) -> Self {
+    pub(crate) fn with_slots(slots: usize, fp_key: u16) -> Self {
         debug_assert!(slots.is_power_of_two() && slots >= CHUNK);
-        let chunks = (0..slots / CHUNK)
-            .map(|_| Arc::new(Chunk::empty()))
-            .collect();
+        // One empty chunk shared by every position: `Arc::make_mut` gives a position its
+        // own copy on its first write, so an empty table costs pointers, not chunks.
+        let empty = Arc::new(Chunk::empty());
+        let chunks = (0..slots / CHUNK).map(|_| Arc::clone(&empty)).collect();
+        let exact = slots >= EXACT_MIN_SLOTS;
+        let fps: Fingerprints = if exact {
+            (0..slots).map(|_| AtomicU16::new(0)).collect()
+        } else {
+            Arc::new([])
+        };
         Self {
             mask: (slots - 1) as u32,
+            exact,
+            fp_key,
+            fps,
             chunks,
+        }
+    }
+
+    /// The fingerprint of an SPI: its upper 16 bits, keyed.
+    #[inline(always)]
+    pub(crate) fn fingerprint(&self, spi: u32) -> u16 {
+        (spi >> 16) as u16 ^ self.fp_key
+    }
+
+    /// `true` if `spi`'s slot may hold `spi`: its fingerprint (exact tables) or its full tag
+    /// (small tables) matches. For exact tables a match with a value in the slot is a hit
+    /// (see [`Fingerprints`]); a match on an empty slot is possible and means a miss.
+    #[inline(always)]
+    pub(crate) fn matches(&self, spi: u32) -> bool {
+        let idx = self.index(spi);
+        if self.exact {
+            self.fps[idx].load(Ordering::Relaxed) == self.fingerprint(spi)
+        } else {
+            self.tag(spi) == spi
         }
     }
 
@@ -199,8 +279,18 @@ impl<V> SlotTable<V> {
 
     /// Set slot `idx`, returning its previous state; clones the chunk first if a published
     /// snapshot shares it.
+    ///
+    /// Writing an SPI into an empty slot (a reservation) also sets the slot's fingerprint;
+    /// the caller guarantees the slot is empty in every live snapshot sharing the array (rule
+    /// 2 of [`Fingerprints`]). Nothing else touches fingerprints.
     pub(crate) fn replace(&mut self, idx: usize, tag: u32, slot: Slot<V>) -> Slot<V> {
-        Arc::make_mut(&mut self.chunks[idx >> CHUNK_BITS]).replace(idx & (CHUNK - 1), tag, slot)
+        let fp = self.fingerprint(tag);
+        let chunk = Arc::make_mut(&mut self.chunks[idx >> CHUNK_BITS]);
+        let i = idx & (CHUNK - 1);
+        if self.exact && tag != 0 && chunk.tag(i) == 0 {
+            self.fps[idx].store(fp, Ordering::Relaxed);
+        }
+        chunk.replace(i, tag, slot)
     }
 
     /// A table of `new_slots` slots holding every occupied slot of `self`.
@@ -212,6 +302,13 @@ impl<V> SlotTable<V> {
         debug_assert!(new_slots.is_power_of_two() && new_slots > self.slots());
         let mut chunks: Vec<Chunk<V>> = (0..new_slots / CHUNK).map(|_| Chunk::empty()).collect();
         let new_mask = (new_slots - 1) as u32;
+        // A fresh array, private until the grown table is published: no reader sees it filling.
+        let exact = new_slots >= EXACT_MIN_SLOTS;
+        let fps: Fingerprints = if exact {
+            (0..new_slots).map(|_| AtomicU16::new(0)).collect()
+        } else {
+            Arc::new([])
+        };
         for (tag, state) in self.occupied() {
             let idx = (tag & new_mask) as usize;
             let c = &mut chunks[idx >> CHUNK_BITS];
@@ -223,9 +320,15 @@ impl<V> SlotTable<V> {
                 SlotRef::Reserved | SlotRef::Empty => Slot::Reserved,
             };
             c.replace(i, tag, slot);
+            if exact {
+                fps[idx].store(self.fingerprint(tag), Ordering::Relaxed);
+            }
         }
         Self {
             mask: new_mask,
+            exact,
+            fp_key: self.fp_key,
+            fps,
             chunks: chunks.into_iter().map(Arc::new).collect(),
         }
     }

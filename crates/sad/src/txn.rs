@@ -4,7 +4,7 @@
 //! array is cloned, then only the chunks actually written) and publishes it in one atomic swap
 //! when the transaction ends, so readers see either none or all of its changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +31,73 @@ const SLOT_ATTEMPTS: usize = 1024;
 /// A retirement: `(deadline, spi)`. Ordered by deadline so purge pops from the front.
 pub(crate) type Retirement = (Instant, u32);
 
+/// Slots that purge freed in a fingerprinted table, withheld from reservation until no
+/// snapshot older than the purge is alive: rule 2 of `table::Fingerprints`. Without it, a
+/// reader still holding a snapshot from before the SPI was removed (a `Sad::snapshot` kept
+/// past the grace period, or a datapath thread descheduled that long) could see the slot's
+/// old SA under a fingerprint rewritten for the slot's next SPI.
+///
+/// Quarantined slots count toward the load factor. They are released at the start of each
+/// transaction once the writer's graveyard (which holds every replaced snapshot a reader may
+/// still use) has nothing older than the purge; growth clears them (the grown table has its
+/// own fingerprint array, which no old snapshot reads).
+#[derive(Default)]
+pub(crate) struct Quarantine {
+    /// One bit per slot of the current table; empty until first used.
+    bits: Vec<u64>,
+    /// `(generation of the snapshot that freed the slot, slot)`, in generation order.
+    queue: VecDeque<(u64, usize)>,
+}
+
+impl Quarantine {
+    fn contains(&self, idx: usize) -> bool {
+        self.bits
+            .get(idx / 64)
+            .is_some_and(|w| w & (1 << (idx % 64)) != 0)
+    }
+
+    /// Slots currently withheld.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn add(&mut self, gen: u64, idx: usize, slots: usize) {
+        if self.bits.len() < slots / 64 {
+            self.bits.resize(slots / 64, 0);
+        }
+        debug_assert!(!self.contains(idx), "slot quarantined twice");
+        self.bits[idx / 64] |= 1 << (idx % 64);
+        self.queue.push_back((gen, idx));
+    }
+
+    /// Release every slot freed by a snapshot no older than `oldest_live`, the oldest
+    /// snapshot generation a reader may still hold.
+    pub(crate) fn release(&mut self, oldest_live: u64) {
+        while let Some(&(gen, idx)) = self.queue.front() {
+            if gen > oldest_live {
+                break;
+            }
+            self.queue.pop_front();
+            self.bits[idx / 64] &= !(1 << (idx % 64));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.bits.clear();
+    }
+
+    /// Apply a committed transaction: `freed` slots were freed by snapshot `gen`; `grew`
+    /// means the published table is a new one, on which nothing is quarantined.
+    pub(crate) fn commit(&mut self, gen: u64, grew: bool, freed: Vec<usize>, slots: usize) {
+        if grew {
+            self.clear();
+        } else {
+            freed.into_iter().for_each(|idx| self.add(gen, idx, slots));
+        }
+    }
+}
+
 /// Writer-only state, behind the `Sad`'s mutex.
 pub(crate) struct WriterState<V, O> {
     pub(crate) rng: StdRng,
@@ -40,6 +107,8 @@ pub(crate) struct WriterState<V, O> {
     /// holds the last reference, so a reader refreshing its cache never runs the O(slots)
     /// destructor (nor drops a `V`) on the packet path.
     pub(crate) graveyard: Vec<Arc<SadView<V, O>>>,
+    /// Freed slots not yet reusable.
+    pub(crate) quarantine: Quarantine,
 }
 
 /// An open write transaction; see [`crate::Sad::update`].
@@ -51,6 +120,12 @@ pub struct SadTxn<'w, V, O = V> {
     work: Option<SadView<V, O>>,
     rng: &'w mut StdRng,
     retiring: &'w BTreeSet<Retirement>,
+    quarantine: &'w Quarantine,
+    /// Slots of a fingerprinted table freed in this transaction (quarantined on commit, and
+    /// not reserved again in it).
+    freed: HashSet<usize>,
+    /// The table grew in this transaction: the writer's quarantine refers to the old one.
+    grew: bool,
     /// Retirements made in this transaction.
     retire_add: Vec<Retirement>,
     /// Committed retirements up to this key were consumed by `purge` in this transaction.
@@ -65,6 +140,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         base: Arc<SadView<V, O>>,
         rng: &'w mut StdRng,
         retiring: &'w BTreeSet<Retirement>,
+        quarantine: &'w Quarantine,
         grace: Duration,
         max_slots: usize,
     ) -> Self {
@@ -73,6 +149,9 @@ impl<'w, V, O> SadTxn<'w, V, O> {
             work: None,
             rng,
             retiring,
+            quarantine,
+            freed: HashSet::new(),
+            grew: false,
             retire_add: Vec::new(),
             purged_upto: None,
             foreign_dirty: false,
@@ -89,7 +168,25 @@ impl<'w, V, O> SadTxn<'w, V, O> {
     /// The working copy, made on the first write.
     fn work(&mut self) -> &mut SadView<V, O> {
         let base = &self.base;
-        self.work.get_or_insert_with(|| SadView::clone(base))
+        self.work.get_or_insert_with(|| {
+            let mut v = SadView::clone(base);
+            v.gen = base.gen + 1;
+            v
+        })
+    }
+
+    /// Slots withheld from reservation (see [`Quarantine`]).
+    fn quarantined(&self) -> usize {
+        if self.grew {
+            0
+        } else {
+            self.quarantine.len() + self.freed.len()
+        }
+    }
+
+    /// `true` if slot `idx` is free but may not be reserved yet.
+    fn is_quarantined(&self, idx: usize) -> bool {
+        !self.grew && (self.quarantine.contains(idx) || self.freed.contains(&idx))
     }
 
     /// Classify an SPI as a reader would after this transaction.
@@ -106,7 +203,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
     fn ensure_room(&mut self) -> Result<(), SadError> {
         let view = self.view();
         let slots = view.table.slots();
-        if view.counts.occupied() < slots / 2 {
+        if view.counts.occupied() + self.quarantined() < slots / 2 {
             return Ok(());
         }
         if slots >= self.max_slots {
@@ -116,6 +213,8 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         }
         let work = self.work();
         work.table = work.table.grown(slots * 2);
+        self.grew = true;
+        self.freed.clear();
         Ok(())
     }
 
@@ -125,14 +224,14 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         let slots = table.slots();
         for _ in 0..RANDOM_PROBES {
             let idx = self.rng.gen_range(0..slots);
-            if table.tag_at(idx) == 0 {
+            if table.tag_at(idx) == 0 && !self.is_quarantined(idx) {
                 return idx;
             }
         }
         let start = self.rng.gen_range(0..slots);
         (0..slots)
             .map(|k| (start + k) & (slots - 1))
-            .find(|&idx| table.tag_at(idx) == 0)
+            .find(|&idx| table.tag_at(idx) == 0 && !self.is_quarantined(idx))
             .expect("load factor <= 1/2 leaves free slots")
     }
 
@@ -333,6 +432,8 @@ impl<'w, V, O> SadTxn<'w, V, O> {
             return 0;
         }
         let mut freed = 0;
+        let grew = self.grew;
+        let mut freed_slots = Vec::new();
         let work = self.work();
         let mut foreign_changed = false;
         for (until, spi) in due {
@@ -340,6 +441,10 @@ impl<'w, V, O> SadTxn<'w, V, O> {
                 let idx = work.table.index(spi);
                 work.table.replace(idx, 0, Slot::Empty);
                 work.counts.retired -= 1;
+                // A grown table is private to this transaction: no reader saw its slots.
+                if work.table.exact && !grew {
+                    freed_slots.push(idx);
+                }
                 freed += 1;
                 continue;
             }
@@ -356,6 +461,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
             }
         }
         self.foreign_dirty |= foreign_changed;
+        self.freed.extend(freed_slots);
         freed
     }
 
@@ -411,6 +517,8 @@ impl<'w, V, O> SadTxn<'w, V, O> {
             publish: self.work.take(),
             retire_add: std::mem::take(&mut self.retire_add),
             purged_upto: self.purged_upto,
+            freed: self.freed.drain().collect(),
+            grew: self.grew,
         }
     }
 }
@@ -420,4 +528,6 @@ pub(crate) struct Finished<V, O> {
     pub(crate) publish: Option<SadView<V, O>>,
     pub(crate) retire_add: Vec<Retirement>,
     pub(crate) purged_upto: Option<Retirement>,
+    pub(crate) freed: Vec<usize>,
+    pub(crate) grew: bool,
 }

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::foreign::{Foreign, ForeignTable};
 use crate::selector::{FlowKey, SelectorPair};
-use crate::table::{Chunk, SlotRef, SlotTable};
+use crate::table::{SlotRef, SlotTable};
 use crate::Lookup;
 
 /// Most SPIs [`SadView::lookup_batch`] resolves per prefetch round.
@@ -99,6 +100,9 @@ pub struct SadView<V, O = V> {
     pub(crate) foreign: Option<Arc<ForeignTable<V>>>,
     pub(crate) outbound: Arc<Vec<OutboundEntry<O>>>,
     pub(crate) counts: SlotCounts,
+    /// Publication number: each published snapshot is one more than the one it replaced
+    /// (the writer's quarantine of freed slots is keyed on it).
+    pub(crate) gen: u64,
 }
 
 impl<V, O> Clone for SadView<V, O> {
@@ -109,6 +113,7 @@ impl<V, O> Clone for SadView<V, O> {
             foreign: self.foreign.clone(),
             outbound: Arc::clone(&self.outbound),
             counts: self.counts,
+            gen: self.gen,
         }
     }
 }
@@ -122,9 +127,10 @@ impl<V, O> fmt::Debug for SadView<V, O> {
 }
 
 impl<V, O> SadView<V, O> {
-    pub(crate) fn with_slots(slots: usize) -> Self {
+    pub(crate) fn with_slots(slots: usize, fp_key: u16) -> Self {
         Self {
-            table: SlotTable::with_slots(slots),
+            gen: 0,
+            table: SlotTable::with_slots(slots, fp_key),
             foreign: None,
             outbound: Arc::new(Vec::new()),
             counts: SlotCounts::default(),
@@ -133,29 +139,60 @@ impl<V, O> SadView<V, O> {
 
     /// Classify an inbound SPI (RFC 4303 §3.4.2: the SPI, with the destination, selects the
     /// SA; for a unicast SA the SPI alone suffices and is what we key on).
-    #[inline]
+    ///
+    /// A miss reads one dense entry (a 2-byte fingerprint on tables of 64Ki slots and more,
+    /// else the 4-byte tag); a hit reads that and the slot's SA pointer, two independent loads
+    /// the CPU issues together.
+    // `always`: as a plain `#[inline]` LLVM kept it out of line in the benches' closures,
+    // and the call with its 16-byte return doubled the cost of an L1 hit.
+    #[inline(always)]
     pub fn lookup(&self, spi: u32) -> Lookup<'_, V> {
+        if self.table.exact {
+            return self.lookup_exact(spi);
+        }
+        // Small table: the chunk's full tag decides, as cheaply as anything here (the whole
+        // table is cache-resident at these sizes).
         let (chunk, i) = self.table.locate(spi);
         if chunk.tag(i) == spi {
-            Self::classify(chunk, i)
+            match chunk.value(i) {
+                Some(v) => Lookup::Hit(v),
+                None if chunk.is_retired(i) => Lookup::Retired,
+                // Reserved (no keys yet), or the empty slot's 0 matched the invalid SPI 0.
+                None => Lookup::Unknown,
+            }
         } else {
             self.lookup_foreign(spi)
         }
     }
 
-    /// Classify slot `i` of `chunk`, whose tag matched.
+    /// [`Self::lookup`] on a fingerprinted table.
     #[inline(always)]
-    fn classify(chunk: &Chunk<V>, i: usize) -> Lookup<'_, V> {
+    fn lookup_exact(&self, spi: u32) -> Lookup<'_, V> {
+        let t = &self.table;
+        if t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
+            return self.lookup_foreign(spi);
+        }
+        self.classify(spi)
+    }
+
+    /// Classify `spi`, whose slot matched it (`SlotTable::matches`).
+    #[inline(always)]
+    fn classify(&self, spi: u32) -> Lookup<'_, V> {
+        let (chunk, i) = self.table.locate(spi);
         match chunk.value(i) {
+            // Small tables matched the full tag; fingerprinted ones the fingerprint, and a
+            // value in this snapshot's slot then belongs to `spi` (see `table::Fingerprints`).
             Some(v) => Lookup::Hit(v),
-            // Empty slots (tag 0, matched only by the invalid SPI 0) and reserved ones (no keys
-            // yet) have no retired bit, so they come out Unknown.
-            None if chunk.is_retired(i) => Lookup::Retired,
-            None => Lookup::Unknown,
+            // The tag compare makes Retired independent of fingerprints (a stale one on a
+            // freed slot, or the 0 of a never-used one).
+            None if chunk.tag(i) == spi && chunk.is_retired(i) => Lookup::Retired,
+            // Empty or reserved (no keys yet): not an SA of this table. A foreign SPI can share
+            // a fingerprint with an empty slot, so the foreign map still decides.
+            None => self.lookup_foreign(spi),
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup_foreign(&self, spi: u32) -> Lookup<'_, V> {
         match &self.foreign {
             None => Lookup::Unknown,
@@ -165,46 +202,64 @@ impl<V, O> SadView<V, O> {
 
     /// Classify `spis[k]` into `out[k]` for every `k` (a receive burst).
     ///
-    /// Works in rounds of [`BATCH`]. The first pass reads every SPI's tag, so the round's
-    /// independent cache misses overlap instead of each waiting behind the packet work that
-    /// separates single lookups. The second pass classifies, and for each hit also reads the
-    /// SA's reference count: that load brings the first cache line of the SA (the `Arc` header
-    /// sits just before the value) into the cache, because the caller's next step is to use it.
-    ///
-    /// In a loop doing nothing but lookups a CPU with deep out-of-order execution overlaps
-    /// single lookups by itself, and this extra SA line makes a batch look slower; with real
-    /// per-packet work between lookups the batch is several times faster (see `docs/sad.md`).
+    /// Works in rounds of [`BATCH`]. The first pass reads every SPI's fingerprint (or tag),
+    /// so the round's independent cache misses overlap instead of each waiting behind the
+    /// packet work that separates single lookups; the second pass classifies, reading the SA
+    /// pointer of each match. It does not touch the SAs themselves: see
+    /// [`Self::lookup_batch_warm`] for a caller that is about to use every hit's SA.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
+        self.batch::<false>(spis, out)
+    }
+
+    /// [`Self::lookup_batch`], and also read the first cache line of every hit's SA (the
+    /// `Arc` reference count, just before the value) so the caller's next step does not miss
+    /// on it. Costs ~2x the plain batch in a loop that only looks up (at 1Mi SAs: one more
+    /// random line per hit); pays off when real per-packet work separates the lookups (see
+    /// `sad_hit_work` in `docs/sad.md`).
+    ///
+    /// # Panics
+    /// If `out` is shorter than `spis`.
+    #[inline]
+    pub fn lookup_batch_warm<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
+        self.batch::<true>(spis, out)
+    }
+
+    #[inline(always)]
+    fn batch<'a, const WARM: bool>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
         assert!(
             out.len() >= spis.len(),
             "lookup_batch: out shorter than spis"
         );
         for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
-            let mut tags = [0u32; BATCH];
-            for (t, &spi) in tags.iter_mut().zip(spis) {
-                *t = self.table.tag(spi);
+            let mut matched = [false; BATCH];
+            for (m, &spi) in matched.iter_mut().zip(spis) {
+                *m = self.table.matches(spi);
             }
             let mut warm = 0usize;
-            for ((o, &spi), &tag) in out.iter_mut().zip(spis).zip(tags.iter()) {
-                *o = if tag == spi {
-                    let (chunk, i) = self.table.locate(spi);
-                    match chunk.value(i) {
-                        Some(v) => {
-                            warm = warm.wrapping_add(Arc::strong_count(v));
-                            Lookup::Hit(v)
+            for ((o, &spi), &m) in out.iter_mut().zip(spis).zip(matched.iter()) {
+                *o = if m {
+                    let l = self.classify(spi);
+                    if WARM && l.is_hit() {
+                        // The `Arc` header sits just before the value: reading its count
+                        // brings the SA's first line in.
+                        let (chunk, i) = self.table.locate(spi);
+                        if let Some(a) = chunk.value(i) {
+                            warm = warm.wrapping_add(Arc::strong_count(a));
                         }
-                        None => Self::classify(chunk, i),
                     }
+                    l
                 } else {
                     self.lookup_foreign(spi)
                 };
             }
-            // Keeps the warming loads from being optimised away; costs one register store.
-            std::hint::black_box(warm);
+            if WARM {
+                // Keeps the warming loads from being optimised away; one register store.
+                std::hint::black_box(warm);
+            }
         }
     }
 

@@ -244,57 +244,93 @@ proptest! {
         seed in any::<u64>(),
         groups in prop::collection::vec(prop::collection::vec(op(), 1..6), 1..60),
     ) {
-        let sad: Sad<u32> = Sad::new(SadConfig {
-            initial_capacity: 1,
-            grace_period: GRACE,
-            rng_seed: Some(seed),
-            ..SadConfig::default()
-        });
-        let mut reader = sad.reader();
-        let mut m = Model { map: HashMap::new(), now: Instant::now() };
-        for group in &groups {
-            // Each group is one transaction: checks inside see the uncommitted state.
-            sad.update(|t| group.iter().for_each(|op| apply(&mut m, t, op)));
-            check_counts(&m, &sad);
-            for (&spi, _) in m.map.iter().take(64) {
-                prop_assert_eq!(classify(reader.lookup(spi)), m.expect_lookup(spi));
+        run_model(1, seed, &groups)?;
+    }
+
+    /// The same from a table of 64Ki slots, where lookups go through fingerprints.
+    #[test]
+    fn sad_matches_model_fingerprinted(
+        seed in any::<u64>(),
+        groups in prop::collection::vec(prop::collection::vec(op(), 1..6), 1..60),
+    ) {
+        run_model(1 << 15, seed, &groups)?;
+    }
+}
+
+fn run_model(initial_capacity: usize, seed: u64, groups: &[Vec<Op>]) -> Result<(), TestCaseError> {
+    let sad: Sad<u32> = Sad::new(SadConfig {
+        initial_capacity,
+        grace_period: GRACE,
+        rng_seed: Some(seed),
+        ..SadConfig::default()
+    });
+    let mut reader = sad.reader();
+    let mut m = Model {
+        map: HashMap::new(),
+        now: Instant::now(),
+    };
+    // A snapshot held across later groups (a slow reader), with what it said when taken.
+    let mut held = None;
+    for (g, group) in groups.iter().enumerate() {
+        // Each group is one transaction: checks inside see the uncommitted state.
+        sad.update(|t| group.iter().for_each(|op| apply(&mut m, t, op)));
+        check_counts(&m, &sad);
+        for (&spi, _) in m.map.iter().take(64) {
+            prop_assert_eq!(classify(reader.lookup(spi)), m.expect_lookup(spi));
+        }
+        // A snapshot never changes, however much purging and reallocation happened since
+        // (freed slots are not reused while it lives): every SPI it knew classifies as it
+        // did, and SPIs that came later are unknown to it.
+        if let Some((snap, said)) = &held {
+            let snap: &std::sync::Arc<esplab_sad::SadView<u32>> = snap;
+            let said: &HashMap<u32, Option<Option<u32>>> = said;
+            for (&spi, want) in said.iter().take(200) {
+                prop_assert_eq!(classify(snap.lookup(spi)), *want);
+            }
+            for &spi in m.map.keys().filter(|s| !said.contains_key(s)).take(200) {
+                prop_assert_eq!(classify(snap.lookup(spi)), None);
             }
         }
-        // Full comparison of the listing.
-        let snap = sad.snapshot();
-        let mut listed: Vec<(u32, bool, String)> = snap
-            .entries()
-            .map(|e| {
-                let st = match e.state {
-                    EntryState::Live(v) => format!("live {v}"),
-                    EntryState::Reserved => "reserved".into(),
-                    EntryState::Retired => "retired".into(),
-                };
-                (e.spi, e.foreign, st)
-            })
-            .collect();
-        listed.sort();
-        let mut expect: Vec<(u32, bool, String)> = m
-            .map
-            .iter()
-            .map(|(&spi, e)| {
-                let st = match e.state {
-                    State::Live(v) => format!("live {v}"),
-                    State::Reserved => "reserved".into(),
-                    State::Retired(_) => "retired".into(),
-                };
-                (spi, e.foreign, st)
-            })
-            .collect();
-        expect.sort();
-        prop_assert_eq!(listed, expect);
-        // Batch lookups agree with the model on known and random SPIs.
-        let mut qs: Vec<u32> = m.map.keys().copied().take(100).collect();
-        qs.extend((0..50u32).map(|i| i.wrapping_mul(0x9e37_79b9) ^ seed as u32));
-        let mut out = vec![Lookup::Unknown; qs.len()];
-        reader.lookup_batch(&qs, &mut out);
-        for (q, l) in qs.iter().zip(out) {
-            prop_assert_eq!(classify(l), m.expect_lookup(*q));
+        if g % 8 == 0 {
+            let said = m.map.keys().map(|&s| (s, m.expect_lookup(s))).collect();
+            held = Some((sad.snapshot(), said));
         }
     }
+    // Full comparison of the listing.
+    let snap = sad.snapshot();
+    let mut listed: Vec<(u32, bool, String)> = snap
+        .entries()
+        .map(|e| {
+            let st = match e.state {
+                EntryState::Live(v) => format!("live {v}"),
+                EntryState::Reserved => "reserved".into(),
+                EntryState::Retired => "retired".into(),
+            };
+            (e.spi, e.foreign, st)
+        })
+        .collect();
+    listed.sort();
+    let mut expect: Vec<(u32, bool, String)> = m
+        .map
+        .iter()
+        .map(|(&spi, e)| {
+            let st = match e.state {
+                State::Live(v) => format!("live {v}"),
+                State::Reserved => "reserved".into(),
+                State::Retired(_) => "retired".into(),
+            };
+            (spi, e.foreign, st)
+        })
+        .collect();
+    expect.sort();
+    prop_assert_eq!(listed, expect);
+    // Batch lookups agree with the model on known and random SPIs.
+    let mut qs: Vec<u32> = m.map.keys().copied().take(100).collect();
+    qs.extend((0..50u32).map(|i| i.wrapping_mul(0x9e37_79b9) ^ seed as u32));
+    let mut out = vec![Lookup::Unknown; qs.len()];
+    reader.lookup_batch(&qs, &mut out);
+    for (q, l) in qs.iter().zip(out) {
+        prop_assert_eq!(classify(l), m.expect_lookup(*q));
+    }
+    Ok(())
 }

@@ -160,27 +160,73 @@ pub fn with_suites(mut p: IkePeerConfig, ike: &str, esp: &str) -> IkePeerConfig 
 }
 
 pub fn endpoint(peers: Vec<IkePeerConfig>, seed: u64, t0: Instant) -> Endpoint {
-    Endpoint::new(
-        EndpointConfig {
-            peers,
-            rng_seed: Some(seed),
-            ..Default::default()
-        },
-        t0,
+    endpoint_with(peers, seed, t0, |_| {})
+}
+
+/// [`endpoint`] with endpoint-wide settings changed by `tweak`.
+pub fn endpoint_with(
+    peers: Vec<IkePeerConfig>,
+    seed: u64,
+    t0: Instant,
+    tweak: impl FnOnce(&mut EndpointConfig),
+) -> Endpoint {
+    let mut cfg = EndpointConfig {
+        peers,
+        rng_seed: Some(seed),
+        ..Default::default()
+    };
+    tweak(&mut cfg);
+    Endpoint::new(cfg, t0).unwrap()
+}
+
+/// The suites most tests negotiate.
+pub const GCM_IKE: &str = "aes128gcm16-prfsha256-x25519";
+pub const GCM_ESP: &str = "aes128gcm16";
+
+/// A's peer config for B (A is "sun" at [`A_ADDR`], its peer is named "moon") and B's for
+/// A (B is "moon" at [`B_ADDR`], its peer is named "sun"), using these suites.
+pub fn configs(ike: &str, esp: &str) -> (IkePeerConfig, IkePeerConfig) {
+    (
+        with_suites(peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"), ike, esp),
+        with_suites(peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"), ike, esp),
     )
-    .unwrap()
+}
+
+/// [`configs`] with [`GCM_IKE`] and [`GCM_ESP`].
+pub fn gcm_configs() -> (IkePeerConfig, IkePeerConfig) {
+    configs(GCM_IKE, GCM_ESP)
 }
 
 /// A ("sun", 10.0.0.1) and B ("moon", 10.0.0.2), each with a peer config for the other
 /// using these suites.
 pub fn pair(ike: &str, esp: &str) -> Wire {
-    let t0 = Instant::now();
-    let a = with_suites(peer("moon", A_ADDR, Some(B_ADDR), "sun", "moon"), ike, esp);
-    let b = with_suites(peer("sun", B_ADDR, Some(A_ADDR), "moon", "sun"), ike, esp);
-    Wire::new(t0, endpoint(vec![a], 1, t0), endpoint(vec![b], 2, t0))
+    let (a, b) = configs(ike, esp);
+    Wire::of(a, b)
+}
+
+/// The only installed CHILD SA pair of a node: (inbound SPI, outbound SPI).
+pub fn only_pair(n: &Node) -> (u32, u32) {
+    assert_eq!(n.installed.len(), 1, "{:x?}", n.installed.keys());
+    let c = n.installed.values().next().unwrap();
+    (c.inbound.spi, c.outbound.spi)
 }
 
 impl Wire {
+    /// A and B with one peer config each, RNG seeds 1 and 2, the clock starting now.
+    pub fn of(a: IkePeerConfig, b: IkePeerConfig) -> Self {
+        Self::seeded(a, b, (1, 2))
+    }
+
+    /// [`Wire::of`] with these RNG seeds for A and B.
+    pub fn seeded(a: IkePeerConfig, b: IkePeerConfig, (seed_a, seed_b): (u64, u64)) -> Self {
+        let t0 = Instant::now();
+        Wire::new(
+            t0,
+            endpoint(vec![a], seed_a, t0),
+            endpoint(vec![b], seed_b, t0),
+        )
+    }
+
     pub fn new(now: Instant, a: Endpoint, b: Endpoint) -> Self {
         Wire {
             now,

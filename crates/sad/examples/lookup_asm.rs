@@ -1,0 +1,81 @@
+//! Quick A/B of `SadView::lookup` against a bare index, and a disassembly target
+//! (`view_loop`): `cargo run --release -p esplab-sad --example lookup_asm -- [N]`, then
+//! `objdump -d --no-show-raw-insn -C target/release/examples/lookup_asm`.
+use std::hint::black_box;
+use std::time::Instant;
+
+use esplab_sad::{Lookup, Sad, SadConfig, SadView};
+
+#[inline(never)]
+fn view_loop(view: &SadView<u32>, spis: &[u32]) {
+    for &s in spis {
+        black_box(view.lookup(s));
+    }
+}
+
+#[inline(never)]
+fn vec_loop(vec: &[usize], mask: usize, spis: &[u32]) {
+    for &s in spis {
+        black_box(vec[s as usize & mask]);
+    }
+}
+
+#[inline(never)]
+fn batch_loop(view: &SadView<u32>, spis: &[u32]) {
+    for w in spis.chunks(32) {
+        let mut out = [Lookup::Unknown; 32];
+        view.lookup_batch(w, &mut out);
+        black_box(&out);
+    }
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let sad: Sad<u32> = Sad::new(SadConfig {
+        initial_capacity: n,
+        rng_seed: Some(1),
+        ..SadConfig::default()
+    });
+    let spis: Vec<u32> = sad.update(|t| (0..n as u32).map(|i| t.allocate(i).unwrap()).collect());
+    let slots = sad.stats().slots;
+    let mask = slots - 1;
+    let mut vec = vec![usize::MAX; slots];
+    for (i, &s) in spis.iter().enumerate() {
+        vec[s as usize & mask] = i;
+    }
+    let mut x = 88172645463325252u64;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let len = (4 * n).max(1 << 16);
+    let hits: Vec<u32> = (0..len).map(|_| spis[rnd() as usize % n]).collect();
+    let misses: Vec<u32> = (0..len).map(|_| rnd() as u32).collect();
+    let mut r = sad.reader();
+    let view = r.view();
+    let mut best = [f64::MAX; 6];
+    for _ in 0..15 {
+        let cases: [&dyn Fn(); 6] = [
+            &|| vec_loop(&vec, mask, &hits),
+            &|| view_loop(view, &hits),
+            &|| batch_loop(view, &hits),
+            &|| vec_loop(&vec, mask, &misses),
+            &|| view_loop(view, &misses),
+            &|| batch_loop(view, &misses),
+        ];
+        for (k, f) in cases.iter().enumerate() {
+            let t = Instant::now();
+            f();
+            best[k] = best[k].min(t.elapsed().as_nanos() as f64 / len as f64);
+        }
+    }
+    println!(
+        "N={n} slots={slots}: hit vec {:.2} view {:.2} ({:.2}x) batch {:.2} | miss vec {:.2} view {:.2} batch {:.2}",
+        best[0], best[1], best[1] / best[0], best[2], best[3], best[4], best[5]
+    );
+}
