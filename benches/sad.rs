@@ -8,8 +8,13 @@
 //!
 //! * `sad_reader`: `SadReader::lookup`, the snapshot check included in every lookup.
 //! * `sad_view`: `SadView::lookup`, snapshot taken once per 1024 lookups.
-//! * `sad_batch32`: `SadReader::lookup_batch` on 32 SPIs at a time; `sad_batch32_warm` the
-//!   same through `lookup_batch_warm`, which also reads each hit's SA line.
+//! * `sad_view_direct`: `SadView::lookup_direct` (hit-tuned: reads the slot's entry, no
+//!   fingerprint), snapshot taken once per 1024 lookups.
+//! * `sad_batch32`: `SadReader::lookup_batch` on 32 SPIs at a time (it picks fingerprint-first
+//!   or direct reads from the previous batch's hit rate); `sad_batch32_fp` and
+//!   `sad_batch32_direct` force one of the two (`SadView::lookup_batch`,
+//!   `lookup_batch_direct`); `sad_batch32_warm` goes through the reader's `lookup_batch_warm`,
+//!   which also reads each hit's SA line.
 //! * `vec_index`: `vec[spi & mask]`, no verification at all: the physical floor.
 //! * `vec_batch32`: the same with the two-pass (touch, then use) batching of `sad_batch32`.
 //! * `std_hashmap`: `std::collections::HashMap<u32, usize>` (SipHash-1-3, random key).
@@ -178,10 +183,32 @@ fn cases(g: &mut BenchmarkGroup<'_, WallTime>, fx: &Fixture, order: &mut Order, 
             black_box(view.lookup(spi));
         }
     });
+    case(g, "sad_view_direct", n, order, |w| {
+        let view = reader.view();
+        for &spi in w {
+            black_box(view.lookup_direct(spi));
+        }
+    });
     case(g, "sad_batch32", n, order, |w| {
         for spis in w.chunks(BATCH) {
             let mut out = [Lookup::Unknown; BATCH];
             reader.lookup_batch(spis, &mut out);
+            black_box(&out);
+        }
+    });
+    case(g, "sad_batch32_fp", n, order, |w| {
+        let view = reader.view();
+        for spis in w.chunks(BATCH) {
+            let mut out = [Lookup::Unknown; BATCH];
+            view.lookup_batch(spis, &mut out);
+            black_box(&out);
+        }
+    });
+    case(g, "sad_batch32_direct", n, order, |w| {
+        let view = reader.view();
+        for spis in w.chunks(BATCH) {
+            let mut out = [Lookup::Unknown; BATCH];
+            view.lookup_batch_direct(spis, &mut out);
             black_box(&out);
         }
     });
@@ -451,19 +478,13 @@ fn interleaved() {
         for (i, &spi) in fx.spis.iter().enumerate() {
             vec[spi as usize & mask] = i;
         }
-        // Design probe, not the SAD: tag and value side by side in one 16-byte slot, so a hit
-        // reads one cache line (the SAD reads the tag line, then the pointer line) but a miss
-        // reads from a table 4x the size of the SAD's tag array.
-        let mut colocated = vec![(0u32, usize::MAX); fx.slots];
-        for (i, &spi) in fx.spis.iter().enumerate() {
-            colocated[spi as usize & mask] = (spi, i);
-        }
         let std_map: HashMap<u32, usize> =
             fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
         let fast: hashbrown::HashMap<u32, usize, foldhash::fast::RandomState> =
             fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
         let (mut r1, mut r2, mut r3) = (fx.sad.reader(), fx.sad.reader(), fx.sad.reader());
-        let mut r4 = fx.sad.reader();
+        let (mut r4, mut r5) = (fx.sad.reader(), fx.sad.reader());
+        let (mut r6, mut r7) = (fx.sad.reader(), fx.sad.reader());
         type Case<'a> = (&'static str, Box<dyn FnMut(&[u32]) + 'a>);
         /// The output-array shape of a batch of 32 for any `get`.
         fn batch<T: Copy + Default>(w: &[u32], get: impl Fn(u32) -> T) {
@@ -526,12 +547,34 @@ fn interleaved() {
                 }),
             ),
             (
-                "probe_slot16",
+                "sad_view_direct",
                 Box::new(|w| {
+                    let view = r5.view();
                     w.iter().for_each(|&s| {
-                        let e = &colocated[s as usize & mask];
-                        black_box((e.0 == s).then_some(e.1));
+                        black_box(view.lookup_direct(s));
                     })
+                }),
+            ),
+            (
+                "sad_batch32_fp",
+                Box::new(|w| {
+                    let view = r6.view();
+                    for spis in w.chunks(BATCH) {
+                        let mut out = [Lookup::Unknown; BATCH];
+                        view.lookup_batch(spis, &mut out);
+                        black_box(&out);
+                    }
+                }),
+            ),
+            (
+                "sad_batch32_direct",
+                Box::new(|w| {
+                    let view = r7.view();
+                    for spis in w.chunks(BATCH) {
+                        let mut out = [Lookup::Unknown; BATCH];
+                        view.lookup_batch_direct(spis, &mut out);
+                        black_box(&out);
+                    }
                 }),
             ),
             (

@@ -928,18 +928,18 @@ impl Datapath {
                 d.buf = this;
                 n += 1;
                 if n == NODE_BATCH {
-                    self.agent
-                        .handle_underlay_udp_batch(now, &mut group, &mut out);
-                    for (d, v) in group.iter().zip(&mut out) {
-                        self.deliver(std::mem::replace(v, Inbound::Keepalive), d.buf);
-                    }
+                    self.udp_group(now, &mut group, &mut out);
                     n = 0;
                 }
             }
         }
-        self.agent
-            .handle_underlay_udp_batch(now, &mut group[..n], &mut out[..n]);
-        for (d, v) in group.iter().zip(&mut out).take(n) {
+        self.udp_group(now, &mut group[..n], &mut out[..n]);
+    }
+
+    /// One group of a burst through the agent, then each verdict delivered.
+    fn udp_group(&mut self, now: Instant, group: &mut [UdpDatagram<'_>], out: &mut [Inbound]) {
+        self.agent.handle_underlay_udp_batch(now, group, out);
+        for (d, v) in group.iter().zip(out) {
             self.deliver(std::mem::replace(v, Inbound::Keepalive), d.buf);
         }
     }

@@ -14,6 +14,27 @@ fn view_loop(view: &SadView<u32>, spis: &[u32]) {
 }
 
 #[inline(never)]
+fn direct_batch_loop(view: &SadView<u32>, spis: &[u32]) {
+    for w in spis.chunks(32) {
+        let mut out = [Lookup::Unknown; 32];
+        view.lookup_batch_direct(w, &mut out);
+        black_box(&out);
+    }
+}
+
+#[inline(never)]
+fn flat16_loop(flat: &[(u32, usize)], mask: usize, spis: &[u32]) {
+    for w in spis.chunks(32) {
+        let mut out = [0usize; 32];
+        for (o, &s) in out.iter_mut().zip(w) {
+            let e = &flat[s as usize & mask];
+            *o = if e.0 == s { e.1 } else { usize::MAX };
+        }
+        black_box(&out);
+    }
+}
+
+#[inline(never)]
 fn vec_loop(vec: &[usize], mask: usize, spis: &[u32]) {
     for &s in spis {
         black_box(vec[s as usize & mask]);
@@ -58,15 +79,21 @@ fn main() {
     let misses: Vec<u32> = (0..len).map(|_| rnd() as u32).collect();
     let mut r = sad.reader();
     let view = r.view();
-    let mut best = [f64::MAX; 6];
+    let mut flat = vec![(0u32, usize::MAX); slots];
+    for (i, &s) in spis.iter().enumerate() {
+        flat[s as usize & mask] = (s, i);
+    }
+    let mut best = [f64::MAX; 8];
     for _ in 0..15 {
-        let cases: [&dyn Fn(); 6] = [
+        let cases: [&dyn Fn(); 8] = [
             &|| vec_loop(&vec, mask, &hits),
             &|| view_loop(view, &hits),
             &|| batch_loop(view, &hits),
             &|| vec_loop(&vec, mask, &misses),
             &|| view_loop(view, &misses),
             &|| batch_loop(view, &misses),
+            &|| direct_batch_loop(view, &hits),
+            &|| flat16_loop(&flat, mask, &hits),
         ];
         for (k, f) in cases.iter().enumerate() {
             let t = Instant::now();
@@ -75,7 +102,7 @@ fn main() {
         }
     }
     println!(
-        "N={n} slots={slots}: hit vec {:.2} view {:.2} ({:.2}x) batch {:.2} | miss vec {:.2} view {:.2} batch {:.2}",
-        best[0], best[1], best[1] / best[0], best[2], best[3], best[4], best[5]
+        "N={n} slots={slots}: hit vec {:.2} view {:.2} ({:.2}x) batch {:.2} direct batch {:.2} flat 16-byte probe {:.2} | miss vec {:.2} view {:.2} batch {:.2}",
+        best[0], best[1], best[1] / best[0], best[2], best[6], best[7], best[3], best[4], best[5]
     );
 }

@@ -20,7 +20,19 @@ use crate::Lookup;
 /// memory until its next access.
 pub struct SadReader<V, O = V> {
     cache: SnapshotCache<V, O>,
+    /// Read entries directly in the next batch (hit-tuned) rather than fingerprints first
+    /// (miss-tuned): set when at least [`DIRECT_HITS`] of the last batch's SPIs were hits.
+    direct: bool,
 }
+
+/// Share of hits in a batch (in quarters) from which the next batch reads entries directly.
+///
+/// On a fingerprinted table a fingerprint-first lookup costs `F + h * E` (one fingerprint
+/// read, plus an entry read for each hit) and a direct one `E`, where the entry array is 8x
+/// the fingerprint array and its random reads cost 2-3x as much (`docs/sad.md`), so direct
+/// pays off from `h` of about 0.6. Three quarters leaves a margin on the side of the flood
+/// case: a burst of unknown SPIs flips the next batch back to fingerprints.
+const DIRECT_HITS: usize = 3;
 
 /// The published-snapshot slot and this reader's cached copy of it.
 type SnapshotCache<V, O> = Cache<Arc<ArcSwap<SadView<V, O>>>, Arc<SadView<V, O>>>;
@@ -29,6 +41,7 @@ impl<V, O> Clone for SadReader<V, O> {
     fn clone(&self) -> Self {
         Self {
             cache: self.cache.clone(),
+            direct: self.direct,
         }
     }
 }
@@ -37,6 +50,7 @@ impl<V, O> SadReader<V, O> {
     pub(crate) fn new(shared: Arc<ArcSwap<SadView<V, O>>>) -> Self {
         Self {
             cache: Cache::new(shared),
+            direct: false,
         }
     }
 
@@ -52,13 +66,17 @@ impl<V, O> SadReader<V, O> {
         self.view().lookup(spi)
     }
 
-    /// Classify many SPIs against one snapshot; see [`SadView::lookup_batch`].
+    /// Classify many SPIs against one snapshot: [`SadView::lookup_batch`] or, when most of
+    /// the previous batch hit, [`SadView::lookup_batch_direct`] (same answers, different
+    /// memory reads: fingerprints first for floods of unknown SPIs, entries directly for
+    /// tunnel traffic).
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch<'a>(&'a mut self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        self.view().lookup_batch(spis, out)
+        let hits = self.cache.load().batch::<false>(spis, out, self.direct);
+        self.direct = hits * 4 >= spis.len() * DIRECT_HITS && !spis.is_empty();
     }
 
     /// [`Self::lookup_batch`] that also brings every hit's SA into the cache; see
@@ -68,7 +86,13 @@ impl<V, O> SadReader<V, O> {
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch_warm<'a>(&'a mut self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        self.view().lookup_batch_warm(spis, out)
+        let hits = self.cache.load().batch::<true>(spis, out, self.direct);
+        self.direct = hits * 4 >= spis.len() * DIRECT_HITS && !spis.is_empty();
+    }
+
+    /// `true` if the next batch will read entries directly (the last one mostly hit).
+    pub fn batch_direct(&self) -> bool {
+        self.direct
     }
 
     /// The outbound SA for a cleartext packet; see [`SadView::outbound_match`].

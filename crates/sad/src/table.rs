@@ -8,16 +8,17 @@
 //! Tables of at least [`EXACT_MIN_SLOTS`] slots also keep a flat array of 16-bit
 //! fingerprints, one per slot, shared by every snapshot of the same table size and updated in
 //! place (see [`Fingerprints`]): with 16 or more index bits the upper 16 bits of an SPI are
-//! all a slot needs to tell it apart, so lookups there read 2 bytes per slot instead of the
-//! chunk's 4-byte tag, and a miss reads only that dense array (4 MiB at 1Mi SAs, which stays
-//! within the data TLB's reach on this machine; the 8 MiB tag array did not).
+//! all a slot needs to tell it apart, so a miss-tuned lookup reads 2 bytes out of that dense
+//! array (4 MiB at 1Mi SAs, within the data TLB's reach on this machine) and touches the
+//! 16-byte entries (32 MiB there) only for SPIs that match. A hit-tuned lookup reads the
+//! entry directly.
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 /// log2 of the slots per chunk.
 pub(crate) const CHUNK_BITS: u32 = 10;
-/// Slots per chunk: 4 KiB of tags, 8 KiB of SA pointers, 128 bytes of retired bits.
+/// Slots per chunk: 16 KiB of entries (SPI + SA pointer), 128 bytes of retired bits.
 pub(crate) const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// State of one slot, owned (what writers put in and take out).
@@ -41,12 +42,29 @@ pub(crate) enum SlotRef<'a, V> {
     Retired,
 }
 
-/// `CHUNK` consecutive slots, stored as three parallel arrays so the hot reads stay dense: a
-/// miss reads only a 4-byte tag (16 tags share a cache line, and 1Mi SAs' tags fit in 8 MiB),
-/// a hit reads the tag and an 8-byte pointer.
+/// One slot: the full SPI and the SA pointer side by side (16 bytes), so a hit reads one
+/// cache line and the tag compare that proves it is free.
+#[repr(C)]
+pub(crate) struct Entry<V> {
+    /// Full SPI of an occupied slot, 0 when empty (0 is never a valid SPI, RFC 4303 §2.1).
+    tag: u32,
+    /// The SA of a live slot.
+    value: Option<Arc<V>>,
+}
+
+impl<V> Clone for Entry<V> {
+    /// Clones the `Arc`, never a `V`.
+    fn clone(&self) -> Self {
+        Self {
+            tag: self.tag,
+            value: self.value.clone(),
+        }
+    }
+}
+
+/// `CHUNK` consecutive slots: an array of [`Entry`]s and one retired bit per slot.
 ///
-/// A slot's state is encoded, not stored as an enum (which would take 16 bytes instead of 8
-/// and push a 1Mi-SA table out of a typical L3):
+/// A slot's state is encoded, not stored as an enum (which would make an entry 24 bytes):
 ///
 /// | state    | tag | value  | retired bit |
 /// |----------|-----|--------|-------------|
@@ -55,15 +73,15 @@ pub(crate) enum SlotRef<'a, V> {
 /// | Live     | SPI | `Some` | 0           |
 /// | Retired  | SPI | `None` | 1           |
 ///
-/// Measured alternative: interleaving 16 tags with their 16 pointers (one 192-byte block per
-/// group, so both lines of a hit share a page) made hits no faster and misses 2-3x slower at
-/// 1Mi SAs, because misses then drag value lines and pages through the caches and TLB.
+/// Layout history (measured, `docs/sad.md`): tags and pointers used to be two parallel arrays
+/// so that a miss read only a dense 4-byte tag; a hit then read two random lines (tag, then
+/// pointer) against the bare index's one. Since large tables answer misses from the
+/// fingerprint array ([`Fingerprints`]) and never touch the chunks for them, the chunk is
+/// laid out for hits: one line holds both. Small tables (at most 32Ki slots, 512 KiB of
+/// entries) stay cache-resident either way.
 #[repr(C, align(64))]
 pub(crate) struct Chunk<V> {
-    /// Full SPI of each occupied slot, 0 when empty (0 is never a valid SPI, RFC 4303 §2.1).
-    tags: [u32; CHUNK],
-    /// The SA of each live slot.
-    values: [Option<Arc<V>>; CHUNK],
+    entries: [Entry<V>; CHUNK],
     /// One bit per slot: retired (only read when the value is `None`).
     retired: [u64; CHUNK / 64],
 }
@@ -71,8 +89,10 @@ pub(crate) struct Chunk<V> {
 impl<V> Chunk<V> {
     pub(crate) fn empty() -> Self {
         Self {
-            tags: [0; CHUNK],
-            values: std::array::from_fn(|_| None),
+            entries: std::array::from_fn(|_| Entry {
+                tag: 0,
+                value: None,
+            }),
             retired: [0; CHUNK / 64],
         }
     }
@@ -80,13 +100,20 @@ impl<V> Chunk<V> {
     /// The tag of slot `i`.
     #[inline(always)]
     pub(crate) fn tag(&self, i: usize) -> u32 {
-        self.tags[i]
+        self.entries[i].tag
     }
 
     /// The SA pointer of slot `i`.
     #[inline(always)]
     pub(crate) fn value(&self, i: usize) -> &Option<Arc<V>> {
-        &self.values[i]
+        &self.entries[i].value
+    }
+
+    /// Slot `i` as a whole (one bounds check for the tag and the value).
+    #[inline(always)]
+    pub(crate) fn entry(&self, i: usize) -> (u32, &Option<Arc<V>>) {
+        let e = &self.entries[i];
+        (e.tag, &e.value)
     }
 
     #[inline(always)]
@@ -111,15 +138,16 @@ impl<V> Chunk<V> {
         let was_retired = self.is_retired(i);
         let bit = 1 << (i % 64);
         self.retired[i / 64] &= !bit;
-        let old = match (self.values[i].take(), self.tags[i]) {
+        let e = &mut self.entries[i];
+        let old = match (e.value.take(), e.tag) {
             (Some(v), _) => Slot::Live(v),
             (None, 0) => Slot::Empty,
             (None, _) if was_retired => Slot::Retired,
             (None, _) => Slot::Reserved,
         };
-        self.tags[i] = tag;
+        e.tag = tag;
         match slot {
-            Slot::Live(v) => self.values[i] = Some(v),
+            Slot::Live(v) => e.value = Some(v),
             Slot::Retired => self.retired[i / 64] |= bit,
             Slot::Empty | Slot::Reserved => {}
         }
@@ -131,8 +159,7 @@ impl<V> Clone for Chunk<V> {
     /// Clones `Arc`s, never a `V`.
     fn clone(&self) -> Self {
         Self {
-            tags: self.tags,
-            values: self.values.clone(),
+            entries: self.entries.clone(),
             retired: self.retired,
         }
     }
@@ -157,13 +184,15 @@ pub(crate) const EXACT_MIN_SLOTS: usize = 1 << 16;
 ///
 /// Invariant, from 1 and 2: for every live snapshot `S` sharing the array and every slot
 /// `idx` that `S` holds non-empty with SPI `T`, `fp[idx] == fingerprint(T)` at every instant.
-/// A lookup of `spi` that finds `fp[idx] == fingerprint(spi)` and a value in `S`'s slot
-/// therefore has `fingerprint(T) == fingerprint(spi)` and `T & mask == spi & mask == idx`,
-/// and with at least 16 index bits that is `T == spi`: a hit is never another SA. Any other
-/// interleaving a reader can observe (a fingerprint written by a transaction not yet
-/// published, or by one that panicked) lands on a slot its snapshot has empty, which
-/// classifies as a miss, as it should. Growth builds a new array for the new table and never
-/// writes the old one again, so snapshots from before a growth keep a consistent pair.
+/// So a lookup of `spi` that finds `fp[idx] != fingerprint(spi)` knows that `S`'s slot does
+/// not hold `spi` and may skip the slot: the fingerprint never hides an SA. A match proves
+/// nothing by itself (the slot may be empty, or a fingerprint may be from a transaction not
+/// yet published, or one that panicked): the lookup then reads the slot's entry, and its full
+/// tag decides. With at least 16 index bits a match on an occupied slot is exact
+/// (`T & mask == spi & mask` and equal upper halves make `T == spi`), so a miss reads the
+/// entry only on an empty slot whose stale or zero fingerprint happens to match. Growth
+/// builds a new array for the new table and never writes the old one again, so snapshots
+/// from before a growth keep a consistent pair.
 ///
 /// Relaxed ordering suffices: a fingerprint is written before the snapshot that holds its
 /// slot is published (`ArcSwap::swap`, release), and a reader that loads that snapshot
@@ -223,19 +252,6 @@ impl<V> SlotTable<V> {
     #[inline(always)]
     pub(crate) fn fingerprint(&self, spi: u32) -> u16 {
         (spi >> 16) as u16 ^ self.fp_key
-    }
-
-    /// `true` if `spi`'s slot may hold `spi`: its fingerprint (exact tables) or its full tag
-    /// (small tables) matches. For exact tables a match with a value in the slot is a hit
-    /// (see [`Fingerprints`]); a match on an empty slot is possible and means a miss.
-    #[inline(always)]
-    pub(crate) fn matches(&self, spi: u32) -> bool {
-        let idx = self.index(spi);
-        if self.exact {
-            self.fps[idx].load(Ordering::Relaxed) == self.fingerprint(spi)
-        } else {
-            self.tag(spi) == spi
-        }
     }
 
     /// Number of slots.

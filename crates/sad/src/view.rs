@@ -140,55 +140,41 @@ impl<V, O> SadView<V, O> {
     /// Classify an inbound SPI (RFC 4303 §3.4.2: the SPI, with the destination, selects the
     /// SA; for a unicast SA the SPI alone suffices and is what we key on).
     ///
-    /// A miss reads one dense entry (a 2-byte fingerprint on tables of 64Ki slots and more,
-    /// else the 4-byte tag); a hit reads that and the slot's SA pointer, two independent loads
-    /// the CPU issues together.
+    /// Tuned for misses (the invalid-SPI flood): on tables of 64Ki slots and more a miss
+    /// reads one 2-byte fingerprint out of a dense array and nothing else; a hit reads that
+    /// and the slot's entry, two independent loads the CPU issues together. Smaller tables
+    /// read the entry alone, as [`Self::lookup_direct`] does. Same answers either way.
     // `always`: as a plain `#[inline]` LLVM kept it out of line in the benches' closures,
     // and the call with its 16-byte return doubled the cost of an L1 hit.
     #[inline(always)]
     pub fn lookup(&self, spi: u32) -> Lookup<'_, V> {
-        if self.table.exact {
-            return self.lookup_exact(spi);
+        let t = &self.table;
+        if t.exact && t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
+            // No fingerprint match: not an SA of this table (see `table::Fingerprints`).
+            return self.lookup_foreign(spi);
         }
-        // Small table: the chunk's full tag decides, as cheaply as anything here (the whole
-        // table is cache-resident at these sizes).
+        self.lookup_direct(spi)
+    }
+
+    /// Classify an inbound SPI reading its slot's entry (SPI and SA pointer, one cache line)
+    /// without the fingerprint: tuned for hits. On large tables a miss costs a random line of
+    /// the entry table (16 bytes per slot) instead of the fingerprint array's 2 bytes, so use
+    /// it where SPIs are expected to be known; [`crate::SadReader`]'s batches choose between
+    /// the two from the hit rate they see.
+    #[inline(always)]
+    pub fn lookup_direct(&self, spi: u32) -> Lookup<'_, V> {
         let (chunk, i) = self.table.locate(spi);
-        if chunk.tag(i) == spi {
-            match chunk.value(i) {
+        let (tag, value) = chunk.entry(i);
+        if tag == spi {
+            match value {
                 Some(v) => Lookup::Hit(v),
                 None if chunk.is_retired(i) => Lookup::Retired,
-                // Reserved (no keys yet), or the empty slot's 0 matched the invalid SPI 0.
+                // Reserved (no keys yet), or the empty slot's 0 matched the invalid SPI 0:
+                // never a foreign SPI (`insert_foreign` refuses SPIs this table holds, and 0).
                 None => Lookup::Unknown,
             }
         } else {
             self.lookup_foreign(spi)
-        }
-    }
-
-    /// [`Self::lookup`] on a fingerprinted table.
-    #[inline(always)]
-    fn lookup_exact(&self, spi: u32) -> Lookup<'_, V> {
-        let t = &self.table;
-        if t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
-            return self.lookup_foreign(spi);
-        }
-        self.classify(spi)
-    }
-
-    /// Classify `spi`, whose slot matched it (`SlotTable::matches`).
-    #[inline(always)]
-    fn classify(&self, spi: u32) -> Lookup<'_, V> {
-        let (chunk, i) = self.table.locate(spi);
-        match chunk.value(i) {
-            // Small tables matched the full tag; fingerprinted ones the fingerprint, and a
-            // value in this snapshot's slot then belongs to `spi` (see `table::Fingerprints`).
-            Some(v) => Lookup::Hit(v),
-            // The tag compare makes Retired independent of fingerprints (a stale one on a
-            // freed slot, or the 0 of a never-used one).
-            None if chunk.tag(i) == spi && chunk.is_retired(i) => Lookup::Retired,
-            // Empty or reserved (no keys yet): not an SA of this table. A foreign SPI can share
-            // a fingerprint with an empty slot, so the foreign map still decides.
-            None => self.lookup_foreign(spi),
         }
     }
 
@@ -200,67 +186,105 @@ impl<V, O> SadView<V, O> {
         }
     }
 
-    /// Classify `spis[k]` into `out[k]` for every `k` (a receive burst).
+    /// Classify `spis[k]` into `out[k]` for every `k` (a receive burst), tuned for misses.
     ///
-    /// Works in rounds of [`BATCH`]. The first pass reads every SPI's fingerprint (or tag),
-    /// so the round's independent cache misses overlap instead of each waiting behind the
-    /// packet work that separates single lookups; the second pass classifies, reading the SA
-    /// pointer of each match. It does not touch the SAs themselves: see
-    /// [`Self::lookup_batch_warm`] for a caller that is about to use every hit's SA.
+    /// Works in rounds of [`BATCH`]. The first pass reads every SPI's fingerprint (large
+    /// tables) or entry, so the round's independent cache misses overlap instead of each
+    /// waiting behind the packet work that separates single lookups; the second pass
+    /// classifies, reading the entry of each fingerprint match. It does not touch the SAs
+    /// themselves: see [`Self::lookup_batch_warm`] for a caller that is about to use every
+    /// hit's SA, and [`Self::lookup_batch_direct`] for bursts of mostly known SPIs.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        self.batch::<false>(spis, out)
+        self.batch::<false>(spis, out, false);
     }
 
-    /// [`Self::lookup_batch`], and also read the first cache line of every hit's SA (the
-    /// `Arc` reference count, just before the value) so the caller's next step does not miss
-    /// on it. Costs ~2x the plain batch in a loop that only looks up (at 1Mi SAs: one more
-    /// random line per hit); pays off when real per-packet work separates the lookups (see
-    /// `sad_hit_work` in `docs/sad.md`).
+    /// [`Self::lookup_batch`] tuned for hits: the first pass reads every SPI's entry (SPI and
+    /// SA pointer) directly, one random line per lookup whether it hits or not.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
     #[inline]
-    pub fn lookup_batch_warm<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        self.batch::<true>(spis, out)
+    pub fn lookup_batch_direct<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
+        self.batch::<false>(spis, out, true);
     }
 
+    /// [`Self::lookup_batch`] (or, with `direct`, [`Self::lookup_batch_direct`]) that also
+    /// reads the first cache line of every hit's SA (the `Arc` reference count, just before
+    /// the value) so the caller's next step does not miss on it. Costs one more random line
+    /// per hit in a loop that only looks up; pays off when real per-packet work separates
+    /// the lookups (see `sad_hit_work` in `docs/sad.md`). Returns the number of hits
+    /// (foreign SPIs included).
+    ///
+    /// # Panics
+    /// If `out` is shorter than `spis`.
+    #[inline]
+    pub fn lookup_batch_warm<'a>(
+        &'a self,
+        spis: &[u32],
+        out: &mut [Lookup<'a, V>],
+        direct: bool,
+    ) -> usize {
+        self.batch::<true>(spis, out, direct)
+    }
+
+    /// The batch loop; returns the number of hits. `direct` picks the first pass's reads:
+    /// entries (hit-tuned) or, on fingerprinted tables, fingerprints (miss-tuned).
     #[inline(always)]
-    fn batch<'a, const WARM: bool>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
+    pub(crate) fn batch<'a, const WARM: bool>(
+        &'a self,
+        spis: &[u32],
+        out: &mut [Lookup<'a, V>],
+        direct: bool,
+    ) -> usize {
         assert!(
             out.len() >= spis.len(),
             "lookup_batch: out shorter than spis"
         );
+        let t = &self.table;
+        let by_entry = direct || !t.exact;
+        let mut hits = 0;
         for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
             let mut matched = [false; BATCH];
-            for (m, &spi) in matched.iter_mut().zip(spis) {
-                *m = self.table.matches(spi);
+            if by_entry {
+                for (m, &spi) in matched.iter_mut().zip(spis) {
+                    *m = t.tag(spi) == spi;
+                }
+            } else {
+                for (m, &spi) in matched.iter_mut().zip(spis) {
+                    *m = t.fps[t.index(spi)].load(Ordering::Relaxed) == t.fingerprint(spi);
+                }
             }
             let mut warm = 0usize;
             for ((o, &spi), &m) in out.iter_mut().zip(spis).zip(matched.iter()) {
                 *o = if m {
-                    let l = self.classify(spi);
-                    if WARM && l.is_hit() {
-                        // The `Arc` header sits just before the value: reading its count
-                        // brings the SA's first line in.
-                        let (chunk, i) = self.table.locate(spi);
-                        if let Some(a) = chunk.value(i) {
-                            warm = warm.wrapping_add(Arc::strong_count(a));
+                    let (chunk, i) = t.locate(spi);
+                    match chunk.value(i) {
+                        // `m` held the tag or fingerprint compare; the tag decides.
+                        Some(a) if chunk.tag(i) == spi => {
+                            if WARM {
+                                // The `Arc` header sits just before the value: reading its
+                                // count brings the SA's first line in.
+                                warm = warm.wrapping_add(Arc::strong_count(a));
+                            }
+                            Lookup::Hit(a)
                         }
+                        _ => self.lookup_direct(spi),
                     }
-                    l
                 } else {
                     self.lookup_foreign(spi)
                 };
+                hits += usize::from(o.is_hit());
             }
             if WARM {
                 // Keeps the warming loads from being optimised away; one register store.
                 std::hint::black_box(warm);
             }
         }
+        hits
     }
 
     /// The live inbound SA with this SPI.

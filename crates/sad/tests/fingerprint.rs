@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use esplab_sad::{Lookup, Sad, SadConfig};
+use esplab_sad::{Lookup, Sad, SadConfig, SadReader};
 
 /// A SAD whose table starts at 64Ki slots (fingerprinted).
 fn exact_sad(seed: u64) -> Sad<u32> {
@@ -108,8 +108,14 @@ fn stale_fingerprint_is_never_a_wrong_answer() {
     let mut out = [Lookup::Unknown; 2];
     view.lookup_batch(&[s, neighbour], &mut out);
     assert_eq!(out, [Lookup::Hit(&9), Lookup::Unknown]);
-    view.lookup_batch_warm(&[neighbour, s], &mut out);
-    assert_eq!(out, [Lookup::Unknown, Lookup::Hit(&9)]);
+    view.lookup_batch_direct(&[s, neighbour], &mut out);
+    assert_eq!(out, [Lookup::Hit(&9), Lookup::Unknown]);
+    for direct in [false, true] {
+        assert_eq!(view.lookup_batch_warm(&[neighbour, s], &mut out, direct), 1);
+        assert_eq!(out, [Lookup::Unknown, Lookup::Hit(&9)]);
+    }
+    assert_eq!(view.lookup_direct(s), Lookup::Hit(&9));
+    assert_eq!(view.lookup_direct(neighbour), Lookup::Unknown);
 }
 
 #[test]
@@ -154,6 +160,56 @@ fn growth_into_and_within_fingerprinted_tables_keeps_every_spi() {
     let mut out = vec![Lookup::Unknown; batch_in.len()];
     view.lookup_batch(&batch_in, &mut out);
     assert!(out == batch_want);
-    view.lookup_batch_warm(&batch_in, &mut out);
+    view.lookup_batch_direct(&batch_in, &mut out);
     assert!(out == batch_want);
+    for direct in [false, true] {
+        view.lookup_batch_warm(&batch_in, &mut out, direct);
+        assert!(out == batch_want);
+    }
+    for (&s, want) in batch_in.iter().zip(&batch_want) {
+        assert_eq!(view.lookup_direct(s), *want);
+    }
+}
+
+/// The reader's batches read entries directly after a batch of mostly hits and go back to
+/// fingerprints after a batch of mostly unknown SPIs (a flood), answering the same either way.
+#[test]
+fn reader_batches_follow_the_hit_rate() {
+    let sad: Sad<u32> = Sad::new(SadConfig {
+        initial_capacity: 1 << 15,
+        rng_seed: Some(9),
+        ..SadConfig::default()
+    });
+    let spis: Vec<u32> = sad.update(|t| (0..64).map(|i| t.allocate(i).unwrap()).collect());
+    let unknown: Vec<u32> = spis.iter().map(|s| s ^ 0x8000_0000).collect();
+    let mut r = sad.reader();
+    // One batch; what it answered as `Some(value)` for hits, `None` otherwise.
+    fn run(r: &mut SadReader<u32>, spis: &[u32], warm: bool) -> Vec<Option<u32>> {
+        let mut out = vec![Lookup::Unknown; spis.len()];
+        if warm {
+            r.lookup_batch_warm(spis, &mut out);
+        } else {
+            r.lookup_batch(spis, &mut out);
+        }
+        out.iter().map(|l| l.hit().copied()).collect()
+    }
+    assert!(!r.batch_direct(), "a new reader starts miss-tuned");
+    let got = run(&mut r, &spis, false);
+    assert_eq!(got, (0..64).map(Some).collect::<Vec<_>>());
+    assert!(r.batch_direct(), "all hits: next batch reads entries");
+    assert!(run(&mut r, &unknown, true).iter().all(Option::is_none));
+    assert!(!r.batch_direct(), "all misses: back to fingerprints");
+    // Half and half stays on fingerprints (below three quarters).
+    let mixed: Vec<u32> = spis[..32].iter().chain(&unknown[..32]).copied().collect();
+    run(&mut r, &mixed, false);
+    assert!(!r.batch_direct());
+    let mostly: Vec<u32> = spis[..48].iter().chain(&unknown[..16]).copied().collect();
+    let got = run(&mut r, &mostly, false);
+    assert!(r.batch_direct());
+    assert_eq!(got[47], Some(47));
+    assert_eq!(got[48], None);
+    // And in direct mode, answers are still exact.
+    let got = run(&mut r, &mixed, true);
+    assert_eq!(got[..32], (0..32).map(Some).collect::<Vec<_>>()[..]);
+    assert!(got[32..].iter().all(Option::is_none));
 }

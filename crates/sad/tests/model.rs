@@ -277,6 +277,11 @@ fn run_model(initial_capacity: usize, seed: u64, groups: &[Vec<Op>]) -> Result<(
         check_counts(&m, &sad);
         for (&spi, _) in m.map.iter().take(64) {
             prop_assert_eq!(classify(reader.lookup(spi)), m.expect_lookup(spi));
+            // The hit-tuned read (entry first, no fingerprint) answers the same.
+            prop_assert_eq!(
+                classify(reader.view().lookup_direct(spi)),
+                m.expect_lookup(spi)
+            );
         }
         // A snapshot never changes, however much purging and reallocation happened since
         // (freed slots are not reused while it lives): every SPI it knew classifies as it
@@ -286,9 +291,11 @@ fn run_model(initial_capacity: usize, seed: u64, groups: &[Vec<Op>]) -> Result<(
             let said: &HashMap<u32, Option<Option<u32>>> = said;
             for (&spi, want) in said.iter().take(200) {
                 prop_assert_eq!(classify(snap.lookup(spi)), *want);
+                prop_assert_eq!(classify(snap.lookup_direct(spi)), *want);
             }
             for &spi in m.map.keys().filter(|s| !said.contains_key(s)).take(200) {
                 prop_assert_eq!(classify(snap.lookup(spi)), None);
+                prop_assert_eq!(classify(snap.lookup_direct(spi)), None);
             }
         }
         if g % 8 == 0 {
@@ -327,10 +334,36 @@ fn run_model(initial_capacity: usize, seed: u64, groups: &[Vec<Op>]) -> Result<(
     // Batch lookups agree with the model on known and random SPIs.
     let mut qs: Vec<u32> = m.map.keys().copied().take(100).collect();
     qs.extend((0..50u32).map(|i| i.wrapping_mul(0x9e37_79b9) ^ seed as u32));
+    let want: Vec<_> = qs.iter().map(|&q| m.expect_lookup(q)).collect();
+    let check = |out: &[Lookup<'_, u32>], how: &str| -> Result<(), TestCaseError> {
+        for ((q, l), w) in qs.iter().zip(out).zip(&want) {
+            prop_assert_eq!(classify(*l), *w, "{} spi {:#x}", how, q);
+        }
+        Ok(())
+    };
+    // Every batch form, miss-tuned and hit-tuned, with and without SA warming.
     let mut out = vec![Lookup::Unknown; qs.len()];
-    reader.lookup_batch(&qs, &mut out);
-    for (q, l) in qs.iter().zip(out) {
-        prop_assert_eq!(classify(l), m.expect_lookup(*q));
+    let view = sad.snapshot();
+    view.lookup_batch(&qs, &mut out);
+    check(&out, "lookup_batch")?;
+    view.lookup_batch_direct(&qs, &mut out);
+    check(&out, "lookup_batch_direct")?;
+    for direct in [false, true] {
+        let hits = view.lookup_batch_warm(&qs, &mut out, direct);
+        check(&out, "lookup_batch_warm")?;
+        prop_assert_eq!(
+            hits,
+            want.iter().filter(|w| matches!(w, Some(Some(_)))).count()
+        );
+    }
+    // The reader's batches switch reads by the hit rate they see; the answers stay.
+    for _ in 0..2 {
+        let mut out = vec![Lookup::Unknown; qs.len()];
+        reader.lookup_batch(&qs, &mut out);
+        check(&out, "reader lookup_batch")?;
+        let mut out = vec![Lookup::Unknown; qs.len()];
+        reader.lookup_batch_warm(&qs, &mut out);
+        check(&out, "reader lookup_batch_warm")?;
     }
     Ok(())
 }
