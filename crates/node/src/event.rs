@@ -111,6 +111,20 @@ impl EventQueue {
         true
     }
 
+    /// Whether the next push would be dropped. With [`count_dropped`](Self::count_dropped),
+    /// lets a caller test for room before it even gathers what the event holds (the
+    /// invalid-SPI drop path: a flood meets a full queue on every packet).
+    #[inline(always)]
+    pub fn is_full(&self) -> bool {
+        self.q.len() >= self.cap
+    }
+
+    /// Counts one event dropped for want of room, as a refused push does.
+    #[inline(always)]
+    pub fn count_dropped(&mut self) {
+        self.dropped += 1;
+    }
+
     /// Takes the oldest event.
     pub fn pop(&mut self) -> Option<Event> {
         self.q.pop_front()
@@ -192,6 +206,14 @@ mod tests {
         q.pop();
         assert!(q.push_with(|| e.clone()));
         assert_eq!((q.len(), q.dropped()), (2, 2));
-        assert_eq!(q.pop(), Some(e));
+        assert_eq!(q.pop(), Some(e.clone()));
+        // is_full / count_dropped: the same bound and count as a refused push.
+        assert!(!q.is_full());
+        assert!(q.push(e.clone()));
+        assert!(q.is_full());
+        q.count_dropped();
+        assert_eq!((q.len(), q.dropped()), (2, 3));
+        q.pop();
+        assert!(!q.is_full());
     }
 }

@@ -655,8 +655,39 @@ impl Node {
         let mut lk = UdpLookup::new();
         for (group, outs) in batch.chunks_mut(BATCH).zip(out.chunks_mut(BATCH)) {
             self.lookup_udp_batch(group, &mut lk);
+            // The whole group shares `now`: once the log budget for `now` is spent (a
+            // flood), it stays spent for the rest of the group (`LogLimiter::spent`).
+            // Asked at the first unknown SPI, where `allow` would roll the window, not
+            // before: rolling it earlier would move the window's start.
+            let mut quiet = false;
             for (i, (d, o)) in group.iter_mut().zip(outs.iter_mut()).enumerate() {
-                *o = self.inbound_udp_looked(now, &mut lk, i, d);
+                // `lk.spis[i]` is `d`'s SPI: pass 1 read it from this very datagram and
+                // handling another datagram cannot write into this one's buffer, so the
+                // re-read and re-check `inbound_udp_looked` does for its callers is skipped.
+                // Each verdict is stored in its own branch: one store merged after the
+                // branches went through a stack copy of the whole `Inbound`, field by field.
+                let spi = lk.spis[i];
+                if spi <= 255 {
+                    *o = self.inbound_udp(
+                        now,
+                        d.src,
+                        d.sport,
+                        d.dst,
+                        d.dport,
+                        d.buf,
+                        d.payload.clone(),
+                    );
+                    continue;
+                }
+                let found = self.found_at(&mut lk, i);
+                if let Found::Unknown = found {
+                    if !quiet {
+                        quiet = self.limiter.spent(now);
+                    }
+                    *o = self.unknown_spi_udp(now, spi, d, quiet);
+                    continue;
+                }
+                *o = self.inbound_udp_found(now, d, spi, found);
             }
         }
     }
@@ -717,13 +748,35 @@ impl Node {
             );
         }
         let found = if i < lk.n && lk.spis[i] == spi {
-            if lk.sad_gen != self.sad_gen {
-                self.relookup(lk, i);
-            }
-            lk.found[i]
+            self.found_at(lk, i)
         } else {
             Found::from(self.reader.lookup(spi))
         };
+        self.inbound_udp_found(now, d, spi, found)
+    }
+
+    /// What the SAD said about `lk.spis[i]`, looked up again (with the rest of the burst)
+    /// if the SAD changed since.
+    #[inline(always)]
+    fn found_at(&mut self, lk: &mut UdpLookup, i: usize) -> Found {
+        if lk.sad_gen != self.sad_gen {
+            self.relookup(lk, i);
+        }
+        lk.found[i]
+    }
+
+    /// ESP datagram `d` with SPI `spi` (> 255) that the SAD answered `found` for.
+    #[inline(always)]
+    fn inbound_udp_found(
+        &mut self,
+        now: Instant,
+        d: &mut UdpDatagram<'_>,
+        spi: u32,
+        found: Found,
+    ) -> Inbound {
+        if let Found::Unknown = found {
+            return self.unknown_spi_udp(now, spi, d, false);
+        }
         let encap = Encap::Udp {
             sport: d.sport,
             dport: d.dport,
@@ -788,11 +841,7 @@ impl Node {
         let idx = match found {
             Found::Hit(i) => i as usize,
             Found::Retired => return self.drop_in(DropReason::RetiredSpi, fam),
-            Found::Unknown => {
-                let seq = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
-                let len = pkt.len();
-                return self.unknown_spi(now, spi, seq, src, dst, encap, len);
-            }
+            Found::Unknown => return self.unknown_spi(now, spi, pkt, &src, &dst, encap),
         };
         let Some(s) = self.in_sas.get_mut(idx).and_then(Option::as_mut) else {
             return self.drop_in(DropReason::UnknownSpi, fam);
@@ -842,46 +891,133 @@ impl Node {
         Inbound::Drop(r)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The drop of ESP packet `pkt` (SPI to ICV, at least [`ESP_HEADER_LEN`] bytes) whose
+    /// SPI the SAD does not know. Written out rather than through
+    /// [`unknown_spi_with`](Self::unknown_spi_with): closures over these by-value locals
+    /// made the compiler store them all on the stack on every packet (+17 instructions).
     #[inline(always)]
     fn unknown_spi(
         &mut self,
         now: Instant,
         spi: u32,
-        seq: u32,
-        src: IpAddr,
-        dst: IpAddr,
+        pkt: &[u8],
+        src: &IpAddr,
+        dst: &IpAddr,
         encap: Encap,
-        len: usize,
     ) -> Inbound {
-        let fam = family_of(src);
+        let fam = family_of(*src);
         self.counters.drop(Dir::In, DropReason::UnknownSpi, fam);
-        // `allow` skips the flow table once the minute's log budget is spent: in a flood of
-        // random SPIs that is every packet but the first few, and no SipHash is paid.
-        let logged = self.limiter.allow_with(now, || (src, dst, spi));
+        // As in `unknown_spi_with` (see there).
+        let logged = self.limiter.allow_with(now, || (*src, *dst, spi));
+        self.count_log_decision(logged);
+        if self.events.is_full() {
+            self.count_event_dropped();
+        } else {
+            self.events.push(Event::InvalidSpi(InvalidSpi {
+                at: now,
+                spi,
+                src: *src,
+                dst: *dst,
+                seq: u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
+                family: fam,
+                encap,
+                flow_label: 0,
+                len: pkt.len(),
+                logged,
+            }));
+        }
+        Inbound::Drop(DropReason::UnknownSpi)
+    }
+
+    #[inline(always)]
+    fn count_log_decision(&mut self, logged: bool) {
         if logged {
             self.counters.invalid_spi_logged += 1;
         } else {
             self.counters.invalid_spi_suppressed += 1;
         }
-        // One event per packet (the control side counts and correlates them); built only if
-        // the queue has room, a full queue counts it as dropped as `push_event` does.
-        let queued = self.events.push_with(|| {
-            Event::InvalidSpi(InvalidSpi {
-                at: now,
-                spi,
-                src,
-                dst,
-                seq,
-                family: fam,
-                encap,
-                flow_label: 0,
-                len,
-                logged,
+    }
+
+    /// A full queue counts the event as dropped, as `push_event` does.
+    #[inline(always)]
+    fn count_event_dropped(&mut self) {
+        self.events.count_dropped();
+        self.counters.events_dropped += 1;
+    }
+
+    /// [`unknown_spi`](Self::unknown_spi) for datagram `d` (its SPI is `spi`): the payload
+    /// is sliced and the ports, addresses, sequence number and length read only when a
+    /// log key or an event needs them, which in a flood is never. `quiet`: the limiter
+    /// said its budget for `now` is spent (`LogLimiter::spent`).
+    #[inline(always)]
+    fn unknown_spi_udp(
+        &mut self,
+        now: Instant,
+        spi: u32,
+        d: &UdpDatagram<'_>,
+        quiet: bool,
+    ) -> Inbound {
+        self.unknown_spi_with(
+            now,
+            spi,
+            quiet,
+            family_of(d.src),
+            || (d.src, d.dst),
+            |logged| {
+                let pkt = &d.buf[d.payload.clone()];
+                InvalidSpi {
+                    at: now,
+                    spi,
+                    src: d.src,
+                    dst: d.dst,
+                    seq: u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
+                    family: family_of(d.src),
+                    encap: Encap::Udp {
+                        sport: d.sport,
+                        dport: d.dport,
+                    },
+                    flow_label: 0,
+                    len: pkt.len(),
+                    logged,
+                }
+            },
+        )
+    }
+
+    /// The invalid-SPI drop: counter, log decision, event. `addrs` (the log key's source
+    /// and destination) and `event` are called only when needed; `quiet`: the log budget
+    /// for `now` is known to be spent (the limiter then only counts a suppressed line).
+    #[inline(always)]
+    fn unknown_spi_with(
+        &mut self,
+        now: Instant,
+        spi: u32,
+        quiet: bool,
+        fam: Family,
+        addrs: impl FnOnce() -> (IpAddr, IpAddr),
+        event: impl FnOnce(bool) -> InvalidSpi,
+    ) -> Inbound {
+        self.counters.drop(Dir::In, DropReason::UnknownSpi, fam);
+        // `allow` skips the flow table once the minute's log budget is spent: in a flood of
+        // random SPIs that is every packet but the first few, and no SipHash is paid.
+        let logged = if quiet {
+            self.limiter.note_suppressed();
+            false
+        } else {
+            self.limiter.allow_with(now, || {
+                let (src, dst) = addrs();
+                (src, dst, spi)
             })
-        });
-        if !queued {
-            self.counters.events_dropped += 1;
+        };
+        self.count_log_decision(logged);
+        // One event per packet (the control side counts and correlates them); built only if
+        // the queue has room. The room test comes first and alone: with the event's fields
+        // gathered in a closure (`EventQueue::push_with`) the compiler stored them all on
+        // every packet, full queue or not.
+        if self.events.is_full() {
+            self.count_event_dropped();
+        } else {
+            self.events.push(Event::InvalidSpi(event(logged)));
         }
         Inbound::Drop(DropReason::UnknownSpi)
     }
@@ -1465,6 +1601,129 @@ mod batch_tests {
         );
         assert_eq!(b.counters().in_packets, 2);
         assert!(b.poll_event().is_none(), "no invalid-SPI event");
+    }
+
+    /// The invalid-SPI drop reads a datagram's addresses, ports, sequence number and length
+    /// lazily on the batch path, and a batch asks the limiter once whether the log budget
+    /// is spent: its events, log decisions and counters must be exactly those of the
+    /// single path. Three rounds of 20 datagrams: the first fills the queue (16 events)
+    /// and spends the budget (10 lines) midway, the second (same instant) starts spent and
+    /// full, the third (a minute later, queue drained) starts a new window; IPv4 and IPv6
+    /// sources, various ports, payloads not at the buffer's start.
+    #[test]
+    fn unknown_spi_batch_events_equal_single() {
+        let t0 = Instant::now();
+        let mut bufs: Vec<Vec<u8>> = (0..20u32)
+            .map(|i| {
+                let off = (i % 3) as usize;
+                let mut b = vec![0xa5; off + 8 + i as usize * 3];
+                b[off..off + 4].copy_from_slice(&(0x7000_0000 + i).to_be_bytes());
+                b[off + 4..off + 8].copy_from_slice(&(1000 + i * 7).to_be_bytes());
+                b
+            })
+            .collect();
+        fn dgrams(bufs: &mut [Vec<u8>]) -> Vec<UdpDatagram<'_>> {
+            let v6 = |i: usize| IpAddr::from([0x2001, 2, 0, 0, 0, 0, 0, i as u16 + 1]);
+            bufs.iter_mut()
+                .enumerate()
+                .map(|(i, b)| {
+                    let v = i % 4 == 3;
+                    UdpDatagram {
+                        src: if v { v6(i) } else { ip("198.18.0.9") },
+                        sport: 4500 + (i % 5) as u16,
+                        dst: if v { v6(99) } else { ip("198.18.0.2") },
+                        dport: 4500 - (i % 2) as u16,
+                        payload: (i % 3)..b.len(),
+                        buf: &mut b[..],
+                    }
+                })
+                .collect()
+        }
+        let drain = |n: &mut Node| std::iter::from_fn(|| n.poll_event()).collect::<Vec<_>>();
+        let ((_, mut single), (_, mut batched), (_, mut looked)) = (pair(), pair(), pair());
+        for (round, t) in [t0, t0, t0 + Duration::from_secs(61)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut copies = bufs.clone();
+            let single_v: Vec<Inbound> = dgrams(&mut copies)
+                .into_iter()
+                .map(|d| single.inbound_udp(t, d.src, d.sport, d.dst, d.dport, d.buf, d.payload))
+                .collect();
+            let mut copies = bufs.clone();
+            let mut batch = dgrams(&mut copies);
+            let mut out = vec![Inbound::Keepalive; batch.len()];
+            batched.inbound_udp_batch(t, &mut batch, &mut out);
+            // Pass 2 driven one datagram at a time, as the agent does.
+            let mut batch = dgrams(&mut bufs);
+            let mut lk = UdpLookup::new();
+            looked.lookup_udp_batch(&batch, &mut lk);
+            let v: Vec<Inbound> = batch
+                .iter_mut()
+                .enumerate()
+                .map(|(i, d)| looked.inbound_udp_looked(t, &mut lk, i, d))
+                .collect();
+            assert_eq!(out, single_v, "round {round}");
+            assert_eq!(v, single_v, "round {round}");
+            let single_ev = drain(&mut single);
+            assert_eq!(single_ev.len(), 16, "round {round}");
+            // Round 1 met a full queue: what it holds is what round 0 left.
+            let invalid = single_ev
+                .iter()
+                .filter(|e| matches!(e, Event::InvalidSpi(_)))
+                .count();
+            assert_eq!(invalid, if round == 1 { 0 } else { 16 }, "round {round}");
+            assert_eq!(drain(&mut batched), single_ev, "round {round}");
+            assert_eq!(drain(&mut looked), single_ev, "round {round}");
+            let c = single.counters();
+            assert_eq!(batched.counters().named(), c.named(), "round {round}");
+            assert_eq!(looked.counters().named(), c.named(), "round {round}");
+            if round == 0 {
+                // Round 1 starts with a full queue.
+                for n in [&mut single, &mut batched, &mut looked] {
+                    for _ in 0..16 {
+                        n.push_event(Event::SequenceExhausted { at: t, spi: 1 });
+                    }
+                }
+            }
+        }
+        let c = single.counters();
+        assert_eq!((c.invalid_spi_logged, c.invalid_spi_suppressed), (20, 40));
+        assert_eq!(c.events_dropped, 4 + 20 + 4);
+    }
+
+    /// A batch without unknown SPIs leaves the log limiter's window alone: the window
+    /// starts at the first invalid SPI after the last one ended, as on the single path.
+    #[test]
+    fn batch_without_unknown_spis_does_not_move_the_log_window() {
+        let limits = LogLimits {
+            global_max: 1,
+            ..LogLimits::default()
+        };
+        let (mut single, mut batched) = (pair().1, pair().1);
+        single.limiter = LogLimiter::new(limits);
+        batched.limiter = LogLimiter::new(limits);
+        let t = Instant::now();
+        // Unknown SPI at 0 s (logged), a keepalive at 70 s, unknown SPIs at 100 s (a new
+        // window: logged) and 150 s (same window: suppressed).
+        for (secs, pkt) in [
+            (0, vec![0x70, 0, 0, 1, 0, 0, 0, 1]),
+            (70, vec![0xff]),
+            (100, vec![0x70, 0, 0, 2, 0, 0, 0, 1]),
+            (150, vec![0x70, 0, 0, 3, 0, 0, 0, 1]),
+        ] {
+            let now = t + Duration::from_secs(secs);
+            let (mut a, mut b) = (pkt.clone(), pkt);
+            let n = a.len();
+            let (src, dst) = (ip("198.18.0.1"), ip("198.18.0.2"));
+            let v = single.inbound_udp(now, src, 4500, dst, 4500, &mut a, 0..n);
+            let mut out = [Inbound::Keepalive];
+            batched.inbound_udp_batch(now, &mut [dgram(&mut b)], &mut out);
+            assert_eq!(out[0], v, "{secs}");
+        }
+        let c = single.counters();
+        assert_eq!((c.invalid_spi_logged, c.invalid_spi_suppressed), (2, 1));
+        assert_eq!(batched.counters().named(), c.named());
     }
 
     /// A datagram handed to pass 2 under another index than it had in pass 1 is looked up

@@ -63,10 +63,12 @@ pub enum Decision {
 pub struct LogLimiter<K: Hash + Eq> {
     limits: LogLimits,
     flows: HashMap<K, Instant>,
-    window_start: Option<Instant>,
-    /// `window_start + global_window`, precomputed so the per-packet test is one compare
-    /// (`None`: the sum overflows `Instant`, the window never ends).
+    /// When the current global window ends (its start + `global_window`, precomputed so
+    /// the per-packet test is one compare); `None` before the first event, or when the sum
+    /// overflows `Instant` (then `endless`: the window never ends). One field instead of
+    /// start and end saves the drop path a test per packet.
     window_end: Option<Instant>,
+    endless: bool,
     window_count: u32,
     suppressed: u64,
     /// The flow inserted last and the end of its quiet interval (`None`: never ends). It
@@ -82,8 +84,8 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
             limits,
             // RandomState: SipHash with a per-process random key; keys are wire-controlled.
             flows: HashMap::with_capacity(flow_map_capacity(limits.max_flows)),
-            window_start: None,
             window_end: None,
+            endless: false,
             window_count: 0,
             suppressed: 0,
             last: None,
@@ -122,6 +124,26 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
             return false;
         }
         self.check_rolled(now, &key()) == Decision::Log
+    }
+
+    /// Whether the global budget of the window holding `now` is spent (rolling the window
+    /// first, as `allow` does). If it is, every `allow(now, _)` until a later `now` answers
+    /// false, changing nothing but one suppressed count, which
+    /// [`note_suppressed`](Self::note_suppressed) does: a batch of packets sharing one
+    /// `now` asks once. (The answer cannot turn back within one `now`: a window either
+    /// ends after `now` or, with a zero `global_window`, is renewed on every call, and then
+    /// is spent only when `global_max` is 0.)
+    #[inline]
+    pub fn spent(&mut self, now: Instant) -> bool {
+        self.roll_window(now);
+        self.window_count >= self.limits.global_max
+    }
+
+    /// Counts one suppressed line: what `allow(now, _)` does once [`spent`](Self::spent)
+    /// said true for that `now`.
+    #[inline(always)]
+    pub fn note_suppressed(&mut self) {
+        self.suppressed += 1;
     }
 
     // Out of line: `allow_with`'s shortcut is inlined into the drop path, this is not.
@@ -190,11 +212,13 @@ impl<K: Hash + Eq + Clone> LogLimiter<K> {
     #[inline]
     fn roll_window(&mut self, now: Instant) {
         // `now < start + window` is `now.saturating_duration_since(start) < window`.
-        if self.window_start.is_some() && self.window_end.is_none_or(|end| now < end) {
-            return;
+        match self.window_end {
+            Some(end) if now < end => return,
+            None if self.endless => return,
+            _ => {}
         }
-        self.window_start = Some(now);
         self.window_end = now.checked_add(self.limits.global_window);
+        self.endless = self.window_end.is_none();
         self.window_count = 0;
     }
 }
@@ -221,6 +245,64 @@ mod tests {
         assert_eq!(l.check(t + Duration::from_secs(60), &1), Decision::Log);
         assert_eq!(l.take_suppressed(), 99);
         assert_eq!(l.take_suppressed(), 0);
+    }
+
+    #[test]
+    fn global_windows_roll_and_an_endless_one_never_does() {
+        let limits = LogLimits {
+            global_max: 2,
+            global_window: Duration::from_secs(10),
+            ..LogLimits::default()
+        };
+        let t = t0();
+        let mut l = LogLimiter::new(limits);
+        assert!(l.allow(t, &1u32) && l.allow(t, &2));
+        assert!(!l.allow(t + Duration::from_secs(9), &3));
+        // The next window starts with the first event at or after its end.
+        assert!(l.allow(t + Duration::from_secs(10), &3));
+        assert!(l.allow(t + Duration::from_secs(19), &4));
+        assert!(!l.allow(t + Duration::from_secs(19), &5));
+        assert!(l.allow(t + Duration::from_secs(20), &5));
+        // A window whose end overflows `Instant` never ends: the budget is never renewed.
+        let mut l = LogLimiter::new(LogLimits {
+            global_window: Duration::MAX,
+            ..limits
+        });
+        assert!(l.allow(t, &1u32) && l.allow(t, &2));
+        for s in [0, 1, 60, 86_400 * 365] {
+            assert!(!l.allow(t + Duration::from_secs(s), &(s as u32 + 3)));
+        }
+        assert_eq!(l.suppressed(), 4);
+    }
+
+    /// `spent` + `note_suppressed` answer and count as `allow` does, for every `now` at
+    /// which `spent` said true, including a zero window (renewed on every call) with a
+    /// zero or non-zero budget.
+    #[test]
+    fn spent_then_note_is_allow() {
+        for (window, max) in [(10, 3), (0, 2), (0, 0), (10, 0)] {
+            let limits = LogLimits {
+                global_max: max,
+                global_window: Duration::from_secs(window),
+                ..LogLimits::default()
+            };
+            let (mut a, mut b) = (LogLimiter::new(limits), LogLimiter::new(limits));
+            let t = t0();
+            for i in 0..200u32 {
+                let now = t + Duration::from_secs(u64::from(i / 10));
+                if b.spent(now) {
+                    for k in 0..5 {
+                        assert!(!a.allow(now, &(i * 8 + k)), "{window} {max} {i}");
+                        b.note_suppressed();
+                        assert!(b.spent(now), "stays spent within one now");
+                    }
+                }
+                let key = i % 7;
+                assert_eq!(a.allow(now, &key), b.allow(now, &key), "{window} {max} {i}");
+                assert_eq!(a.suppressed(), b.suppressed());
+            }
+            assert!(a.suppressed() > 0);
+        }
     }
 
     /// The limiter as first written (map lookup and `saturating_duration_since` on every
