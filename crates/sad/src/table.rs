@@ -52,6 +52,20 @@ pub(crate) struct Entry<V> {
     value: Option<Arc<V>>,
 }
 
+impl<V> Entry<V> {
+    /// The full SPI (0 when empty).
+    #[inline(always)]
+    pub(crate) fn tag(&self) -> u32 {
+        self.tag
+    }
+
+    /// The SA, when live.
+    #[inline(always)]
+    pub(crate) fn value(&self) -> &Option<Arc<V>> {
+        &self.value
+    }
+}
+
 impl<V> Clone for Entry<V> {
     /// Clones the `Arc`, never a `V`.
     fn clone(&self) -> Self {
@@ -273,11 +287,11 @@ impl<V> SlotTable<V> {
         (&self.chunks[idx >> CHUNK_BITS], idx & (CHUNK - 1))
     }
 
-    /// The tag stored in the slot `spi` maps to (not necessarily `spi`).
+    /// The entry of the slot `spi` maps to (its tag is not necessarily `spi`).
     #[inline(always)]
-    pub(crate) fn tag(&self, spi: u32) -> u32 {
+    pub(crate) fn entry(&self, spi: u32) -> &Entry<V> {
         let (c, i) = self.locate(spi);
-        c.tag(i)
+        &c.entries[i]
     }
 
     /// The tag of slot `idx`.

@@ -7,11 +7,18 @@ use std::sync::Arc;
 
 use crate::foreign::{Foreign, ForeignTable};
 use crate::selector::{FlowKey, SelectorPair};
-use crate::table::{SlotRef, SlotTable};
+use crate::table::{Entry, SlotRef, SlotTable};
 use crate::Lookup;
 
 /// Most SPIs [`SadView::lookup_batch`] resolves per prefetch round.
 pub const BATCH: usize = 32;
+
+/// A batch's first pass: compare each entry's tag (small tables).
+const TAG: u8 = 0;
+/// ... read each fingerprint (large tables, miss-tuned).
+const FINGERPRINT: u8 = 1;
+/// ... read each entry and keep it for the second pass (large tables, hit-tuned).
+const ENTRY: u8 = 2;
 
 /// An outbound SA with the peer and selectors it was installed for.
 #[derive(Debug)]
@@ -244,27 +251,68 @@ impl<V, O> SadView<V, O> {
             out.len() >= spis.len(),
             "lookup_batch: out shorter than spis"
         );
+        // Three first passes: small tables compare the entry's tag in place (all in cache,
+        // nothing to gain from keeping entries); large ones read fingerprints (miss-tuned)
+        // or keep the entries they read for pass 2 (hit-tuned: at 1Mi SAs ~1.25x faster
+        // than computing each hit's address twice, while small-table and fingerprint
+        // batches measured ~1.3x slower with the kept entries).
+        match (self.table.exact, direct) {
+            (false, _) => self.batch_as::<WARM, TAG>(spis, out),
+            (true, false) => self.batch_as::<WARM, FINGERPRINT>(spis, out),
+            (true, true) => self.batch_as::<WARM, ENTRY>(spis, out),
+        }
+    }
+
+    #[inline(always)]
+    fn batch_as<'a, const WARM: bool, const PASS1: u8>(
+        &'a self,
+        spis: &[u32],
+        out: &mut [Lookup<'a, V>],
+    ) -> usize {
         let t = &self.table;
-        let by_entry = direct || !t.exact;
         let mut hits = 0;
         for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+            // Pass 1: one independent load per SPI, so the round's cache misses overlap.
             let mut matched = [false; BATCH];
-            if by_entry {
-                for (m, &spi) in matched.iter_mut().zip(spis) {
-                    *m = t.tag(spi) == spi;
+            // ENTRY keeps the entries found for pass 2; slots past the end of a short round
+            // point at slot 0 and are never read.
+            let mut ents: Option<[&Entry<V>; BATCH]> = None;
+            match PASS1 {
+                TAG => {
+                    for (m, &spi) in matched.iter_mut().zip(spis) {
+                        *m = t.entry(spi).tag() == spi;
+                    }
                 }
-            } else {
-                for (m, &spi) in matched.iter_mut().zip(spis) {
-                    *m = t.fps[t.index(spi)].load(Ordering::Relaxed) == t.fingerprint(spi);
+                FINGERPRINT => {
+                    for (m, &spi) in matched.iter_mut().zip(spis) {
+                        *m = t.fps[t.index(spi)].load(Ordering::Relaxed) == t.fingerprint(spi);
+                    }
+                }
+                _ => {
+                    let e: [&Entry<V>; BATCH] = match <&[u32; BATCH]>::try_from(spis) {
+                        // A full round: no per-SPI length test.
+                        Ok(full) => full.map(|spi| t.entry(spi)),
+                        Err(_) => {
+                            std::array::from_fn(|k| t.entry(spis.get(k).copied().unwrap_or(0)))
+                        }
+                    };
+                    for ((m, &spi), e) in matched.iter_mut().zip(spis).zip(&e) {
+                        *m = e.tag() == spi;
+                    }
+                    ents = Some(e);
                 }
             }
+            // Pass 2: classify.
             let mut warm = 0usize;
-            for ((o, &spi), &m) in out.iter_mut().zip(spis).zip(matched.iter()) {
-                *o = if m {
-                    let (chunk, i) = t.locate(spi);
-                    match chunk.value(i) {
-                        // `m` held the tag or fingerprint compare; the tag decides.
-                        Some(a) if chunk.tag(i) == spi => {
+            for (k, (o, &spi)) in out.iter_mut().zip(spis).enumerate() {
+                *o = if matched[k] {
+                    let e = match &ents {
+                        Some(e) => e[k],
+                        None => t.entry(spi),
+                    };
+                    match e.value() {
+                        // `matched` held the tag or fingerprint compare; the tag decides.
+                        Some(a) if e.tag() == spi => {
                             if WARM {
                                 // The `Arc` header sits just before the value: reading its
                                 // count brings the SA's first line in.
@@ -272,6 +320,7 @@ impl<V, O> SadView<V, O> {
                             }
                             Lookup::Hit(a)
                         }
+                        // Retired, reserved, or a fingerprint match on another slot state.
                         _ => self.lookup_direct(spi),
                     }
                 } else {
