@@ -7,8 +7,9 @@
 //! the whole work the datapath does for such a packet; the daemon adds only the socket.
 //!
 //! The SAD holds N reserved inbound SPIs (N = 1Ki and 1Mi) reserved in one transaction:
-//! reserved and live slots carry the same tag, and a miss reads only the tag array, so the
-//! lookup costs what it would with N live SAs (which would need N cipher contexts).
+//! reserved and live slots carry the same tag and fingerprint, and a miss reads only the
+//! fingerprint array (1Mi) or the entry's tag (1Ki), so the lookup costs what it would with N
+//! live SAs (which would need N cipher contexts).
 //!
 //! Cases (criterion throughput = packets, so `thrpt` reads as packets per second):
 //! * `single`: `Node::inbound_udp`, one packet at a time, random SPIs;
@@ -65,8 +66,8 @@ fn node(n: usize) -> Node {
     node
 }
 
-/// Random SPIs above 255, 4x as many as the table has slots so that the tag lines they
-/// touch are not all cached between iterations.
+/// Random SPIs above 255, 4x as many as the table has slots so that the lines they touch
+/// are not all cached between iterations.
 fn spi_order(n: usize, rng: &mut StdRng) -> Vec<u32> {
     (0..(4 * n).max(4 * WINDOW))
         .map(|_| rng.gen::<u32>() | 0x100)

@@ -54,7 +54,7 @@ impl<V, O> Sad<V, O> {
         let mut rng = rng;
         let max_slots = slots_for(config.max_capacity.min(MAX_CAPACITY));
         let slots = slots_for(config.initial_capacity).min(max_slots);
-        let fp_key = rng.gen::<u16>();
+        let fp_key = rng.gen::<u8>();
         Self {
             current: Arc::new(ArcSwap::from_pointee(SadView::with_slots(slots, fp_key))),
             writer: Mutex::new(WriterState {

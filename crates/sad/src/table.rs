@@ -5,15 +5,14 @@
 //! own `Arc`, so a copy-on-write update clones the chunk array (pointers only) and the one
 //! chunk it touches instead of the whole table.
 //!
-//! Tables of at least [`EXACT_MIN_SLOTS`] slots also keep a flat array of 16-bit
+//! Tables of at least [`FP_MIN_SLOTS`] slots also keep a flat array of 8-bit
 //! fingerprints, one per slot, shared by every snapshot of the same table size and updated in
-//! place (see [`Fingerprints`]): with 16 or more index bits the upper 16 bits of an SPI are
-//! all a slot needs to tell it apart, so a miss-tuned lookup reads 2 bytes out of that dense
-//! array (4 MiB at 1Mi SAs, within the data TLB's reach on this machine) and touches the
-//! 16-byte entries (32 MiB there) only for SPIs that match. A hit-tuned lookup reads the
-//! entry directly.
+//! place (see [`Fingerprints`]): a miss-tuned lookup reads 1 byte out of that dense array
+//! (2 MiB at 1Mi SAs, well within the data TLB's reach and a small share of the L3 on this
+//! machine) and touches the 16-byte entries (32 MiB there) only for SPIs whose fingerprint
+//! matches, about 1 in 256 unknown SPIs. A hit-tuned lookup reads the entry directly.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// log2 of the slots per chunk.
@@ -179,15 +178,17 @@ impl<V> Clone for Chunk<V> {
     }
 }
 
-/// Smallest table that keeps fingerprints: from 2^16 slots up the slot index holds the low
-/// 16 bits of an SPI, so the upper 16 bits (the fingerprint, keyed) identify it exactly.
-pub(crate) const EXACT_MIN_SLOTS: usize = 1 << 16;
+/// Smallest table that keeps fingerprints. Below it the whole table is at most 1 MiB of
+/// entries and stays cached, so a lookup compares the entry's tag in place; from 2^16 slots
+/// up the slot index holds at least the low 16 bits of an SPI and the fingerprint folds the
+/// rest.
+pub(crate) const FP_MIN_SLOTS: usize = 1 << 16;
 
 /// The per-slot fingerprints of one table size, shared by every snapshot of that size.
 ///
 /// `fp[idx]` is `fingerprint(spi)` of the last SPI reserved in slot `idx` (0 if none was since
 /// the array was built). It is the only part of the SAD that changes in place, which keeps
-/// copy-on-write cheap (no 4 MiB copy per change) and is sound because of two rules:
+/// copy-on-write cheap (no 2 MiB copy per change) and is sound because of two rules:
 ///
 /// 1. Only `reserve` writes it (`SlotTable::replace` with a new SPI in an empty slot); purge
 ///    and every other change leave it alone. A stale fingerprint on a freed slot costs a
@@ -202,26 +203,27 @@ pub(crate) const EXACT_MIN_SLOTS: usize = 1 << 16;
 /// not hold `spi` and may skip the slot: the fingerprint never hides an SA. A match proves
 /// nothing by itself (the slot may be empty, or a fingerprint may be from a transaction not
 /// yet published, or one that panicked): the lookup then reads the slot's entry, and its full
-/// tag decides. With at least 16 index bits a match on an occupied slot is exact
-/// (`T & mask == spi & mask` and equal upper halves make `T == spi`), so a miss reads the
-/// entry only on an empty slot whose stale or zero fingerprint happens to match. Growth
+/// tag decides. A random unknown SPI matches with probability 1/256 (8 bits; 16-bit
+/// fingerprints were 1/2048 at 2Mi slots, but twice the array: measured in `docs/sad.md`,
+/// round 5, the node's drop path was faster with the smaller array), and then costs one
+/// read of the entry. Growth
 /// builds a new array for the new table and never writes the old one again, so snapshots
 /// from before a growth keep a consistent pair.
 ///
 /// Relaxed ordering suffices: a fingerprint is written before the snapshot that holds its
 /// slot is published (`ArcSwap::swap`, release), and a reader that loads that snapshot
 /// (acquire) sees the write; a reader that does not see it has a snapshot with the slot empty.
-pub(crate) type Fingerprints = Arc<[AtomicU16]>;
+pub(crate) type Fingerprints = Arc<[AtomicU8]>;
 
 /// The slot table: `mask + 1` slots (a power of two, at least `CHUNK`) in `chunks`.
 pub(crate) struct SlotTable<V> {
     pub(crate) mask: u32,
-    /// `true` when the table has at least [`EXACT_MIN_SLOTS`] slots and `fps` is in use.
-    pub(crate) exact: bool,
+    /// `true` when the table has at least [`FP_MIN_SLOTS`] slots and `fps` is in use.
+    pub(crate) fingerprinted: bool,
     /// Random key xored into fingerprints, so a sender cannot tell which SPIs match the 0
     /// of never-used slots (those would cost an extra read each; never a wrong answer).
-    pub(crate) fp_key: u16,
-    /// One fingerprint per slot when `exact`, empty otherwise (small tables compare the
+    pub(crate) fp_key: u8,
+    /// One fingerprint per slot when `fingerprinted`, empty otherwise (small tables compare the
     /// chunk's full tag, already cache-resident there).
     pub(crate) fps: Fingerprints,
     pub(crate) chunks: Box<[Arc<Chunk<V>>]>,
@@ -231,7 +233,7 @@ impl<V> Clone for SlotTable<V> {
     fn clone(&self) -> Self {
         Self {
             mask: self.mask,
-            exact: self.exact,
+            fingerprinted: self.fingerprinted,
             fp_key: self.fp_key,
             fps: Arc::clone(&self.fps),
             chunks: self.chunks.clone(),
@@ -241,31 +243,32 @@ impl<V> Clone for SlotTable<V> {
 
 impl<V> SlotTable<V> {
     /// An empty table of `slots` slots (`slots` is a power of two, at least `CHUNK`).
-    pub(crate) fn with_slots(slots: usize, fp_key: u16) -> Self {
+    pub(crate) fn with_slots(slots: usize, fp_key: u8) -> Self {
         debug_assert!(slots.is_power_of_two() && slots >= CHUNK);
         // One empty chunk shared by every position: `Arc::make_mut` gives a position its
         // own copy on its first write, so an empty table costs pointers, not chunks.
         let empty = Arc::new(Chunk::empty());
         let chunks = (0..slots / CHUNK).map(|_| Arc::clone(&empty)).collect();
-        let exact = slots >= EXACT_MIN_SLOTS;
-        let fps: Fingerprints = if exact {
-            (0..slots).map(|_| AtomicU16::new(0)).collect()
+        let fingerprinted = slots >= FP_MIN_SLOTS;
+        let fps: Fingerprints = if fingerprinted {
+            (0..slots).map(|_| AtomicU8::new(0)).collect()
         } else {
             Arc::new([])
         };
         Self {
             mask: (slots - 1) as u32,
-            exact,
+            fingerprinted,
             fp_key,
             fps,
             chunks,
         }
     }
 
-    /// The fingerprint of an SPI: its upper 16 bits, keyed.
+    /// The fingerprint of an SPI: its upper 16 bits folded into 8, keyed. Those bits are
+    /// not (all) index bits up to 16Mi slots, so two SPIs of one slot differ there.
     #[inline(always)]
-    pub(crate) fn fingerprint(&self, spi: u32) -> u16 {
-        (spi >> 16) as u16 ^ self.fp_key
+    pub(crate) fn fingerprint(&self, spi: u32) -> u8 {
+        ((spi >> 16) ^ (spi >> 24)) as u8 ^ self.fp_key
     }
 
     /// Number of slots.
@@ -317,7 +320,7 @@ impl<V> SlotTable<V> {
         let fp = self.fingerprint(tag);
         let chunk = Arc::make_mut(&mut self.chunks[idx >> CHUNK_BITS]);
         let i = idx & (CHUNK - 1);
-        if self.exact && tag != 0 && chunk.tag(i) == 0 {
+        if self.fingerprinted && tag != 0 && chunk.tag(i) == 0 {
             self.fps[idx].store(fp, Ordering::Relaxed);
         }
         chunk.replace(i, tag, slot)
@@ -333,9 +336,9 @@ impl<V> SlotTable<V> {
         let mut chunks: Vec<Chunk<V>> = (0..new_slots / CHUNK).map(|_| Chunk::empty()).collect();
         let new_mask = (new_slots - 1) as u32;
         // A fresh array, private until the grown table is published: no reader sees it filling.
-        let exact = new_slots >= EXACT_MIN_SLOTS;
-        let fps: Fingerprints = if exact {
-            (0..new_slots).map(|_| AtomicU16::new(0)).collect()
+        let fingerprinted = new_slots >= FP_MIN_SLOTS;
+        let fps: Fingerprints = if fingerprinted {
+            (0..new_slots).map(|_| AtomicU8::new(0)).collect()
         } else {
             Arc::new([])
         };
@@ -350,13 +353,13 @@ impl<V> SlotTable<V> {
                 SlotRef::Reserved | SlotRef::Empty => Slot::Reserved,
             };
             c.replace(i, tag, slot);
-            if exact {
+            if fingerprinted {
                 fps[idx].store(self.fingerprint(tag), Ordering::Relaxed);
             }
         }
         Self {
             mask: new_mask,
-            exact,
+            fingerprinted,
             fp_key: self.fp_key,
             fps,
             chunks: chunks.into_iter().map(Arc::new).collect(),

@@ -442,7 +442,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
                 work.table.replace(idx, 0, Slot::Empty);
                 work.counts.retired -= 1;
                 // A grown table is private to this transaction: no reader saw its slots.
-                if work.table.exact && !grew {
+                if work.table.fingerprinted && !grew {
                     freed_slots.push(idx);
                 }
                 freed += 1;

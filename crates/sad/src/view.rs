@@ -134,7 +134,7 @@ impl<V, O> fmt::Debug for SadView<V, O> {
 }
 
 impl<V, O> SadView<V, O> {
-    pub(crate) fn with_slots(slots: usize, fp_key: u16) -> Self {
+    pub(crate) fn with_slots(slots: usize, fp_key: u8) -> Self {
         Self {
             gen: 0,
             table: SlotTable::with_slots(slots, fp_key),
@@ -156,7 +156,7 @@ impl<V, O> SadView<V, O> {
     #[inline(always)]
     pub fn lookup(&self, spi: u32) -> Lookup<'_, V> {
         let t = &self.table;
-        if t.exact && t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
+        if t.fingerprinted && t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
             // No fingerprint match: not an SA of this table (see `table::Fingerprints`).
             return self.lookup_foreign(spi);
         }
@@ -165,7 +165,7 @@ impl<V, O> SadView<V, O> {
 
     /// Classify an inbound SPI reading its slot's entry (SPI and SA pointer, one cache line)
     /// without the fingerprint: tuned for hits. On large tables a miss costs a random line of
-    /// the entry table (16 bytes per slot) instead of the fingerprint array's 2 bytes, so use
+    /// the entry table (16 bytes per slot) instead of the fingerprint array's 1 byte, so use
     /// it where SPIs are expected to be known; [`crate::SadReader`]'s batches choose between
     /// the two from the hit rate they see.
     #[inline(always)]
@@ -256,7 +256,7 @@ impl<V, O> SadView<V, O> {
         // or keep the entries they read for pass 2 (hit-tuned: at 1Mi SAs ~1.25x faster
         // than computing each hit's address twice, while small-table and fingerprint
         // batches measured ~1.3x slower with the kept entries).
-        match (self.table.exact, direct) {
+        match (self.table.fingerprinted, direct) {
             (false, _) => self.batch_as::<WARM, TAG>(spis, out),
             (true, false) => self.batch_as::<WARM, FINGERPRINT>(spis, out),
             (true, true) => self.batch_as::<WARM, ENTRY>(spis, out),

@@ -1,4 +1,4 @@
-//! Tables of 64Ki slots and more look SPIs up by a 16-bit fingerprint array shared by all
+//! Tables of 64Ki slots and more look SPIs up by an 8-bit fingerprint array shared by all
 //! snapshots and written in place; these tests pin down the rules that keep that exact.
 
 use std::collections::HashSet;
