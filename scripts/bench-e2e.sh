@@ -7,8 +7,10 @@
 #
 # one after another in the same run, each measured with iperf3 TCP (1 stream, then 4
 # streams) and UDP (1400-byte IP packets at the highest loss-free rate, a short bisection),
-# then a table of Gbit/s and ratios, and for esplab the CPU each daemon used during the TCP
-# 1-stream test (100% = one core). Results: docs/PERFORMANCE.md ("End to end over TUN").
+# then a table of Gbit/s and ratios, for esplab the CPU each daemon used during the TCP
+# 1-stream test (100% = one core), and for every configuration the share of the whole
+# machine's CPU time left idle during that test (near 0% = the machine, not the tunnel, is
+# the limit). Results: docs/PERFORMANCE.md ("End to end over TUN").
 #
 # Topology (two namespaces created here, both veth ends inside them):
 #
@@ -186,6 +188,8 @@ udp_search() {
 
 # CPU time (user + system, clock ticks) of process $1: what a daemon used.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# All CPUs' ticks and their idle + iowait ticks, from the first line of /proc/stat.
+machine_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $5 + $6; exit }' /proc/stat; }
 CPU_PIDS=()  # the daemons whose CPU use the TCP 1-stream test reports (esplab only)
 HZ=$(getconf CLK_TCK)
 
@@ -193,11 +197,17 @@ declare -A RES
 measure() {
     local name=$1 dst=$2 src=$3
     say "$name: TCP 1 stream, ${DURATION}s"
-    local before=() p i t0 t1 cpu=""
+    local before=() p i t0 t1 cpu="" m0 m1
     for p in "${CPU_PIDS[@]}"; do before+=("$(cpu_ticks "$p")"); done
+    m0=$(machine_ticks)
     t0=$(date +%s.%N)
     RES[$name,tcp1]=$(tcp_test "$name" "$dst" "$src" 1)
     t1=$(date +%s.%N)
+    m1=$(machine_ticks)
+    # Includes iperf3's 1 s of omitted warm-up (-O 1) and its start and stop.
+    RES[$name,idle1]=$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        t = y[1] - x[1]; printf "%.0f%%", (t > 0 ? 100 * (y[2] - x[2]) / t : 0) }')
+    say "$name: machine CPU idle during TCP 1 stream: ${RES[$name,idle1]}"
     for i in "${!CPU_PIDS[@]}"; do
         cpu+=$(awk -v a="${before[$i]}" -v b="$(cpu_ticks "${CPU_PIDS[$i]}")" -v hz="$HZ" \
             -v t="$(awk -v x="$t0" -v y="$t1" 'BEGIN { print y - x }')" \
@@ -385,9 +395,10 @@ done
 # ---- report ----
 echo
 echo "End to end over TUN: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, TCP ${DURATION}s, UDP ${PKT} B packets (loss <= ${LOSS_PCT}%)"
-printf '%-40s %10s %10s %12s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "CPU A B (tcp-1)"
+printf '%-40s %10s %10s %12s %10s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "idle tcp-1" "CPU A B (tcp-1)"
 for c in "${RUNS[@]}"; do
-    printf '%-40s %10s %10s %12s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" "$(gbps "${RES[$c,udp]}")" "${RES[$c,cpu1]:-}"
+    printf '%-40s %10s %10s %12s %10s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" \
+        "$(gbps "${RES[$c,udp]}")" "${RES[$c,idle1]:-}" "${RES[$c,cpu1]:-}"
 done
 ratio() {
     local a=$1 b=$2
