@@ -28,6 +28,8 @@
 #                  also esplab@SWITCHES (esplab with ESPLAB_DATAPATH=SWITCHES, e.g.
 #                  esplab@no-tun-offload,no-batch: what each datapath optimisation gives)
 #                  and esplab-old (the binary in $ESPLAB_OLD, e.g. a build of an older commit)
+#                  and esplab+KEY=VALUE (esplab with `KEY = VALUE` in both configs' [capture]
+#                  table, e.g. esplab+ring=0: no flight recorder; esplab+snaplen=96)
 #   ESPLAB=PATH    the esplab binary (default: build target/release/esplab)
 #   KEEP=1         keep the state directory (configs, logs, iperf3 JSON) afterwards
 #
@@ -235,6 +237,7 @@ run_bare() { measure bare "$B_UL" "$A_UL"; }
 # ---- esplab <-> esplab ----
 esplab_config() {
     local me=$1 local=$2 peer=$3 lnet=$4 rnet=$5 out_key=$6 in_key=$7 out_spi=$8 in_spi=$9
+    local capture=${10:-}
     cat >"$STATE/esplab-$me.toml" <<CONF
 name = "$me"
 
@@ -252,6 +255,9 @@ socket = "$STATE/esplab-$me.sock"
 
 [log]
 file = "$STATE/esplab-$me.log"
+
+[capture]
+${capture%%=*}${capture:+ = }${capture#*=}
 
 [[peer]]
 name = "peer"
@@ -273,13 +279,13 @@ key = "$in_key"
 CONF
 }
 
-# run_esplab NAME BINARY SWITCHES
+# run_esplab NAME BINARY SWITCHES [CAPTURE_KEY=VALUE]
 run_esplab() {
-    local name=$1 bin=$2 switches=$3
+    local name=$1 bin=$2 switches=$3 capture=${4:-}
     # Fixed benchmark keys (never use them for anything real).
     local kab=a0a1a2a3a4a5a6a7a8a9aaabacadaeafc0c1c2c3 kba=b0b1b2b3b4b5b6b7b8b9babbbcbdbebfd0d1d2d3
-    esplab_config a "$A_UL" "$B_UL" "$A_IN/32" "$B_IN/32" $kab $kba 0xe2e00001 0xe2e00002
-    esplab_config b "$B_UL" "$A_UL" "$B_IN/32" "$A_IN/32" $kba $kab 0xe2e00002 0xe2e00001
+    esplab_config a "$A_UL" "$B_UL" "$A_IN/32" "$B_IN/32" $kab $kba 0xe2e00001 0xe2e00002 "$capture"
+    esplab_config b "$B_UL" "$A_UL" "$B_IN/32" "$A_IN/32" $kba $kab 0xe2e00002 0xe2e00001 "$capture"
     local pa pb
     ip netns exec "$NS_A" env ESPLAB_DATAPATH="$switches" "$bin" peer --config "$STATE/esplab-a.toml" \
         >"$STATE/$name-a.out" 2>&1 &
@@ -383,6 +389,7 @@ for c in $ONLY; do
     bare) run_bare ;;
     esplab) run_esplab "$run" "$ESPLAB" "" ;;
     esplab@*) run_esplab "$run" "$ESPLAB" "${c#esplab@}" ;;
+    esplab+*=*) run_esplab "$run" "$ESPLAB" "" "${c#esplab+}" ;;
     esplab-old)
         [[ -x ${ESPLAB_OLD:-} ]] || die "esplab-old needs ESPLAB_OLD=PATH to an esplab binary"
         run_esplab "$run" "$ESPLAB_OLD" ""

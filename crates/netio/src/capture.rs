@@ -42,6 +42,11 @@ const MAX_CHILDREN: usize = 16;
 pub struct CaptureConfig {
     /// Ring slots; 0 disables the recorder (and the dumps and the script).
     pub ring: usize,
+    /// Bytes kept of each recorded payload (like tcpdump's `-s`); 0 keeps whole packets
+    /// (up to the MTU plus ESP and UDP overhead). A short snap length makes recording a
+    /// short copy and lets a long ring stay small, at the price of payloads Wireshark can
+    /// no longer decrypt (headers, SPIs and sequence numbers stay readable).
+    pub snaplen: usize,
     /// At most one dump (and one script run) per this interval.
     pub min_interval: Duration,
     /// Where dumps go.
@@ -60,6 +65,7 @@ impl CaptureConfig {
             .unwrap_or_else(|| PathBuf::from(format!("/tmp/esplab-capture-{name}")));
         Self {
             ring: DEFAULT_RING,
+            snaplen: 0,
             min_interval: DEFAULT_MIN_INTERVAL,
             dir,
             on_event: None,
@@ -158,9 +164,18 @@ impl Ring {
         }
     }
 
-    /// A ring sized for a TUN MTU.
-    pub fn for_mtu(n: usize, mtu: usize) -> Self {
-        Self::new(n, mtu + SLOT_SLACK)
+    /// A ring sized for a TUN MTU: whole packets, or the first `snaplen` bytes of each
+    /// when `snaplen` is not 0.
+    pub fn for_mtu(n: usize, mtu: usize, snaplen: usize) -> Self {
+        let whole = mtu + SLOT_SLACK;
+        Self::new(
+            n,
+            if snaplen == 0 {
+                whole
+            } else {
+                snaplen.min(whole)
+            },
+        )
     }
 
     /// Slots.
@@ -405,7 +420,7 @@ impl Capture {
             return None;
         }
         Some(Self {
-            ring: Ring::for_mtu(cfg.ring, mtu),
+            ring: Ring::for_mtu(cfg.ring, mtu, cfg.snaplen),
             limit: RateLimit::new(cfg.min_interval),
             node: node.to_string(),
             cfg,
@@ -631,6 +646,41 @@ mod tests {
         assert!(z.is_empty());
     }
 
+    #[test]
+    fn snaplen_sizes_the_slots() {
+        let cfg = |snaplen| CaptureConfig {
+            snaplen,
+            ..CaptureConfig::defaults("a", None)
+        };
+        let whole = Capture::new(cfg(0), "a", 1400, Vec::new(), false).unwrap();
+        assert_eq!(whole.ring().slot_capacity(), 1400 + SLOT_SLACK);
+        let mut short = Capture::new(cfg(64), "a", 1400, Vec::new(), false).unwrap();
+        assert_eq!(short.ring().slot_capacity(), 64);
+        // Longer than a whole packet: whole packets.
+        let long = Capture::new(cfg(9000), "a", 1400, Vec::new(), false).unwrap();
+        assert_eq!(long.ring().slot_capacity(), 1400 + SLOT_SLACK);
+        short.record(
+            t(0),
+            Direction::In,
+            a("198.18.0.2"),
+            a("198.18.0.1"),
+            Transport::Udp {
+                sport: 4500,
+                dport: 4500,
+            },
+            &esp(0xc0de0001, 9, 1000),
+        );
+        // The pcap record keeps the SPI and sequence number and says how long the packet was.
+        let mut pcap = Vec::new();
+        assert_eq!(write_pcap(short.ring(), &mut pcap).unwrap(), 1);
+        let rec = &pcap[24..];
+        let incl = u32::from_le_bytes(rec[8..12].try_into().unwrap()) as usize;
+        let orig = u32::from_le_bytes(rec[12..16].try_into().unwrap()) as usize;
+        assert_eq!((incl, orig), (20 + 8 + 64, 20 + 8 + 1000));
+        let payload = &rec[16 + 28..16 + incl];
+        assert_eq!(&payload[..8], &esp(0xc0de0001, 9, 8)[..]);
+    }
+
     fn esp(spi: u32, seq: u32, len: usize) -> Vec<u8> {
         let mut v = vec![0xabu8; len];
         v[0..4].copy_from_slice(&spi.to_be_bytes());
@@ -790,6 +840,7 @@ mod tests {
         }
         let cfg = CaptureConfig {
             ring: 4,
+            snaplen: 0,
             min_interval: Duration::from_secs(60),
             dir: dir.clone(),
             on_event: Some(script),

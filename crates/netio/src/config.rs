@@ -52,6 +52,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawCapture {
     ring: Option<Spanned<i64>>,
+    snaplen: Option<Spanned<i64>>,
     min_interval: Option<Spanned<String>>,
     dir: Option<Spanned<String>>,
     on_event: Option<Spanned<String>>,
@@ -1185,6 +1186,23 @@ fn parse_capture(
                 )
             })?;
     }
+    if let Some(n) = &c.snaplen {
+        // 16 bytes hold the ESP header (SPI, sequence number) and the start of an IKE
+        // header; what a dump is for when the payload is not kept.
+        out.snaplen = usize::try_from(*n.get_ref())
+            .ok()
+            .filter(|n| *n == 0 || (16..=65_535).contains(n))
+            .ok_or_else(|| {
+                cx.err(
+                    n.span(),
+                    "capture.snaplen",
+                    format!(
+                        "{} out of range: 0 (whole packets) or 16..=65535",
+                        n.get_ref()
+                    ),
+                )
+            })?;
+    }
     if let Some(d) = &c.min_interval {
         out.min_interval =
             parse_duration(d.get_ref()).map_err(|m| cx.err(d.span(), "capture.min_interval", m))?;
@@ -1561,6 +1579,7 @@ dpd_delay = "10s"
         // Defaults: ring 1000, 60 s, no script, /tmp/esplab-capture-NAME without a log file.
         let c = Config::parse(Path::new("/etc/esplab/a.toml"), GOOD).unwrap();
         assert_eq!(c.capture.ring, 1000);
+        assert_eq!(c.capture.snaplen, 0);
         assert_eq!(c.capture.min_interval, Duration::from_secs(60));
         assert_eq!(c.capture.dir, PathBuf::from("/tmp/esplab-capture-a"));
         assert!(c.capture.on_event.is_none());
@@ -1568,10 +1587,11 @@ dpd_delay = "10s"
         let c = Config::parse(Path::new("/etc/esplab/a.toml"), &text).unwrap();
         assert_eq!(c.capture.dir, PathBuf::from("/etc/esplab/log"));
         let text = format!(
-            "{GOOD}[capture]\nring = 0\nmin_interval = \"5s\"\ndir = \"/var/tmp/cap\"\non_event = \"hook.sh\"\n"
+            "{GOOD}[capture]\nring = 0\nsnaplen = 96\nmin_interval = \"5s\"\ndir = \"/var/tmp/cap\"\non_event = \"hook.sh\"\n"
         );
         let c = Config::parse(Path::new("/etc/esplab/a.toml"), &text).unwrap();
         assert_eq!(c.capture.ring, 0);
+        assert_eq!(c.capture.snaplen, 96);
         assert_eq!(c.capture.min_interval, Duration::from_secs(5));
         assert_eq!(c.capture.dir, PathBuf::from("/var/tmp/cap"));
         assert_eq!(
@@ -1581,6 +1601,10 @@ dpd_delay = "10s"
         // GOOD has 27 lines; [capture] is line 28.
         let e = err_of(&format!("{GOOD}[capture]\nring = -1\n"));
         assert!(e.starts_with("a.toml:29: capture.ring:"), "{e}");
+        for bad in ["-1", "8", "65536"] {
+            let e = err_of(&format!("{GOOD}[capture]\nsnaplen = {bad}\n"));
+            assert!(e.starts_with("a.toml:29: capture.snaplen:"), "{e}");
+        }
         let e = err_of(&format!("{GOOD}[capture]\nmin_interval = \"often\"\n"));
         assert!(e.starts_with("a.toml:29: capture.min_interval:"), "{e}");
         let e = err_of(&format!("{GOOD}[capture]\non_event = \"\"\n"));
