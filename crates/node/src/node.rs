@@ -547,6 +547,10 @@ impl Node {
         self.retire_lingering(now);
         self.sad.purge(now);
         self.sad_changed();
+        // Move the reader to the current snapshot even with no packet to look up: a large
+        // SAD withholds the slots purge freed until no older snapshot is held, and an idle
+        // node's reader would otherwise hold one until the next packet.
+        let _ = self.reader.view();
         let window = self.cfg.log_limits.global_window;
         let due = match self.last_summary {
             None => {
@@ -1464,6 +1468,45 @@ mod reserve_tests {
         // A single reservation afterwards still avoids all of them.
         let one = n.reserve_spi().unwrap();
         assert!(!spis.contains(&one));
+    }
+
+    /// A large (fingerprinted) SAD withholds slots freed by purge while an older snapshot
+    /// lives. A node that saw no packet since keeps its reader's old snapshot; the periodic
+    /// tick must let it go, or SPI churn with no traffic (rekeys of idle tunnels) fills the
+    /// table with withheld slots and makes it grow.
+    #[test]
+    fn idle_node_lets_purged_slots_be_reused() {
+        let mut n = node();
+        let mut spis = Vec::new();
+        n.reserve_spis(30_000, &mut spis).unwrap();
+        let slots = n.sad.stats().slots;
+        assert_eq!(slots, 1 << 16, "fingerprinted table, under half full");
+        // One packet: the reader now holds the current snapshot, then the node goes idle.
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) =
+            ("198.18.0.1".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        let mut pkt = [0u8; 32];
+        pkt[..4].copy_from_slice(&0x0bad_0001u32.to_be_bytes());
+        n.inbound_udp(t0, a, 4500, b, 4500, &mut pkt, 0..32);
+        // Churn: 20 rounds of 500 SPIs released, purged after the grace period, replaced.
+        let mut now = t0;
+        let mut live: std::collections::VecDeque<u32> = spis.into();
+        for _ in 0..20 {
+            for _ in 0..500 {
+                let spi = live.pop_front().unwrap();
+                n.release_spi(spi, now);
+            }
+            now += Duration::from_secs(6);
+            n.handle_timeout(now);
+            n.reserve_spis(500, &mut Vec::new()).unwrap();
+            n.handle_timeout(now);
+        }
+        assert_eq!(n.sad.stats().reserved, 30_000);
+        assert_eq!(
+            n.sad.stats().slots,
+            slots,
+            "grew: purged slots stayed withheld"
+        );
     }
 
     #[test]
