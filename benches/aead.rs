@@ -30,7 +30,7 @@ fn params(alg: Algorithm, backend: Backend) -> SaParams {
 
 /// One ESP packet (SPI..ICV) carrying `size` payload bytes.
 fn esp_packet(p: &SaParams, size: usize) -> Vec<u8> {
-    let mut tx = OutboundSa::new(p).unwrap();
+    let tx = OutboundSa::new(p).unwrap();
     let h = tx.header_len();
     let mut buf = vec![0u8; h + size + tx.max_trailer_len()];
     let r = tx.encap_slice(&mut buf, h..h + size, 4, None).unwrap();

@@ -52,7 +52,7 @@ fn main() {
         "decap-gcm128-1400" | "decap-gcm128-64" => {
             let size = if path.ends_with("1400") { 1400 } else { 64 };
             let p = SaParams::new(0xc0de_0001, Algorithm::AesGcm128, &[0x42; 20], &[]);
-            let mut tx = OutboundSa::new(&p).unwrap();
+            let tx = OutboundSa::new(&p).unwrap();
             let h = tx.header_len();
             let mut buf = vec![0u8; h + size + tx.max_trailer_len()];
             let r = tx.encap_slice(&mut buf, h..h + size, 4, None).unwrap();

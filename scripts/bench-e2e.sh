@@ -26,10 +26,13 @@
 #   LOSS_PCT=P     highest loss still counted as loss-free, in percent (default 0)
 #   ONLY="a b"     configurations to run, of: bare esplab strongswan (default all three);
 #                  also esplab@SWITCHES (esplab with ESPLAB_DATAPATH=SWITCHES, e.g.
-#                  esplab@no-tun-offload,no-batch: what each datapath optimisation gives)
+#                  esplab@no-tun-offload,no-batch: what each datapath optimisation gives;
+#                  esplab@tx-thread: TUN -> ESP on a thread of its own)
 #                  and esplab-old (the binary in $ESPLAB_OLD, e.g. a build of an older commit)
 #                  and esplab+KEY=VALUE (esplab with `KEY = VALUE` in both configs' [capture]
 #                  table, e.g. esplab+ring=0: no flight recorder; esplab+snaplen=96)
+#   BIDIR=1        also TCP 1 stream each way at once (iperf3 --bidir; both directions'
+#                  sum): every daemon then encrypts and decrypts at full rate
 #   ESPLAB=PATH    the esplab binary (default: build target/release/esplab)
 #   KEEP=1         keep the state directory (configs, logs, iperf3 JSON) afterwards
 #
@@ -40,6 +43,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 DURATION=${DURATION:-10}
+BIDIR=${BIDIR:-0}
 UDP_DURATION=${UDP_DURATION:-2}
 UDP_STEPS=${UDP_STEPS:-6}
 LOSS_PCT=${LOSS_PCT:-0}
@@ -160,6 +164,13 @@ tcp_test() {
     jq -r '.end.sum_received.bits_per_second' "$f"
 }
 
+# TCP, one stream each way at once; prints both directions' sum.
+tcp_bidir() {
+    local name=$1 dst=$2 src=$3 f
+    f=$(run_iperf "$dst" "$src" "$name-bidir" -t "$DURATION" --bidir -O 1) || { echo 0; return; }
+    jq -r '.end.sum_received.bits_per_second + .end.sum_received_bidir_reverse.bits_per_second' "$f"
+}
+
 # One UDP probe at $4 bit/s; prints "received_bps lost_percent".
 udp_probe() {
     local name=$1 dst=$2 src=$3 rate=$4 f
@@ -220,9 +231,13 @@ measure() {
     [[ -n $cpu ]] && say "$name: CPU of the daemons (A B) during TCP 1 stream: ${cpu% }"
     say "$name: TCP 4 streams, ${DURATION}s"
     RES[$name,tcp4]=$(tcp_test "$name" "$dst" "$src" 4)
+    if ((BIDIR)); then
+        say "$name: TCP 1 stream each way, ${DURATION}s"
+        RES[$name,bidir]=$(tcp_bidir "$name" "$dst" "$src")
+    fi
     say "$name: UDP ${PKT} B, searching the highest loss-free rate"
     RES[$name,udp]=$(udp_search "$name" "$dst" "$src" "${RES[$name,tcp1]}")
-    say "$name: tcp1 $(gbps "${RES[$name,tcp1]}") tcp4 $(gbps "${RES[$name,tcp4]}") udp $(gbps "${RES[$name,udp]}") Gbit/s"
+    say "$name: tcp1 $(gbps "${RES[$name,tcp1]}") tcp4 $(gbps "${RES[$name,tcp4]}") udp $(gbps "${RES[$name,udp]}")${RES[$name,bidir]:+ bidir $(gbps "${RES[$name,bidir]}")} Gbit/s"
 }
 
 # Waits until A reaches B's inner address through the tunnel.
@@ -402,10 +417,11 @@ done
 # ---- report ----
 echo
 echo "End to end over TUN: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, TCP ${DURATION}s, UDP ${PKT} B packets (loss <= ${LOSS_PCT}%)"
-printf '%-40s %10s %10s %12s %10s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "idle tcp-1" "CPU A B (tcp-1)"
+printf '%-40s %10s %10s %12s %10s %10s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "bidir Gb/s" "idle tcp-1" "CPU A B (tcp-1)"
 for c in "${RUNS[@]}"; do
-    printf '%-40s %10s %10s %12s %10s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" \
-        "$(gbps "${RES[$c,udp]}")" "${RES[$c,idle1]:-}" "${RES[$c,cpu1]:-}"
+    printf '%-40s %10s %10s %12s %10s %10s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" \
+        "$(gbps "${RES[$c,udp]}")" "$( [[ -n ${RES[$c,bidir]:-} ]] && gbps "${RES[$c,bidir]}" || echo -)" \
+        "${RES[$c,idle1]:-}" "${RES[$c,cpu1]:-}"
 done
 ratio() {
     local a=$1 b=$2

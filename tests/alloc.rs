@@ -460,6 +460,40 @@ fn node_datapath_delivers_and_encaps_without_allocating() {
     }
 }
 
+/// The sending thread's path (`[datapath] tx_thread`): a split node's `TxHandle`
+/// encrypts without allocating, also on the packet right after the node published a
+/// change (the handle only takes a reference to the new plane).
+#[test]
+fn split_tx_handle_encaps_without_allocating() {
+    let t0 = Instant::now();
+    let (mut a, _b) = pair(Algorithm::AesGcm128, LogLimits::default(), t0);
+    let mut h = a.split_tx();
+    let mut buf = vec![0u8; SLOT];
+    let mut counted = 0;
+    for i in 0..NODE_PACKETS {
+        if i == NODE_PACKETS / 2 {
+            // A control-plane change mid-stream (its own allocations are not counted).
+            a.install_outbound(0, &sa(A_TO_B + 1, Algorithm::AesGcm128), t0)
+                .unwrap();
+        }
+        let n = inner_len(i);
+        let end = HEADROOM + n + TAILROOM;
+        write_inner(&mut buf[HEADROOM..], n, i);
+        let start = allocations();
+        let v = h.outbound(t0, &mut buf[..end], HEADROOM..HEADROOM + n);
+        let delta = allocations() - start;
+        assert!(matches!(v, Outbound::Send { .. }), "{v:?}");
+        if i >= NODE_WARMUP {
+            counted += delta;
+        }
+    }
+    assert_eq!(
+        counted, 0,
+        "{counted} allocations in {NODE_PACKETS} packets"
+    );
+    assert_eq!(a.counters_total().out_packets, NODE_PACKETS as u64);
+}
+
 /// A batched inbound entry point: the node's, or the agent's (which the daemon uses).
 trait BatchSink {
     fn feed(&mut self, now: Instant, batch: &mut [UdpDatagram<'_>], out: &mut [Inbound]);

@@ -67,7 +67,23 @@ fn invalid_spi_dumps_pcap_uat_and_runs_on_event() {
     if !netns_available(test) {
         return;
     }
-    let lab = Lab::up("cap", Encap::Udp, 4);
+    dumps_pcap_uat_and_runs_on_event(Lab::up("cap", Encap::Udp, 4));
+}
+
+/// The same with B's TUN → ESP direction on a thread of its own: that thread records
+/// what it sends in a ring of its own, and the dump merges both rings in time order, so
+/// B's echo replies (sent by that thread) are in it, each after its request.
+#[test]
+fn dump_merges_the_sending_threads_ring() {
+    let test = "dump_merges_the_sending_threads_ring";
+    if !netns_available(test) {
+        return;
+    }
+    let lab = Lab::up_env("captx", Encap::Udp, 4, &[("ESPLAB_DATAPATH", "tx-thread")]);
+    dumps_pcap_uat_and_runs_on_event(lab);
+}
+
+fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
     let cap = lab.state.join("capture");
     let hook = lab.state.join("hook.sh");
     let env_file = lab.state.join("hook.env");
@@ -170,5 +186,21 @@ fn invalid_spi_dumps_pcap_uat_and_runs_on_event() {
             .filter(|l| l.contains("Echo (ping) request"))
             .count();
         assert!(requests >= 3, "tshark decoded no pings:\n{}", o.stdout);
+        // B's replies to the two pings before the clear, recorded as B sent them (by the
+        // sending thread when it has one), each after its request in the merged dump.
+        let replies: Vec<usize> = o
+            .stdout
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains("Echo (ping) reply"))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(replies.len() >= 2, "no replies in the dump:\n{}", o.stdout);
+        let first_request = o
+            .stdout
+            .lines()
+            .position(|l| l.contains("Echo (ping) request"))
+            .unwrap();
+        assert!(replies[0] > first_request, "out of order:\n{}", o.stdout);
     }
 }

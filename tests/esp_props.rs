@@ -676,7 +676,7 @@ fn authentic_sequence_number_zero() {
 
                 // The twin with seq 1: the hand-built bytes equal the engine's.
                 let one = craft(&keys, 1, hi, &iv, payload);
-                let mut tx = keys.outbound(esn);
+                let tx = keys.outbound(esn);
                 let hdr = tx.header_len();
                 let mut buf = vec![0u8; hdr + payload.len() + tx.max_trailer_len()];
                 buf[hdr..hdr + payload.len()].copy_from_slice(payload);

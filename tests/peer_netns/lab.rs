@@ -299,12 +299,19 @@ pub struct Lab {
     pub encap: Encap,
     /// Underlay family, 4 or 6.
     pub family: u8,
+    /// Extra environment for run.sh and so for the daemons (`ESPLAB_DATAPATH=...`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Lab {
     /// Builds the lab with `run.sh up`. `scenario` makes the names unique (short: it ends
     /// up in namespace names).
     pub fn up(scenario: &str, encap: Encap, family: u8) -> Lab {
+        Self::up_env(scenario, encap, family, &[])
+    }
+
+    /// [`Lab::up`] with extra environment for the daemons (kept for restarts).
+    pub fn up_env(scenario: &str, encap: Encap, family: u8, env: &[(&str, &str)]) -> Lab {
         sweep_stale();
         let tag = format!("{PREFIX}{}-{scenario}", std::process::id());
         let state = PathBuf::from("/tmp").join(&tag);
@@ -317,6 +324,10 @@ impl Lab {
             state,
             encap,
             family,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         // Made before `up` runs, so a half-built lab is torn down too.
         let o = run(lab.run_sh().arg("up"), Duration::from_secs(30));
@@ -340,7 +351,8 @@ impl Lab {
             .env("NS_A", &self.ns_a)
             .env("NS_B", &self.ns_b)
             .env("ENCAP", self.encap.name())
-            .env("FAMILY", self.family.to_string());
+            .env("FAMILY", self.family.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -15,6 +15,7 @@ use crate::transform::{Algorithm, Backend, Cipher};
 use crate::wire::{EspPacket, ESP_HEADER_LEN, NEXT_HEADER_IPV4, NEXT_HEADER_IPV6};
 use bytes::BytesMut;
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Everything needed to key one direction of an SA.
 #[derive(Clone)]
@@ -95,13 +96,17 @@ fn min_len(cipher: &Cipher) -> usize {
 }
 
 /// Outbound (sending) SA: keys and the sequence counter.
+///
+/// Encapsulation takes `&self`: the counter is atomic, so a sending thread of its own can
+/// share the SA with the thread that installed it (`show sa` reads the counter) and two
+/// threads encrypting on one SA would still never reuse a number.
 #[derive(Debug)]
 pub struct OutboundSa {
     spi: u32,
     esn: bool,
     cipher: Cipher,
     /// The last sequence number sent (0 = none yet).
-    last_seq: u64,
+    last_seq: AtomicU64,
 }
 
 impl OutboundSa {
@@ -111,7 +116,7 @@ impl OutboundSa {
             spi: p.spi,
             esn: p.esn,
             cipher: p.cipher()?,
-            last_seq: 0,
+            last_seq: AtomicU64::new(0),
         })
     }
 
@@ -121,7 +126,7 @@ impl OutboundSa {
             spi,
             esn,
             cipher,
-            last_seq: 0,
+            last_seq: AtomicU64::new(0),
         }
     }
 
@@ -142,12 +147,12 @@ impl OutboundSa {
 
     /// The last sequence number sent.
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.last_seq.load(Ordering::Relaxed)
     }
 
     /// Makes the next packet use sequence number `next` (tools and tests; `next` ≥ 1).
     pub fn set_next_seq(&mut self, next: u64) {
-        self.last_seq = next.saturating_sub(1);
+        *self.last_seq.get_mut() = next.saturating_sub(1);
     }
 
     /// Bytes of headroom needed before the payload: SPI, sequence number, IV.
@@ -167,14 +172,17 @@ impl OutboundSa {
         (a - (len + 2) % a) % a
     }
 
-    fn next_seq(&mut self) -> Result<u64, EspError> {
-        // RFC 4303 §3.3.3: the counter MUST NOT cycle; the SA must be rekeyed first.
+    fn next_seq(&self) -> Result<u64, EspError> {
+        // RFC 4303 §3.3.3: the counter MUST NOT cycle; the SA must be rekeyed first. One
+        // read-modify-write, so concurrent senders get distinct numbers. Relaxed: the number
+        // orders nothing else in memory.
         let limit = if self.esn { u64::MAX } else { u32::MAX as u64 };
-        if self.last_seq >= limit {
-            return Err(EspError::SequenceExhausted);
-        }
-        self.last_seq += 1;
-        Ok(self.last_seq)
+        self.last_seq
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+                (l < limit).then(|| l + 1)
+            })
+            .map(|l| l + 1)
+            .map_err(|_| EspError::SequenceExhausted)
     }
 
     /// Encapsulates `buf[payload]` in place. `buf[payload.start - header_len()..payload.start]`
@@ -182,7 +190,7 @@ impl OutboundSa {
     /// `buf` must extend at least `max_trailer_len()` past it. `iv` overrides the default IV
     /// (tests make output deterministic with it).
     pub fn encap_slice(
-        &mut self,
+        &self,
         buf: &mut [u8],
         payload: Range<usize>,
         next_header: u8,
@@ -236,7 +244,7 @@ impl OutboundSa {
     /// (no allocation while its capacity allows) and returns where the ESP packet starts; the
     /// bytes in front of it are still free for an outer header.
     pub fn encap(
-        &mut self,
+        &self,
         buf: &mut BytesMut,
         payload_offset: usize,
         next_header: u8,

@@ -153,7 +153,7 @@ fn child_sa_keys_drive_the_esp_engine() {
             .sa_params(Direction::InitiatorToResponder, spi_r)
             .unwrap();
         assert_eq!(tx_params.esn, s.ends_with("-esn"));
-        let mut tx = OutboundSa::new(&tx_params).unwrap();
+        let tx = OutboundSa::new(&tx_params).unwrap();
         let mut rx = InboundSa::new(&rx_params).unwrap();
         let payload = b"\x45\x00inner packet";
         let mut buf = vec![0u8; tx.header_len() + payload.len() + tx.max_trailer_len()];

@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Default number of ring slots (`[capture] ring`).
@@ -113,7 +114,7 @@ struct Slot {
 }
 
 /// Fixed-size ring of the last packets; oldest overwritten first.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ring {
     slots: Vec<Slot>,
     /// Slot the next record goes into.
@@ -296,10 +297,24 @@ pub fn rebuild(r: &Record<'_>, out: &mut Vec<u8>) -> io::Result<usize> {
 
 /// Writes every record of `ring` as a pcap file to `w`; returns the number of packets.
 pub fn write_pcap(ring: &Ring, w: &mut impl Write) -> io::Result<usize> {
+    write_pcap_merged(ring, None, w)
+}
+
+/// [`write_pcap`] of two rings (the datapath's and the sending thread's), their records
+/// merged in time order.
+pub fn write_pcap_merged(a: &Ring, b: Option<&Ring>, w: &mut impl Write) -> io::Result<usize> {
     write_pcap_header(w)?;
-    let mut buf = Vec::with_capacity(ring.slot_capacity() + 64);
+    let cap = a.slot_capacity().max(b.map_or(0, Ring::slot_capacity));
+    let mut buf = Vec::with_capacity(cap + 64);
     let mut n = 0;
-    for r in ring.iter() {
+    let mut xs = a.iter().peekable();
+    let mut ys = b.into_iter().flat_map(Ring::iter).peekable();
+    let merged = std::iter::from_fn(|| match (xs.peek(), ys.peek()) {
+        (Some(x), Some(y)) if y.at < x.at => ys.next(),
+        (Some(_), _) => xs.next(),
+        (None, _) => ys.next(),
+    });
+    for r in merged {
         let wire = rebuild(&r, &mut buf)?;
         let d = r.at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let mut h = [0u8; 16];
@@ -399,6 +414,8 @@ pub struct Capture {
     /// Whether key material may be written (`log.debug_keys`).
     debug_keys: bool,
     children: Vec<Child>,
+    /// The sending thread's ring, when the TUN → ESP direction has a thread of its own.
+    tx_ring: Option<Arc<Mutex<Ring>>>,
 }
 
 /// Negotiated-SA UAT lines kept (two per CHILD SA; old pairs fall off).
@@ -429,7 +446,19 @@ impl Capture {
             ikev2_uat: Vec::new(),
             debug_keys,
             children: Vec::new(),
+            tx_ring: None,
         })
+    }
+
+    /// A second ring the size of this one, for the sending thread; dumps then include
+    /// what it records ([`Capture::dump`] merges both in time order).
+    pub fn make_tx_ring(&self) -> Ring {
+        Ring::new(self.ring.capacity(), self.ring.slot_capacity())
+    }
+
+    /// The sending thread's ring, shared (see [`Capture::make_tx_ring`]).
+    pub fn set_tx_ring(&mut self, r: Arc<Mutex<Ring>>) {
+        self.tx_ring = Some(r);
     }
 
     /// Records one packet (see [`Ring::record`]).
@@ -551,7 +580,13 @@ impl Capture {
         let uat = self.cfg.dir.join(format!("{stem}.uat"));
         let ike_uat = self.cfg.dir.join(format!("{stem}.ikev2_decryption_table"));
         let mut w = io::BufWriter::new(std::fs::File::create(&pcap)?);
-        let packets = write_pcap(&self.ring, &mut w)?;
+        // The sending thread's ring is copied under its lock (one memory copy, once per
+        // dump at most), so that thread never waits for the file to be written.
+        let tx = self
+            .tx_ring
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let packets = write_pcap_merged(&self.ring, tx.as_ref(), &mut w)?;
         w.flush()?;
         // Key material: owner-only.
         let mut o = std::fs::OpenOptions::new();

@@ -43,8 +43,16 @@ struct RawConfig {
     ike: Option<RawIke>,
     recovery: Option<RawRecovery>,
     capture: Option<RawCapture>,
+    datapath: Option<RawDatapath>,
     #[serde(default)]
     peer: Vec<RawPeer>,
+}
+
+/// How the datapath runs (`[datapath]`, docs/PERFORMANCE.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatapath {
+    tx_thread: Option<bool>,
 }
 
 /// The invalid-SPI flight recorder (`[capture]`, docs/recovery.md).
@@ -245,6 +253,8 @@ pub struct Config {
     pub user: Option<String>,
     /// Rate limit of the events file and followers (`log.events_per_second`, 0 = none).
     pub events_per_second: u32,
+    /// `datapath.tx_thread`: the TUN → ESP direction on a thread of its own.
+    pub tx_thread: bool,
 }
 
 /// strongSwan-style identity: an IP address is an IP identity, `user@host` an RFC 822
@@ -851,6 +861,11 @@ impl Config {
                 u => u.as_ref().map(|u| u.get_ref().clone()),
             },
             events_per_second,
+            tx_thread: raw
+                .datapath
+                .as_ref()
+                .and_then(|d| d.tx_thread)
+                .unwrap_or(false),
         })
     }
 }
@@ -1572,6 +1587,22 @@ dpd_delay = "10s"
         assert!(c.ike.unwrap().peers[0].remote_addr.is_none());
         let e = err_of(&IKE.replace("address = \"198.18.0.2\"\n", ""));
         assert!(e.contains("peer[0].address: missing"), "{e}");
+    }
+
+    #[test]
+    fn datapath_keys() {
+        let c = Config::parse(Path::new("/etc/esplab/a.toml"), GOOD).unwrap();
+        assert!(!c.tx_thread, "one datapath thread unless asked");
+        let text = format!("{GOOD}[datapath]\ntx_thread = true\n");
+        assert!(
+            Config::parse(Path::new("/etc/esplab/a.toml"), &text)
+                .unwrap()
+                .tx_thread
+        );
+        let e = err_of(&format!("{GOOD}[datapath]\ntx_thread = 2\n"));
+        assert!(e.contains("tx_thread") || e.contains("bool"), "{e}");
+        let e = err_of(&format!("{GOOD}[datapath]\nthreads = 2\n"));
+        assert!(e.contains("threads"), "{e}");
     }
 
     #[test]

@@ -1,40 +1,43 @@
 //! `esplab peer`: one node on a TUN device and the underlay sockets.
 //!
 //! Runtime: tokio current-thread. The node is a single piece of mutable state and a
-//! packet's work is a short burst of crypto, so one task owns it and runs the whole
-//! datapath: no locks, no `Sync` node, no cross-thread wakeups. The control connections are
-//! other tasks on the same thread; they only run between packet batches and reach the node
-//! through a bounded channel. A multi-thread runtime would add wakeup latency without
-//! parallelising anything (the datapath would still be one task); spreading packets over
-//! cores needs per-queue nodes or SA sharding, which is a later step.
+//! packet's work is a short burst of crypto, so one task owns it and runs the datapath:
+//! no locks, no `Sync` node. The control connections are other tasks on the same thread;
+//! they only run between packet batches and reach the node through a bounded channel.
 //!
 //! Loop: wait until the TUN device, a socket, the control channel, the 1 s tick or a
 //! signal is ready; drain the ready source with non-blocking batched reads (up to [`BATCH`]
 //! TUN reads, each possibly a 64 KiB offloaded super-packet; one `recvmmsg` of up to 64
 //! datagrams or GRO runs, handed to the agent in groups whose SPIs are looked up in one
 //! pass, `Agent::handle_underlay_udp_batch`) into buffers made once at start (pool.rs);
-//! send the results in one batched write (`sendmmsg` with UDP GSO, batch.rs; tun-rs
+//! send the results in one batched write (`sendmmsg` with UDP GSO, tx.rs; tun-rs
 //! `send_multiple` with GRO); then hand the node's events to the log, the ring, followers
-//! and the events file. A thread per direction was evaluated and left out (see
-//! docs/PERFORMANCE.md, "End to end over TUN": neither daemon is CPU-bound on the 2-core
-//! machine it was measured on).
+//! and the events file.
+//!
+//! With `[datapath] tx_thread = true` the TUN → ESP direction (tx.rs: TUN read, encrypt,
+//! `sendmmsg`) runs on a thread of its own with the node's outbound half
+//! (`Node::split_tx`), and this task keeps everything else: ESP → TUN, IKE, recovery,
+//! timers and the control socket. Off by default: on the 2-core machine it was measured on,
+//! both cores are busy during a transfer and a second thread per daemon gains nothing
+//! (docs/PERFORMANCE.md, "End to end over TUN").
 
-use crate::batch::{self, SendQueue};
+use crate::batch;
 use crate::capture::{Capture, Direction, Transport};
 use crate::clock::WallClock;
 use crate::config::{Config, SaDirection};
 use crate::control::{CounterRow, EventRecord, Request, Response, SaRow};
 use crate::events::EventSink;
 use crate::log::Logger;
-use crate::pool::{Knobs, TunReader, TunWriter, UdpRx, TUN_READ_ROOM, TUN_SEGMENTS};
+use crate::pool::{Knobs, TunWriter, UdpRx};
 use crate::route::{self, RouteError, Routes};
 use crate::server::{self, ControlError, Ctl};
-use crate::tun::{self, TunError};
+use crate::tun::{self, Tun, TunError};
+use crate::tx::{IoNotes, TunFailed, TunSource, TxNote, TxPath, TxSockets, TxThread};
 use crate::underlay::{Underlay, UnderlayError};
 use esplab_esp::Encap;
 use esplab_node::{
-    Agent, AgentConfig, AgentError, AgentEvent, Event, Inbound, NodeError, Outbound, UdpDatagram,
-    UnderlayEncap, BATCH as NODE_BATCH, HEADROOM,
+    Agent, AgentConfig, AgentError, AgentEvent, Event, Inbound, NodeError, UdpDatagram,
+    UnderlayEncap, BATCH as NODE_BATCH,
 };
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -44,7 +47,6 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tun_rs::AsyncDevice;
 
 /// Packets taken from one source per wakeup before the others get a turn.
 pub const BATCH: usize = 64;
@@ -116,7 +118,7 @@ pub enum DaemonError {
     #[error("cannot start: {0}")]
     Runtime(io::Error),
     /// `ESPLAB_DATAPATH` names a switch that does not exist.
-    #[error("ESPLAB_DATAPATH: unknown switch {0:?} (known: no-tun-offload, no-udp-gso, no-udp-gro, no-batch, no-sad-batch)")]
+    #[error("ESPLAB_DATAPATH: unknown switch {0:?} (known: no-tun-offload, no-udp-gso, no-udp-gro, no-batch, no-sad-batch, tx-thread)")]
     Knobs(String),
 }
 
@@ -216,11 +218,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             .flat_map(|p| p.local_ts.iter().chain(&p.remote_ts))
             .any(|t| t.start_addr().is_ipv6());
     // Datapath optimisations, all on unless switched off for a measurement (pool.rs).
-    let knobs = match std::env::var("ESPLAB_DATAPATH") {
+    let mut knobs = match std::env::var("ESPLAB_DATAPATH") {
         Ok(v) => Knobs::parse(&v).map_err(DaemonError::Knobs)?,
         Err(_) => Knobs::default(),
     };
-    let tun = tun::open(&config.tun, v6, knobs.tun_offload)?;
+    knobs.tx_thread |= config.tx_thread;
+    let tun = tun::open(&config.tun, v6, knobs.tun_offload, knobs.tx_thread)?;
     let local = config.node.local;
     let port = peers
         .first()
@@ -335,6 +338,25 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             ""
         }
     ));
+    let socks = TxSockets::dup(&underlay).map_err(DaemonError::Runtime)?;
+    let tx_path = TxPath::new(mtu, TUN_SLACK, &knobs, socks, &config.tun.name);
+    let mut capture = capture;
+    let (tx_path, tx_thread) = match &tun {
+        Tun::Async(_) => (Some(tx_path), None),
+        Tun::Shared(dev) => {
+            // The TUN → ESP direction on a thread of its own (tx.rs): it takes the node's
+            // outbound half, the read buffers, duplicated sockets and a recorder ring.
+            let handle = agent.node_mut().split_tx();
+            let ring = capture.as_ref().map(Capture::make_tx_ring);
+            let t = TxThread::spawn(dev.clone(), tx_path, handle, ring, clock)
+                .map_err(DaemonError::Runtime)?;
+            if let (Some(c), Some(r)) = (&mut capture, &t.ring) {
+                c.set_tx_ring(r.clone());
+            }
+            log.line("datapath: TUN -> ESP on a thread of its own (esplab-tx)");
+            (None, Some(t))
+        }
+    };
     let mut dp = Datapath {
         agent,
         ike_sock,
@@ -344,17 +366,21 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         log,
         events,
         io: IoCounters::default(),
-        io_note: None,
-        tun_rx: TunReader::new(mtu, TUN_SLACK),
+        io_notes: IoNotes::default(),
+        tx: tx_path,
+        tx_thread,
+        tx_base: (0, 0),
         tun_tx: TunWriter::new(),
         udp_rx: UdpRx::new(if knobs.batch { batch::MAX_BATCH } else { 1 }),
-        udp_tx: SendQueue::new(TUN_SEGMENTS, knobs.udp_gso),
         knobs,
         to_tun: vec![0; UNDERLAY_BUF],
         capture,
         clock,
     };
     let result = dp.run(ctl_rx).await;
+    if let Some(t) = &mut dp.tx_thread {
+        t.stop();
+    }
     server.abort();
     let _ = server.await;
     let msg = match &result {
@@ -397,9 +423,6 @@ impl IoCounters {
     }
 }
 
-/// At most one I/O error line per this interval; the counters have the exact numbers.
-const IO_NOTE_INTERVAL: Duration = Duration::from_secs(10);
-
 enum Wake {
     Tun(io::Result<()>),
     Udp(io::Result<()>),
@@ -415,23 +438,25 @@ struct Datapath {
     agent: Agent,
     /// UDP 500, when some peer uses IKE.
     ike_sock: Option<tokio::net::UdpSocket>,
-    tun: AsyncDevice,
+    tun: Tun,
     tun_name: String,
     underlay: Underlay,
     log: Logger,
     events: EventSink,
     io: IoCounters,
-    /// When the last I/O error line was printed, and how many errors since.
-    io_note: Option<(Instant, u64)>,
-    /// TUN → underlay: one buffer per packet of a batch (HEADROOM, packet, TAILROOM).
-    tun_rx: TunReader,
+    /// Rate limit of I/O error lines.
+    io_notes: IoNotes,
+    /// TUN → underlay, when this task runs it (`None`: the sending thread has it).
+    tx: Option<TxPath>,
+    /// The sending thread, with `datapath.tx_thread`.
+    tx_thread: Option<TxThread>,
+    /// The sending thread's I/O error counts at the last `clear counters` (underlay
+    /// sends, TUN reads).
+    tx_base: (u64, u64),
     /// Underlay → TUN: decrypted packets waiting for one batched write.
     tun_tx: TunWriter,
     /// Underlay → TUN: the `recvmmsg` slots of the NAT-T socket.
     udp_rx: UdpRx,
-    /// TUN → underlay: encrypted packets waiting for one `sendmmsg` (they stay in
-    /// `tun_rx` until then).
-    udp_tx: SendQueue,
     /// Which datapath optimisations are on.
     knobs: Knobs,
     /// Underlay → TUN: decrypted in place.
@@ -495,7 +520,13 @@ impl Datapath {
                         None => std::future::pending().await,
                     }
                 } => Wake::Timer,
-                r = self.tun.readable() => Wake::Tun(r),
+                r = async {
+                    match &self.tun {
+                        Tun::Async(d) => d.readable().await,
+                        // The sending thread reads it.
+                        Tun::Shared(_) => std::future::pending().await,
+                    }
+                } => Wake::Tun(r),
                 r = self.underlay.udp_readable() => Wake::Udp(r),
                 r = self.underlay.raw_readable() => Wake::Raw(r),
                 m = recv_ctl(&mut ctl) => Wake::Ctl(m),
@@ -537,6 +568,7 @@ impl Datapath {
                     ctl = None;
                 }
                 Wake::Tick => {
+                    self.tx_notes()?;
                     self.agent.handle_timeout(Instant::now());
                     // Finished on_event scripts must not stay zombies.
                     if let Some(c) = &mut self.capture {
@@ -689,122 +721,88 @@ impl Datapath {
     }
 
     fn io_error(&mut self, what: &str, e: &io::Error) {
-        let now = Instant::now();
-        match &mut self.io_note {
-            Some((last, held)) if now.duration_since(*last) < IO_NOTE_INTERVAL => *held += 1,
-            note => {
-                let held = note.map(|(_, h)| h).unwrap_or(0);
-                let more = if held > 0 {
-                    format!(" ({held} more I/O errors since the last note)")
-                } else {
-                    String::new()
-                };
-                self.log.line(&format!("{what}: {e}{more}"));
-                *note = Some((now, 0));
-            }
+        if let Some(l) = self.io_notes.line(Instant::now(), what, e) {
+            self.log.line(&l);
         }
     }
 
-    /// Inner packets from the kernel: encrypt and send to the peer. Each TUN read may
-    /// yield many packets (a GSO super-packet split by tun-rs); they are encrypted in
-    /// place in their own buffers and the UDP ones leave in one batched send.
+    /// Inner packets from the kernel: encrypted and sent (tx.rs), when this task has the
+    /// TUN → ESP direction.
     fn tun_to_net(&mut self) -> Result<(), DaemonError> {
-        // Buffers [0, used) hold packets of this batch (queued in `udp_tx` or dropped).
-        let mut used = 0;
-        for _ in 0..BATCH {
-            if TUN_SEGMENTS - used < TUN_READ_ROOM {
-                self.flush_udp_tx();
-                used = 0;
+        let Self {
+            tx,
+            tun,
+            agent,
+            capture,
+            clock,
+            log,
+            io_notes,
+            ..
+        } = self;
+        let (Some(tx), Tun::Async(dev)) = (tx, &*tun) else {
+            return Ok(());
+        };
+        let mut note = |what: &str, e: &io::Error| {
+            if let Some(l) = io_notes.line(Instant::now(), what, e) {
+                log.line(&l);
             }
-            let n = match self.tun_rx.read(&self.tun, used) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) if source.raw_os_error().is_some() => {
-                    return Err(DaemonError::TunIo {
-                        name: self.tun_name.clone(),
-                        source,
-                    })
-                }
-                Err(e) => {
-                    // tun-rs refused what the kernel handed over (a malformed offload
-                    // header): that packet is lost, the device is fine.
-                    self.io.tun_rx_errors += 1;
-                    self.io_error(&format!("reading from {}", self.tun_name), &e);
-                    continue;
-                }
-            };
-            let now = Instant::now();
-            for i in used..used + n {
-                let payload = HEADROOM..HEADROOM + self.tun_rx.sizes[i];
-                let Outbound::Send {
-                    esp,
-                    dst,
-                    port,
-                    encap,
-                } = self
-                    .agent
-                    .handle_tun(now, &mut self.tun_rx.segs[i], payload)
-                else {
-                    // Drops were counted by the node.
-                    continue;
-                };
-                let pkt = &self.tun_rx.segs[i][esp.clone()];
-                if let Some(c) = &mut self.capture {
-                    let t = match encap {
-                        UnderlayEncap::Udp => Transport::Udp {
-                            sport: self.underlay.port,
-                            dport: port,
-                        },
-                        UnderlayEncap::Raw => Transport::Esp,
-                    };
-                    c.record(
-                        self.clock.wall(now),
-                        Direction::Out,
-                        self.underlay.local,
-                        dst,
-                        t,
-                        pkt,
-                    );
-                }
-                let r = match encap {
-                    UnderlayEncap::Udp if self.underlay.udp.is_some() => {
-                        self.udp_tx.push(i, esp, SocketAddr::new(dst, port));
-                        if !self.knobs.batch {
-                            self.flush_udp_tx();
-                        }
-                        Ok(0)
-                    }
-                    UnderlayEncap::Udp => self.underlay.try_send_udp(pkt, dst, port),
-                    UnderlayEncap::Raw => self.underlay.try_send_raw(pkt, dst),
-                };
-                if let Err(e) = r {
-                    // A full socket buffer drops the packet like a full NIC queue would.
-                    self.io.underlay_tx_errors += 1;
-                    self.io_error(&format!("sending to {dst}"), &e);
-                }
-            }
-            used += n;
+        };
+        match tx.tun_to_net(TunSource::Async(dev), agent, capture, clock, &mut note) {
+            Ok(_) => Ok(()),
+            Err(TunFailed(source)) => Err(DaemonError::TunIo {
+                name: self.tun_name.clone(),
+                source,
+            }),
         }
-        self.flush_udp_tx();
-        Ok(())
     }
 
-    /// Sends the queued UDP-encapsulated ESP packets (one `sendmmsg`, GSO runs).
-    fn flush_udp_tx(&mut self) {
-        if self.udp_tx.is_empty() {
-            return;
+    /// The sending thread's I/O error counts (underlay sends, TUN reads), all time.
+    fn tx_thread_io(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.tx_thread.as_ref().map_or((0, 0), |t| {
+            (
+                t.status.underlay_tx_errors.load(Relaxed),
+                t.status.tun_rx_errors.load(Relaxed),
+            )
+        })
+    }
+
+    /// I/O error counters of both directions, wherever they run.
+    fn io_counters(&self) -> IoCounters {
+        let mut c = self.io;
+        if let Some(tx) = &self.tx {
+            c.underlay_tx_errors += tx.underlay_tx_errors;
+            c.tun_rx_errors += tx.tun_rx_errors;
         }
-        let Some(udp) = &self.underlay.udp else {
-            return;
+        let (u, t) = self.tx_thread_io();
+        c.underlay_tx_errors += u.wrapping_sub(self.tx_base.0);
+        c.tun_rx_errors += t.wrapping_sub(self.tx_base.1);
+        c
+    }
+
+    /// What the sending thread said since the last tick: log lines, or that the TUN
+    /// device failed under it (then the daemon stops, as it would on its own read error).
+    fn tx_notes(&mut self) -> Result<(), DaemonError> {
+        let Some(t) = &self.tx_thread else {
+            return Ok(());
         };
-        // Straight to the descriptor: a send never waits, and what the socket refuses
-        // is dropped, so tokio's write readiness has nothing to track.
-        let f = self.udp_tx.flush(udp.as_raw_fd(), &self.tun_rx.segs);
-        if f.dropped > 0 {
-            self.io.underlay_tx_errors += f.dropped as u64;
-            let e = io::Error::from(f.error.unwrap_or(io::ErrorKind::Other));
-            self.io_error(&format!("sending {} ESP packets", f.dropped), &e);
+        let mut lines = Vec::new();
+        let mut failed = None;
+        while let Ok(n) = t.notes.try_recv() {
+            match n {
+                TxNote::Line(l) => lines.push(l),
+                TxNote::Failed(e) => failed = Some(e),
+            }
+        }
+        for l in lines {
+            self.log.line(&l);
+        }
+        match failed {
+            None => Ok(()),
+            Some(source) => Err(DaemonError::TunIo {
+                name: self.tun_name.clone(),
+                source,
+            }),
         }
     }
 
@@ -828,7 +826,7 @@ impl Datapath {
 
     /// Writes the queued decrypted packets to the TUN device (coalesced with offload).
     fn flush_tun_tx(&mut self) {
-        let (errors, e) = self.tun_tx.flush(&self.tun);
+        let (errors, e) = self.tun_tx.flush(self.tun.device());
         if let Some(e) = e {
             self.io.tun_tx_errors += errors;
             self.io_error(&format!("writing to {}", self.tun_name), &e);
@@ -1023,7 +1021,7 @@ impl Datapath {
                         value: c.value,
                     })
                     .collect();
-                v.extend(self.io.named());
+                v.extend(self.io_counters().named());
                 r.counters = Some(v);
             }
             Request::ShowEvents => r.events = Some(self.events.recent()),
@@ -1111,6 +1109,11 @@ impl Datapath {
             Request::ClearCounters => {
                 self.agent.clear_counters();
                 self.io = IoCounters::default();
+                if let Some(tx) = &mut self.tx {
+                    tx.underlay_tx_errors = 0;
+                    tx.tun_rx_errors = 0;
+                }
+                self.tx_base = self.tx_thread_io();
                 self.log.line("counters cleared by control request");
             }
         }

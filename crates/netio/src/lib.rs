@@ -20,4 +20,5 @@ pub mod render;
 pub mod route;
 pub mod server;
 pub mod tun;
+pub mod tx;
 pub mod underlay;

@@ -16,7 +16,7 @@ use crate::batch::{RecvMeta, MAX_BATCH};
 use esplab_node::{HEADROOM, TAILROOM};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use tun_rs::{AsyncDevice, GROTable, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceImpl, GROTable, VIRTIO_NET_HDR_LEN};
 
 /// Largest IP packet (and largest UDP datagram, and largest TUN super-packet).
 pub const MAX_PACKET: usize = 65_535;
@@ -48,6 +48,9 @@ pub struct Knobs {
     /// Underlay bursts through the agent's batch entry (SPIs of a burst looked up in one
     /// pass; off: one `handle_underlay_udp` per datagram).
     pub sad_batch: bool,
+    /// The TUN → ESP direction on a thread of its own (off by default; also
+    /// `datapath.tx_thread` in the config).
+    pub tx_thread: bool,
 }
 
 impl Default for Knobs {
@@ -58,6 +61,7 @@ impl Default for Knobs {
             udp_gro: true,
             batch: true,
             sad_batch: true,
+            tx_thread: false,
         }
     }
 }
@@ -73,6 +77,7 @@ impl Knobs {
                 "no-udp-gro" => k.udp_gro = false,
                 "no-batch" => k.batch = false,
                 "no-sad-batch" => k.sad_batch = false,
+                "tx-thread" => k.tx_thread = true,
                 other => return Err(other.to_string()),
             }
         }
@@ -93,14 +98,17 @@ impl Knobs {
                 format!("no-{name}")
             }
         };
-        [
+        let mut v = vec![
             on(self.tun_offload, "tun-offload"),
             on(self.batch, "batch"),
             on(self.udp_gso, "udp-gso"),
             on(self.udp_gro, "udp-gro"),
             on(self.sad_batch, "sad-batch"),
-        ]
-        .join(",")
+        ];
+        if self.tx_thread {
+            v.push("tx-thread".into());
+        }
+        v.join(",")
     }
 }
 
@@ -130,6 +138,24 @@ impl TunReader {
     /// packets it yielded (`WouldBlock` when none is queued). Errors with an OS error code
     /// are the device's; others are tun-rs refusing a malformed super-packet.
     pub fn read(&mut self, dev: &AsyncDevice, first: usize) -> io::Result<usize> {
+        self.read_with(first, |raw, views, sizes| {
+            dev.try_recv_multiple(raw, views, sizes, HEADROOM)
+        })
+    }
+
+    /// [`read`](Self::read) straight from the descriptor, for a thread that waits on it
+    /// itself (no tokio readiness to consult or clear).
+    pub fn read_sync(&mut self, dev: &DeviceImpl, first: usize) -> io::Result<usize> {
+        self.read_with(first, |raw, views, sizes| {
+            dev.recv_multiple(raw, views, sizes, HEADROOM)
+        })
+    }
+
+    fn read_with(
+        &mut self,
+        first: usize,
+        recv: impl FnOnce(&mut [u8], &mut [&mut [u8]], &mut [usize]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         let Self { raw, segs, sizes } = self;
         // Cut the packet buffers short by TAILROOM, so encryption always has its room
         // behind even the largest packet a read can put there.
@@ -139,7 +165,7 @@ impl TunReader {
         for (v, s) in views.iter_mut().zip(segs[first..].iter_mut()) {
             *v = &mut s[..end];
         }
-        dev.try_recv_multiple(raw, &mut views[..n], &mut sizes[first..], HEADROOM)
+        recv(raw, &mut views[..n], &mut sizes[first..])
     }
 }
 
@@ -200,18 +226,14 @@ impl TunWriter {
 
     /// Writes every waiting packet (coalesced when offload is on). Returns how many writes
     /// failed, with the last error; the packets are gone either way.
-    pub fn flush(&mut self, dev: &AsyncDevice) -> (u64, Option<io::Error>) {
+    pub fn flush(&mut self, dev: &DeviceImpl) -> (u64, Option<io::Error>) {
         if self.n == 0 {
             return (0, None);
         }
         // The device's own (synchronous) batched write under the async wrapper: the
         // descriptor is non-blocking and a TUN write never waits for a peer (the kernel
         // queues the packet or drops it), so this cannot stall the loop.
-        let r = std::ops::Deref::deref(dev).send_multiple(
-            &mut self.gro,
-            &mut self.bufs[..self.n],
-            TUN_OFFSET,
-        );
+        let r = dev.send_multiple(&mut self.gro, &mut self.bufs[..self.n], TUN_OFFSET);
         self.n = 0;
         match r {
             Ok(_) => (0, None),
@@ -274,6 +296,9 @@ mod tests {
         );
         let k = Knobs::parse("no-sad-batch").unwrap();
         assert!(!k.sad_batch && k.batch && k.udp_gro);
+        let k = Knobs::parse("tx-thread").unwrap();
+        assert!(k.tx_thread && k.batch && k.sad_batch);
+        assert!(k.describe().ends_with(",sad-batch,tx-thread"));
     }
 
     #[test]

@@ -4,7 +4,29 @@
 use crate::config::TunConfig;
 use std::io;
 use std::net::IpAddr;
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use std::sync::Arc;
+use tun_rs::{AsyncDevice, DeviceBuilder, DeviceImpl, SyncDevice};
+
+/// The open device.
+pub enum Tun {
+    /// Read and written by the datapath task (tokio tracks its readiness).
+    Async(AsyncDevice),
+    /// Read by the sending thread (which waits on it with `poll(2)`) and written by the
+    /// datapath task, both without waiting (the descriptor is non-blocking). No tokio
+    /// registration: the datapath's event loop must not wake on each packet the other
+    /// thread reads.
+    Shared(Arc<SyncDevice>),
+}
+
+impl Tun {
+    /// The device itself, for the synchronous batched reads and writes.
+    pub fn device(&self) -> &DeviceImpl {
+        match self {
+            Tun::Async(d) => d,
+            Tun::Shared(d) => d,
+        }
+    }
+}
 
 /// Why the TUN device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +50,9 @@ pub struct TunError {
 /// coalesced ones, so its stack works per 64 KiB instead of per packet. Every read and
 /// write must then go through tun-rs's `recv_multiple`/`send_multiple` (see
 /// [`crate::pool`]), which add and strip that header.
-pub fn open(cfg: &TunConfig, ipv6: bool, offload: bool) -> Result<AsyncDevice, TunError> {
+///
+/// With `shared`, the device is made for a sending thread of its own ([`Tun::Shared`]).
+pub fn open(cfg: &TunConfig, ipv6: bool, offload: bool, shared: bool) -> Result<Tun, TunError> {
     let err = |source: io::Error| {
         let hint = match source.kind() {
             io::ErrorKind::PermissionDenied => " (needs CAP_NET_ADMIN: run as root)",
@@ -56,7 +80,13 @@ pub fn open(cfg: &TunConfig, ipv6: bool, offload: bool) -> Result<AsyncDevice, T
         None => {}
     }
     // Created down, so IPv6 can be switched off before the kernel sends anything on it.
-    let dev = b.enable(false).build_async().map_err(err)?;
+    let dev = if shared {
+        let d = b.enable(false).build_sync().map_err(err)?;
+        d.set_nonblocking(true).map_err(err)?;
+        Tun::Shared(Arc::new(d))
+    } else {
+        Tun::Async(b.enable(false).build_async().map_err(err)?)
+    };
     if !ipv6 {
         // Best effort: a kernel without IPv6 has no such file, which is just as good.
         let _ = std::fs::write(
@@ -64,6 +94,6 @@ pub fn open(cfg: &TunConfig, ipv6: bool, offload: bool) -> Result<AsyncDevice, T
             "1",
         );
     }
-    dev.enabled(true).map_err(err)?;
+    dev.device().enabled(true).map_err(err)?;
     Ok(dev)
 }

@@ -632,7 +632,7 @@ impl Agent {
 
     /// Every counter for `show counters`: the node's, then the IKE drop counters.
     pub fn counters_named(&self) -> Vec<crate::NamedCounter> {
-        let mut v = self.node.counters().named();
+        let mut v = self.node.counters_total().named();
         v.extend(self.ike_drops.named());
         v
     }

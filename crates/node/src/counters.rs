@@ -69,6 +69,61 @@ impl Counters {
         self.drops[dir as usize][reason.index()][fam_idx(family)] += 1;
     }
 
+    /// Adds `n` drops at once (merging a sending thread's counters).
+    pub(crate) fn add_drops(&mut self, dir: Dir, reason: DropReason, family: Family, n: u64) {
+        self.drops[dir as usize][reason.index()][fam_idx(family)] += n;
+    }
+
+    /// Every counter of `self` plus `other`'s.
+    pub(crate) fn plus(mut self, other: &Counters) -> Counters {
+        self.zip(other, u64::wrapping_add);
+        self
+    }
+
+    /// Every counter of `self` minus `other`'s (what was counted since `other` was taken).
+    pub(crate) fn minus(mut self, other: &Counters) -> Counters {
+        self.zip(other, u64::wrapping_sub);
+        self
+    }
+
+    fn zip(&mut self, o: &Counters, f: fn(u64, u64) -> u64) {
+        let Counters {
+            in_packets,
+            in_bytes,
+            out_packets,
+            out_bytes,
+            keepalives,
+            ike_in,
+            events_dropped,
+            peer_address_followed,
+            invalid_spi_logged,
+            invalid_spi_suppressed,
+            drops,
+        } = self;
+        for (a, b) in [
+            (in_packets, o.in_packets),
+            (in_bytes, o.in_bytes),
+            (out_packets, o.out_packets),
+            (out_bytes, o.out_bytes),
+            (keepalives, o.keepalives),
+            (ike_in, o.ike_in),
+            (events_dropped, o.events_dropped),
+            (peer_address_followed, o.peer_address_followed),
+            (invalid_spi_logged, o.invalid_spi_logged),
+            (invalid_spi_suppressed, o.invalid_spi_suppressed),
+        ] {
+            *a = f(*a, b);
+        }
+        for (a, b) in drops
+            .iter_mut()
+            .flatten()
+            .flatten()
+            .zip(o.drops.iter().flatten().flatten())
+        {
+            *a = f(*a, *b);
+        }
+    }
+
     /// Drops counted for a reason, direction and family.
     pub fn drops(&self, dir: Dir, reason: DropReason, family: Family) -> u64 {
         self.drops[dir as usize][reason.index()][fam_idx(family)]

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod counters;
 pub mod event;
 pub mod node;
+pub mod outbound;
 pub mod rate_limit;
 pub mod recovery;
 
@@ -20,6 +21,7 @@ pub use node::{
     ChildInstall, Inbound, Node, NodeConfig, NodeError, Outbound, PeerConfig, SaInfo, UdpDatagram,
     UdpLookup, UnderlayEncap, BATCH, HEADROOM, TAILROOM,
 };
+pub use outbound::TxHandle;
 pub use rate_limit::{Decision, LogLimiter, LogLimits};
 pub use recovery::{
     recovery_log_line, DpdAction, OnInvalidSpi, PeerRecovery, PeerRecoveryStatus, RecoveryConfig,

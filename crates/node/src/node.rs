@@ -8,6 +8,7 @@
 
 use crate::counters::{Counters, Dir};
 use crate::event::{Event, EventQueue, InvalidSpi};
+use crate::outbound::{ChildOut, OutPlane, OutSa, PeerOut, TxHandle, TxPublisher};
 use crate::rate_limit::{LogLimiter, LogLimits};
 use esplab_esp::wire::{self, ESP_HEADER_LEN, NEXT_HEADER_NONE};
 use esplab_esp::{
@@ -227,29 +228,6 @@ struct InSa {
     bytes: u64,
 }
 
-struct OutSa {
-    sa: OutboundSa,
-    created: Instant,
-    last: Option<Instant>,
-    packets: u64,
-    bytes: u64,
-}
-
-/// The outbound half of a negotiated (IKE) CHILD SA pair. Several may exist per peer
-/// (old and new pair during a rekey); traffic takes the newest active one whose selectors
-/// match.
-struct ChildOut {
-    peer: usize,
-    inbound_spi: u32,
-    local_ts: Vec<TrafficSelector>,
-    remote_ts: Vec<TrafficSelector>,
-    dst: IpAddr,
-    port: u16,
-    encap: UnderlayEncap,
-    active: bool,
-    out: OutSa,
-}
-
 /// A negotiated CHILD SA pair to install (see [`Node::install_child`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ChildInstall<'a> {
@@ -312,10 +290,11 @@ pub struct Node {
     sad: Sad<u32>,
     reader: SadReader<u32>,
     in_sas: Vec<Option<InSa>>,
-    /// Current outbound SA per peer.
-    out_sas: Vec<Option<OutSa>>,
-    /// Outbound halves of negotiated CHILD SAs, oldest first.
-    child_out: Vec<ChildOut>,
+    /// Policies and outbound SAs: the manual SA per peer and the outbound halves of
+    /// negotiated CHILD SAs.
+    out: OutPlane,
+    /// Set once the outbound direction has a thread of its own ([`Node::split_tx`]).
+    tx: Option<TxPublisher>,
     /// Inbound SPIs of removed CHILD SAs still accepting late packets, with the moment
     /// they are retired (then the SAD's grace applies).
     lingering: Vec<(Instant, u32)>,
@@ -344,7 +323,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn family_of(a: IpAddr) -> Family {
+pub(crate) fn family_of(a: IpAddr) -> Family {
     match a {
         IpAddr::V4(_) => Family::V4,
         IpAddr::V6(_) => Family::V6,
@@ -352,7 +331,7 @@ fn family_of(a: IpAddr) -> Family {
 }
 
 /// Inner packet addresses (src, dst, family) of an IPv4 or IPv6 packet, if it is one.
-fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
+pub(crate) fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
     match p.first()? >> 4 {
         4 if p.len() >= 20 => Some((
             IpAddr::from(<[u8; 4]>::try_from(&p[12..16]).ok()?),
@@ -366,8 +345,20 @@ fn inner_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
     }
 }
 
-fn covers(ts: &[TrafficSelector], a: IpAddr) -> bool {
+pub(crate) fn covers(ts: &[TrafficSelector], a: IpAddr) -> bool {
     ts.iter().any(|t| t.contains_addr(a))
+}
+
+/// A configured peer's outbound policy (no SA yet).
+fn peer_out(p: &PeerConfig) -> PeerOut {
+    PeerOut {
+        local_ts: p.local_ts.clone(),
+        remote_ts: p.remote_ts.clone(),
+        dst: p.address,
+        port: p.port,
+        encap: p.encap,
+        sa: None,
+    }
 }
 
 impl Node {
@@ -386,8 +377,11 @@ impl Node {
             sad,
             reader,
             in_sas: Vec::new(),
-            out_sas: (0..npeers).map(|_| None).collect(),
-            child_out: Vec::new(),
+            out: OutPlane {
+                children: Vec::new(),
+                peers: cfg.peers.iter().map(peer_out).collect(),
+            },
+            tx: None,
             lingering: Vec::new(),
             peer_last_in: vec![None; npeers],
             pending_spis: Vec::new(),
@@ -447,13 +441,8 @@ impl Node {
         if peer >= self.cfg.peers.len() {
             return Err(NodeError::NoPeer(peer));
         }
-        self.out_sas[peer] = Some(OutSa {
-            sa: OutboundSa::new(params)?,
-            created: now,
-            last: None,
-            packets: 0,
-            bytes: 0,
-        });
+        self.out.peers[peer].sa = Some(OutSa::new(OutboundSa::new(params)?, now));
+        self.out_changed();
         Ok(())
     }
 
@@ -466,16 +455,17 @@ impl Node {
             n += 1;
         }
         self.sad_changed();
-        for o in self.out_sas.iter_mut() {
-            if o.as_ref().is_some_and(|s| s.sa.spi() == spi) {
-                *o = None;
+        for p in self.out.peers.iter_mut() {
+            if p.sa.as_ref().is_some_and(|s| s.sa.spi() == spi) {
+                p.sa = None;
                 n += 1;
             }
         }
-        let before = self.child_out.len();
-        self.child_out.retain(|c| c.out.sa.spi() != spi);
-        n += before - self.child_out.len();
+        let before = self.out.children.len();
+        self.out.children.retain(|c| c.out.sa.spi() != spi);
+        n += before - self.out.children.len();
         self.lingering.retain(|(_, s)| *s != spi);
+        self.out_changed();
         n
     }
 
@@ -507,15 +497,48 @@ impl Node {
             .iter()
             .flatten()
             .map(|s| s.sa.spi())
-            .chain(self.out_sas.iter().flatten().map(|s| s.sa.spi()))
-            .chain(self.child_out.iter().map(|c| c.out.sa.spi()))
+            .chain(
+                self.out
+                    .peers
+                    .iter()
+                    .filter_map(|p| Some(p.sa.as_ref()?.sa.spi())),
+            )
+            .chain(self.out.children.iter().map(|c| c.out.sa.spi()))
             .collect();
         spis.into_iter().map(|s| self.remove_spi(s, now)).sum()
     }
 
-    /// The counters.
+    /// The counters this node's own thread keeps. Once the outbound direction has a
+    /// thread of its own ([`Node::split_tx`]), its counts are in
+    /// [`Node::counters_total`] only.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// All counters: the node's, plus its sending thread's if it has one.
+    pub fn counters_total(&self) -> Counters {
+        match &self.tx {
+            None => self.counters.clone(),
+            Some(t) => self.counters.clone().plus(&t.counters()),
+        }
+    }
+
+    /// Gives the outbound direction (TUN → ESP) a thread of its own: the returned handle
+    /// encrypts with the same policies, SAs and counters as [`Node::outbound`], and the
+    /// node publishes every later change to it (see [`crate::outbound`]). Call it once;
+    /// afterwards only the handle should encrypt (the sequence numbers stay unique either
+    /// way, but the per-SA counters expect one writer).
+    pub fn split_tx(&mut self) -> TxHandle {
+        let (p, h) = TxPublisher::new(&self.out);
+        self.tx = Some(p);
+        h
+    }
+
+    /// Hands the sending thread, if any, the changed outbound half.
+    fn out_changed(&mut self) {
+        if let Some(t) = &self.tx {
+            t.publish(&self.out);
+        }
     }
 
     /// Zeroes the counters (node-wide and per SA).
@@ -525,19 +548,22 @@ impl Node {
             s.packets = 0;
             s.bytes = 0;
         }
-        for s in self.out_sas.iter_mut().flatten() {
-            s.packets = 0;
-            s.bytes = 0;
+        for s in self.out.peers.iter().filter_map(|p| p.sa.as_ref()) {
+            s.clear();
         }
-        for c in self.child_out.iter_mut() {
-            c.out.packets = 0;
-            c.out.bytes = 0;
+        for c in &self.out.children {
+            c.out.clear();
+        }
+        if let Some(t) = &mut self.tx {
+            t.clear_counters();
         }
     }
 
     /// Takes the next event for the control side.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop()
+        self.events
+            .pop()
+            .or_else(|| self.tx.as_ref().and_then(|t| t.poll_event()))
     }
 
     /// Periodic work (call about once a second): forget retired SPIs past their grace
@@ -1029,68 +1055,11 @@ impl Node {
     /// An inner packet at `buf[payload]` read from the TUN device. `buf` must have
     /// [`HEADROOM`] bytes before and [`TAILROOM`] after the payload.
     pub fn outbound(&mut self, now: Instant, buf: &mut [u8], payload: Range<usize>) -> Outbound {
-        let Some((src, dst)) = inner_addrs(&buf[payload.clone()]) else {
-            self.counters.drop(Dir::Out, DropReason::NotEsp, Family::V4);
-            return Outbound::Drop(DropReason::NotEsp);
-        };
-        let fam = family_of(dst);
-        let nh = match fam {
-            Family::V4 => wire::NEXT_HEADER_IPV4,
-            Family::V6 => wire::NEXT_HEADER_IPV6,
-        };
-        // Negotiated CHILD SAs first, newest first (after a rekey the new pair wins);
-        // then the manual per-peer SAs exactly as before.
-        let child = self
-            .child_out
-            .iter()
-            // Remote selectors first: they tell peers apart (a hub's local ones are all
-            // alike), so a miss costs one test instead of two.
-            .rposition(|c| c.active && covers(&c.remote_ts, dst) && covers(&c.local_ts, src));
-        let (s, out_dst, out_port, out_encap) = if let Some(ci) = child {
-            let c = &mut self.child_out[ci];
-            (&mut c.out, c.dst, c.port, c.encap)
-        } else {
-            let Some(pi) = self
-                .cfg
-                .peers
-                .iter()
-                .position(|p| covers(&p.remote_ts, dst) && covers(&p.local_ts, src))
-            else {
-                self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
-                return Outbound::Drop(DropReason::NoOutboundSa);
-            };
-            let Some(s) = self.out_sas[pi].as_mut() else {
-                self.counters.drop(Dir::Out, DropReason::NoOutboundSa, fam);
-                return Outbound::Drop(DropReason::NoOutboundSa);
-            };
-            let p = &self.cfg.peers[pi];
-            (s, p.address, p.port, p.encap)
-        };
-        let n = payload.len() as u64;
-        match s.sa.encap_slice(buf, payload, nh, None) {
-            Ok(e) => {
-                s.packets += 1;
-                s.bytes += n;
-                s.last = Some(now);
-                self.counters.out_packets += 1;
-                self.counters.out_bytes += n;
-                Outbound::Send {
-                    esp: e.esp,
-                    dst: out_dst,
-                    port: out_port,
-                    encap: out_encap,
-                }
-            }
-            Err(e) => {
-                let r = e.reason();
-                self.counters.drop(Dir::Out, r, fam);
-                if r == DropReason::SequenceExhausted {
-                    let spi = s.sa.spi();
-                    self.push_event(Event::SequenceExhausted { at: now, spi });
-                }
-                Outbound::Drop(r)
-            }
+        let (v, exhausted) = self.out.outbound(&mut self.counters, now, buf, payload);
+        if let Some(spi) = exhausted {
+            self.push_event(Event::SequenceExhausted { at: now, spi });
         }
+        v
     }
 
     /// Every SA, for `show sa`.
@@ -1105,7 +1074,7 @@ impl Node {
         // gone (lingering after a rekey), like its peer's config. Indexed once so that
         // thousands of pairs do not make this quadratic.
         let mut pair_encap = std::collections::BTreeMap::new();
-        for c in &self.child_out {
+        for c in &self.out.children {
             pair_encap
                 .entry((c.peer, c.inbound_spi))
                 .or_insert((c.encap, c.port));
@@ -1133,7 +1102,7 @@ impl Node {
                     udp_port: udp_port(encap, port),
                 });
             }
-            for c in self.child_out.iter().filter(|c| c.peer == pi) {
+            for c in self.out.children.iter().filter(|c| c.peer == pi) {
                 let s = &c.out;
                 v.push(SaInfo {
                     peer: p.name.clone(),
@@ -1141,29 +1110,29 @@ impl Node {
                     spi: s.sa.spi(),
                     alg: s.sa.cipher().algorithm().name(),
                     esn: s.sa.esn(),
-                    packets: s.packets,
-                    bytes: s.bytes,
+                    packets: s.packets(),
+                    bytes: s.bytes(),
                     replay_window: 0,
                     seq: s.sa.last_seq(),
                     age_secs: secs(s.created),
-                    idle_secs: s.last.map(secs),
+                    idle_secs: s.last().map(secs),
                     encap: c.encap,
                     udp_port: udp_port(c.encap, c.port),
                 });
             }
-            if let Some(s) = &self.out_sas[pi] {
+            if let Some(s) = &self.out.peers[pi].sa {
                 v.push(SaInfo {
                     peer: p.name.clone(),
                     direction: "out",
                     spi: s.sa.spi(),
                     alg: s.sa.cipher().algorithm().name(),
                     esn: s.sa.esn(),
-                    packets: s.packets,
-                    bytes: s.bytes,
+                    packets: s.packets(),
+                    bytes: s.bytes(),
                     replay_window: 0,
                     seq: s.sa.last_seq(),
                     age_secs: secs(s.created),
-                    idle_secs: s.last.map(secs),
+                    idle_secs: s.last().map(secs),
                     encap: p.encap,
                     udp_port: udp_port(p.encap, p.port),
                 });
@@ -1180,9 +1149,10 @@ impl Node {
     /// Adds a peer at run time (an IKE peer the static config did not list); returns its
     /// index.
     pub fn add_peer(&mut self, peer: PeerConfig) -> usize {
+        self.out.peers.push(peer_out(&peer));
         self.cfg.peers.push(peer);
-        self.out_sas.push(None);
         self.peer_last_in.push(None);
+        self.out_changed();
         self.cfg.peers.len() - 1
     }
 
@@ -1317,7 +1287,7 @@ impl Node {
             packets: 0,
             bytes: 0,
         });
-        self.child_out.push(ChildOut {
+        self.out.children.push(ChildOut {
             peer: c.peer,
             inbound_spi: c.inbound.spi,
             local_ts: c.local_ts.to_vec(),
@@ -1326,14 +1296,9 @@ impl Node {
             port: c.port,
             encap: c.encap,
             active: c.active,
-            out: OutSa {
-                sa: out_sa,
-                created: now,
-                last: None,
-                packets: 0,
-                bytes: 0,
-            },
+            out: OutSa::new(out_sa, now),
         });
+        self.out_changed();
         Ok(())
     }
 
@@ -1342,13 +1307,15 @@ impl Node {
     pub fn activate_child(&mut self, inbound_spi: u32, outbound_spi: u32) -> bool {
         let mut found = false;
         for c in self
-            .child_out
+            .out
+            .children
             .iter_mut()
             .filter(|c| c.inbound_spi == inbound_spi && c.out.sa.spi() == outbound_spi)
         {
             c.active = true;
             found = true;
         }
+        self.out_changed();
         found
     }
 
@@ -1361,8 +1328,10 @@ impl Node {
         linger: Duration,
         now: Instant,
     ) {
-        self.child_out
+        self.out
+            .children
             .retain(|c| !(c.inbound_spi == inbound_spi && c.out.sa.spi() == outbound_spi));
+        self.out_changed();
         self.follow.retain(|f| f.inbound_spi != inbound_spi);
         if linger.is_zero() {
             self.retire_inbound(inbound_spi, now);
@@ -1374,18 +1343,20 @@ impl Node {
     /// Moves the outer destination of every negotiated SA of `peer` (NAT mapping or port
     /// floating, RFC 7296 §2.23).
     pub fn set_child_destination(&mut self, peer: usize, dst: IpAddr, port: u16) {
-        for c in self.child_out.iter_mut().filter(|c| c.peer == peer) {
+        for c in self.out.children.iter_mut().filter(|c| c.peer == peer) {
             c.dst = dst;
             c.port = port;
         }
+        self.out_changed();
     }
 
     /// Switches every negotiated SA of `peer` to RFC 3948 UDP encapsulation (the IKE SA
     /// floated to the NAT-T port, RFC 7296 §2.23: the path now may cross a NAT).
     pub fn set_child_udp(&mut self, peer: usize) {
-        for c in self.child_out.iter_mut().filter(|c| c.peer == peer) {
+        for c in self.out.children.iter_mut().filter(|c| c.peer == peer) {
             c.encap = UnderlayEncap::Udp;
         }
+        self.out_changed();
     }
 
     /// The next moment [`Node::handle_timeout`] has per-SA work (a lingering inbound SA to

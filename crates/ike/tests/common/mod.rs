@@ -415,7 +415,7 @@ pub fn assert_pairs_match(w: &Wire) -> usize {
 
 /// Encrypts a packet with `tx` and decrypts it with `rx` (esplab-esp).
 pub fn esp_round_trip(tx: &esplab_esp::SaParams, rx: &esplab_esp::SaParams) {
-    let mut out = OutboundSa::new(tx).unwrap();
+    let out = OutboundSa::new(tx).unwrap();
     let mut inb = InboundSa::new(rx).unwrap();
     let payload = b"\x45\x00\x00\x14inner packet through the tunnel";
     let start = out.header_len();
