@@ -49,7 +49,7 @@ bench-icount:
     printf '%-26s %14s\n' path instructions/op
     for p in lookup-hit lookup-miss drop-unknown-spi drop-unknown-spi-batch drop-one-flow \
              drop-unknown-spi-drained agent-unknown-spi-peer agent-unknown-spi-stranger \
-             decap-gcm128-64 decap-gcm128-1400; do
+             decap-gcm128-64 decap-gcm128-1400 encap-node-gcm128-64 encap-tx-gcm128-64; do
         a=$(ins "$p" "$n"); b=$(ins "$p" $((2 * n)))
         awk -v p="$p" -v a="$a" -v b="$b" -v n="$n" 'BEGIN { printf "%-26s %14.1f\n", p, (b - a) / n }'
     done
