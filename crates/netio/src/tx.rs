@@ -7,7 +7,7 @@
 //! the node's [`TxHandle`] (the outbound half of the node, see `esplab_node::outbound`),
 //! its own duplicates of the underlay sockets and its own flight-recorder ring. The two
 //! threads share no lock on the packet path: the handle reads the node's published
-//! policies, the recorder ring is locked once per TUN read (and by the datapath only when
+//! policies, the recorder ring is locked once per wakeup (and by the datapath only when
 //! it writes a dump), and the counters are single-writer atomics.
 
 use crate::batch::SendQueue;
