@@ -59,6 +59,7 @@ missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v iperf3 >/dev/null || missing+=(iperf3)
 command -v jq >/dev/null || missing+=(jq)
+command -v ping >/dev/null || missing+=(iputils-ping) # the tunnel check before each configuration
 if [[ " $ONLY " == *" strongswan "* ]]; then
     command -v swanctl >/dev/null || missing+=(strongswan-swanctl)
     [[ -x /usr/lib/ipsec/charon ]] || missing+=(strongswan-charon)

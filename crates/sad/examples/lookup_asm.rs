@@ -34,6 +34,70 @@ fn flat16_loop(flat: &[(u32, usize)], mask: usize, spis: &[u32]) {
     }
 }
 
+/// A verified 16-byte slot holding the SA pointer itself (the SAD entry's shape, flat).
+type Slot16 = (u32, Option<std::sync::Arc<u32>>);
+
+#[inline(never)]
+fn direct_single_pass(view: &SadView<u32>, spis: &[u32]) {
+    for w in spis.chunks(32) {
+        let mut out = [Lookup::Unknown; 32];
+        for (o, &s) in out.iter_mut().zip(w) {
+            *o = view.lookup_direct(s);
+        }
+        black_box(&out);
+    }
+}
+
+#[inline(never)]
+fn miss_single_pass(view: &SadView<u32>, spis: &[u32]) {
+    for w in spis.chunks(32) {
+        let mut out = [Lookup::Unknown; 32];
+        for (o, &s) in out.iter_mut().zip(w) {
+            *o = view.lookup(s);
+        }
+        black_box(&out);
+    }
+}
+
+#[inline(never)]
+fn flat16_enum(flat: &[Slot16], mask: usize, spis: &[u32]) {
+    for w in spis.chunks(32) {
+        let mut out = [Lookup::Unknown; 32];
+        for (o, &s) in out.iter_mut().zip(w) {
+            let e = &flat[s as usize & mask];
+            *o = if e.0 == s {
+                match &e.1 {
+                    Some(a) => Lookup::Hit(&**a),
+                    None => Lookup::Retired,
+                }
+            } else {
+                Lookup::Unknown
+            };
+        }
+        black_box(&out);
+    }
+}
+
+#[inline(never)]
+fn chunked16_enum(ch: &[Box<[Slot16]>], mask: usize, spis: &[u32]) {
+    for w in spis.chunks(32) {
+        let mut out = [Lookup::Unknown; 32];
+        for (o, &s) in out.iter_mut().zip(w) {
+            let i = s as usize & mask;
+            let e = &ch[i >> 10][i & 1023];
+            *o = if e.0 == s {
+                match &e.1 {
+                    Some(a) => Lookup::Hit(&**a),
+                    None => Lookup::Retired,
+                }
+            } else {
+                Lookup::Unknown
+            };
+        }
+        black_box(&out);
+    }
+}
+
 #[inline(never)]
 fn vec_loop(vec: &[usize], mask: usize, spis: &[u32]) {
     for &s in spis {
@@ -83,9 +147,19 @@ fn main() {
     for (i, &s) in spis.iter().enumerate() {
         flat[s as usize & mask] = (s, i);
     }
-    let mut best = [f64::MAX; 8];
+    let flatv: Vec<Slot16> = (0..slots)
+        .map(|i| {
+            let (t, v) = flat[i];
+            (t, (v != usize::MAX).then(|| std::sync::Arc::new(v as u32)))
+        })
+        .collect();
+    let ch: Vec<Box<[Slot16]>> = flatv
+        .chunks(1024)
+        .map(|c| c.to_vec().into_boxed_slice())
+        .collect();
+    let mut best = [f64::MAX; 14];
     for _ in 0..15 {
-        let cases: [&dyn Fn(); 8] = [
+        let cases: [&dyn Fn(); 14] = [
             &|| vec_loop(&vec, mask, &hits),
             &|| view_loop(view, &hits),
             &|| batch_loop(view, &hits),
@@ -94,6 +168,12 @@ fn main() {
             &|| batch_loop(view, &misses),
             &|| direct_batch_loop(view, &hits),
             &|| flat16_loop(&flat, mask, &hits),
+            &|| direct_single_pass(view, &hits),
+            &|| flat16_enum(&flatv, mask, &hits),
+            &|| chunked16_enum(&ch, mask, &hits),
+            &|| miss_single_pass(view, &hits),
+            &|| miss_single_pass(view, &misses),
+            &|| direct_single_pass(view, &misses),
         ];
         for (k, f) in cases.iter().enumerate() {
             let t = Instant::now();
@@ -105,4 +185,5 @@ fn main() {
         "N={n} slots={slots}: hit vec {:.2} view {:.2} ({:.2}x) batch {:.2} direct batch {:.2} flat 16-byte probe {:.2} | miss vec {:.2} view {:.2} batch {:.2}",
         best[0], best[1], best[1] / best[0], best[2], best[6], best[7], best[3], best[4], best[5]
     );
+    println!("  single-pass direct {:.2} flat16 enum {:.2} chunked16 enum {:.2} | single-pass fp-first hit {:.2} miss {:.2} | single-pass direct miss {:.2}", best[8], best[9], best[10], best[11], best[12], best[13]);
 }

@@ -13,12 +13,13 @@ use crate::Lookup;
 /// Most SPIs [`SadView::lookup_batch`] resolves per prefetch round.
 pub const BATCH: usize = 32;
 
-/// A batch's first pass: compare each entry's tag (small tables).
-const TAG: u8 = 0;
-/// ... read each fingerprint (large tables, miss-tuned).
-const FINGERPRINT: u8 = 1;
-/// ... read each entry and keep it for the second pass (large tables, hit-tuned).
-const ENTRY: u8 = 2;
+/// Largest table whose hit-tuned batches run in one pass. Measured on this project's
+/// machine (Zen 3, 512 KiB L2; docs/sad.md, round 6): up to 2^18 slots (4 MiB of entries)
+/// one pass was 1.2-1.6x faster than two; from 2^19 slots the entries come from DRAM and
+/// the two-pass batch, 32 loads in flight, holds its own (1.3-1.6x faster at 2^21 slots
+/// than single lookups). Miss-tuned batches read 1-byte fingerprints (2 MiB at 2^21 slots)
+/// and ran faster in one pass at every size measured.
+const TWO_PASS_SLOTS: usize = 1 << 18;
 
 /// An outbound SA with the peer and selectors it was installed for.
 #[derive(Debug)]
@@ -193,14 +194,14 @@ impl<V, O> SadView<V, O> {
         }
     }
 
-    /// Classify `spis[k]` into `out[k]` for every `k` (a receive burst), tuned for misses.
+    /// Classify `spis[k]` into `out[k]` for every `k` (a receive burst), tuned for misses:
+    /// the answers of [`Self::lookup`], one after the other.
     ///
-    /// Works in rounds of [`BATCH`]. The first pass reads every SPI's fingerprint (large
-    /// tables) or entry, so the round's independent cache misses overlap instead of each
-    /// waiting behind the packet work that separates single lookups; the second pass
-    /// classifies, reading the entry of each fingerprint match. It does not touch the SAs
-    /// themselves: see [`Self::lookup_batch_warm`] for a caller that is about to use every
-    /// hit's SA, and [`Self::lookup_batch_direct`] for bursts of mostly known SPIs.
+    /// The lookups run back to back, with no packet work between them, so their
+    /// independent cache misses overlap instead of each waiting behind the work that
+    /// separates single lookups. It does not touch the SAs themselves: see
+    /// [`Self::lookup_batch_warm`] for a caller that is about to use every hit's SA, and
+    /// [`Self::lookup_batch_direct`] for bursts of mostly known SPIs.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
@@ -209,8 +210,10 @@ impl<V, O> SadView<V, O> {
         self.batch::<false>(spis, out, false);
     }
 
-    /// [`Self::lookup_batch`] tuned for hits: the first pass reads every SPI's entry (SPI and
-    /// SA pointer) directly, one random line per lookup whether it hits or not.
+    /// [`Self::lookup_batch`] tuned for hits: every SPI's entry (SPI and SA pointer) is read
+    /// directly, one random line per lookup whether it hits or not. Large tables (more than
+    /// `TWO_PASS_SLOTS`) work in rounds of [`BATCH`]: a first pass reads the round's
+    /// entries, a second classifies from them.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
@@ -238,8 +241,8 @@ impl<V, O> SadView<V, O> {
         self.batch::<true>(spis, out, direct)
     }
 
-    /// The batch loop; returns the number of hits. `direct` picks the first pass's reads:
-    /// entries (hit-tuned) or, on fingerprinted tables, fingerprints (miss-tuned).
+    /// The batch loop; returns the number of hits. `direct` picks hit-tuned reads (entries)
+    /// over miss-tuned ones (fingerprints first, on fingerprinted tables).
     #[inline(always)]
     pub(crate) fn batch<'a, const WARM: bool>(
         &'a self,
@@ -251,68 +254,90 @@ impl<V, O> SadView<V, O> {
             out.len() >= spis.len(),
             "lookup_batch: out shorter than spis"
         );
-        // Three first passes: small tables compare the entry's tag in place (all in cache,
-        // nothing to gain from keeping entries); large ones read fingerprints (miss-tuned)
-        // or keep the entries they read for pass 2 (hit-tuned: at 1Mi SAs ~1.25x faster
-        // than computing each hit's address twice, while small-table and fingerprint
-        // batches measured ~1.3x slower with the kept entries).
+        // Miss-tuned reads of large tables go through the fingerprints; everything else
+        // reads entries. Only hit-tuned batches on tables whose entries come from DRAM gain
+        // from a separate first pass (keeping the entries it read: at 1Mi SAs ~1.25x faster
+        // than computing each hit's address twice).
         match (self.table.fingerprinted, direct) {
-            (false, _) => self.batch_as::<WARM, TAG>(spis, out),
-            (true, false) => self.batch_as::<WARM, FINGERPRINT>(spis, out),
-            (true, true) => self.batch_as::<WARM, ENTRY>(spis, out),
+            (false, _) => self.single_pass::<WARM, false>(spis, out),
+            (true, false) => self.single_pass::<WARM, true>(spis, out),
+            (true, true) if self.table.slots() <= TWO_PASS_SLOTS => {
+                self.single_pass::<WARM, false>(spis, out)
+            }
+            (true, true) => self.two_pass::<WARM>(spis, out),
         }
     }
 
+    /// One pass over the SPIs: each one's fingerprint (`FP`) or entry, then its answer. The
+    /// loop body has no dependency on the previous SPI, so the CPU's out-of-order window
+    /// already overlaps several lookups' misses; a second pass only pays when the reads go
+    /// to DRAM faster than that window drains (hit-tuned reads of large tables, see
+    /// [`TWO_PASS_SLOTS`]). Same answers as [`Self::lookup`] / [`Self::lookup_direct`].
     #[inline(always)]
-    fn batch_as<'a, const WARM: bool, const PASS1: u8>(
+    fn single_pass<'a, const WARM: bool, const FP: bool>(
         &'a self,
         spis: &[u32],
         out: &mut [Lookup<'a, V>],
     ) -> usize {
         let t = &self.table;
         let mut hits = 0;
-        for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
-            // Pass 1: one independent load per SPI, so the round's cache misses overlap.
-            let mut matched = [false; BATCH];
-            // ENTRY keeps the entries found for pass 2; slots past the end of a short round
-            // point at slot 0 and are never read.
-            let mut ents: Option<[&Entry<V>; BATCH]> = None;
-            match PASS1 {
-                TAG => {
-                    for (m, &spi) in matched.iter_mut().zip(spis) {
-                        *m = t.entry(spi).tag() == spi;
-                    }
-                }
-                FINGERPRINT => {
-                    for (m, &spi) in matched.iter_mut().zip(spis) {
-                        *m = t.fps[t.index(spi)].load(Ordering::Relaxed) == t.fingerprint(spi);
-                    }
-                }
-                _ => {
-                    let e: [&Entry<V>; BATCH] = match <&[u32; BATCH]>::try_from(spis) {
-                        // A full round: no per-SPI length test.
-                        Ok(full) => full.map(|spi| t.entry(spi)),
-                        Err(_) => {
-                            std::array::from_fn(|k| t.entry(spis.get(k).copied().unwrap_or(0)))
+        let mut warm = 0usize;
+        for (o, &spi) in out.iter_mut().zip(spis) {
+            *o = if FP && t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
+                // No fingerprint match: not an SA of this table (see `table::Fingerprints`).
+                self.lookup_foreign(spi)
+            } else {
+                let e = t.entry(spi);
+                // The tag first: its compare is as predictable as the traffic (all hits,
+                // or a flood of misses), while whether a slot is occupied is not.
+                if e.tag() == spi {
+                    match e.value() {
+                        Some(a) => {
+                            if WARM {
+                                // See `two_pass`: the `Arc` header precedes the value.
+                                warm = warm.wrapping_add(Arc::strong_count(a));
+                            }
+                            Lookup::Hit(a)
                         }
-                    };
-                    for ((m, &spi), e) in matched.iter_mut().zip(spis).zip(&e) {
-                        *m = e.tag() == spi;
+                        // Retired or reserved.
+                        None => self.lookup_direct(spi),
                     }
-                    ents = Some(e);
+                } else {
+                    self.lookup_foreign(spi)
                 }
+            };
+            hits += usize::from(o.is_hit());
+        }
+        if WARM {
+            std::hint::black_box(warm);
+        }
+        hits
+    }
+
+    /// Hit-tuned rounds of [`BATCH`] in two passes: read every entry, then classify.
+    #[inline(always)]
+    fn two_pass<'a, const WARM: bool>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
+        let t = &self.table;
+        let mut hits = 0;
+        for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+            // Pass 1: one independent load per SPI (the tag compare is what issues it; an
+            // address alone loads nothing), so the round's cache misses overlap. Slots past
+            // the end of a short round point at slot 0 and are never read.
+            let ents: [&Entry<V>; BATCH] = match <&[u32; BATCH]>::try_from(spis) {
+                // A full round: no per-SPI length test.
+                Ok(full) => full.map(|spi| t.entry(spi)),
+                Err(_) => std::array::from_fn(|k| t.entry(spis.get(k).copied().unwrap_or(0))),
+            };
+            let mut matched = [false; BATCH];
+            for ((m, &spi), e) in matched.iter_mut().zip(spis).zip(&ents) {
+                *m = e.tag() == spi;
             }
             // Pass 2: classify.
             let mut warm = 0usize;
-            for (k, (o, &spi)) in out.iter_mut().zip(spis).enumerate() {
-                *o = if matched[k] {
-                    let e = match &ents {
-                        Some(e) => e[k],
-                        None => t.entry(spi),
-                    };
+            for (((o, &spi), e), &m) in out.iter_mut().zip(spis).zip(&ents).zip(&matched) {
+                *o = if m {
                     match e.value() {
-                        // `matched` held the tag or fingerprint compare; the tag decides.
-                        Some(a) if e.tag() == spi => {
+                        Some(a) => {
                             if WARM {
                                 // The `Arc` header sits just before the value: reading its
                                 // count brings the SA's first line in.
@@ -320,8 +345,8 @@ impl<V, O> SadView<V, O> {
                             }
                             Lookup::Hit(a)
                         }
-                        // Retired, reserved, or a fingerprint match on another slot state.
-                        _ => self.lookup_direct(spi),
+                        // Retired or reserved.
+                        None => self.lookup_direct(spi),
                     }
                 } else {
                     self.lookup_foreign(spi)

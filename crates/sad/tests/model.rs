@@ -255,6 +255,16 @@ proptest! {
     ) {
         run_model(1 << 15, seed, &groups)?;
     }
+
+    /// The same from a table of 512Ki slots, where hit-tuned batches run in two passes
+    /// (`TWO_PASS_SLOTS` in `view.rs`; smaller tables take one).
+    #[test]
+    fn sad_matches_model_two_pass_batches(
+        seed in any::<u64>(),
+        groups in prop::collection::vec(prop::collection::vec(op(), 1..6), 1..60),
+    ) {
+        run_model(1 << 18, seed, &groups)?;
+    }
 }
 
 fn run_model(initial_capacity: usize, seed: u64, groups: &[Vec<Op>]) -> Result<(), TestCaseError> {
