@@ -544,19 +544,19 @@ impl Datapath {
                 }
                 Wake::Udp(r) => {
                     if let Err(e) = r {
-                        self.io_error("UDP socket", &e);
+                        self.io_error(format_args!("UDP socket"), &e);
                     }
                     self.udp_to_tun();
                 }
                 Wake::Raw(r) => {
                     if let Err(e) = r {
-                        self.io_error("raw ESP socket", &e);
+                        self.io_error(format_args!("raw ESP socket"), &e);
                     }
                     self.raw_to_tun();
                 }
                 Wake::Ike(r) => {
                     if let Err(e) = r {
-                        self.io_error("IKE socket", &e);
+                        self.io_error(format_args!("IKE socket"), &e);
                     }
                     self.ike_in();
                 }
@@ -593,7 +593,7 @@ impl Datapath {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.io.underlay_rx_errors += 1;
-                    self.io_error("receiving on the IKE socket", &e);
+                    self.io_error(format_args!("receiving on the IKE socket"), &e);
                     return;
                 }
             };
@@ -638,7 +638,7 @@ impl Datapath {
             }
             if let Err(e) = r {
                 self.io.underlay_tx_errors += 1;
-                self.io_error(&format!("sending IKE to {}", t.remote), &e);
+                self.io_error(format_args!("sending IKE to {}", t.remote), &e);
             }
         }
     }
@@ -720,7 +720,7 @@ impl Datapath {
         }
     }
 
-    fn io_error(&mut self, what: &str, e: &io::Error) {
+    fn io_error(&mut self, what: std::fmt::Arguments<'_>, e: &io::Error) {
         if let Some(l) = self.io_notes.line(Instant::now(), what, e) {
             self.log.line(&l);
         }
@@ -742,7 +742,7 @@ impl Datapath {
         let (Some(tx), Tun::Async(dev)) = (tx, &*tun) else {
             return Ok(());
         };
-        let mut note = |what: &str, e: &io::Error| {
+        let mut note = |what: std::fmt::Arguments<'_>, e: &io::Error| {
             if let Some(l) = io_notes.line(Instant::now(), what, e) {
                 log.line(&l);
             }
@@ -786,6 +786,8 @@ impl Datapath {
         let Some(t) = &self.tx_thread else {
             return Ok(());
         };
+        // Read before the notes: a thread that has ended sent its last note already.
+        let died = t.died();
         let mut lines = Vec::new();
         let mut failed = None;
         while let Ok(n) = t.notes.try_recv() {
@@ -793,6 +795,11 @@ impl Datapath {
                 TxNote::Line(l) => lines.push(l),
                 TxNote::Failed(e) => failed = Some(e),
             }
+        }
+        if failed.is_none() && died {
+            failed = Some(std::io::Error::other(
+                "the sending thread (esplab-tx) stopped",
+            ));
         }
         for l in lines {
             self.log.line(&l);
@@ -829,7 +836,13 @@ impl Datapath {
         let (errors, e) = self.tun_tx.flush(self.tun.device());
         if let Some(e) = e {
             self.io.tun_tx_errors += errors;
-            self.io_error(&format!("writing to {}", self.tun_name), &e);
+            let name = &self.tun_name;
+            if let Some(l) =
+                self.io_notes
+                    .line(Instant::now(), format_args!("writing to {name}"), &e)
+            {
+                self.log.line(&l);
+            }
         }
     }
 
@@ -856,7 +869,7 @@ impl Datapath {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.io.underlay_rx_errors += 1;
-                    self.io_error("receiving on the UDP socket", &e);
+                    self.io_error(format_args!("receiving on the UDP socket"), &e);
                     break;
                 }
             };
@@ -952,7 +965,7 @@ impl Datapath {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.io.underlay_rx_errors += 1;
-                    self.io_error("receiving on the raw ESP socket", &e);
+                    self.io_error(format_args!("receiving on the raw ESP socket"), &e);
                     break;
                 }
             };

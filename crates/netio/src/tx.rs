@@ -43,8 +43,14 @@ pub(crate) struct IoNotes {
 }
 
 impl IoNotes {
-    /// The line to print for this error now, if any.
-    pub(crate) fn line(&mut self, now: Instant, what: &str, e: &io::Error) -> Option<String> {
+    /// The line to print for this error now, if any. `what` is formatted only then: a
+    /// failing underlay under load errs on every batch, and held errors cost no allocation.
+    pub(crate) fn line(
+        &mut self,
+        now: Instant,
+        what: std::fmt::Arguments<'_>,
+        e: &io::Error,
+    ) -> Option<String> {
         match &mut self.last {
             Some((last, held)) if now.duration_since(*last) < IO_NOTE_INTERVAL => {
                 *held += 1;
@@ -186,7 +192,7 @@ impl TxPath {
         enc: &mut impl Encrypt,
         rec: &mut impl RecordOut,
         clock: &WallClock,
-        note: &mut impl FnMut(&str, &io::Error),
+        note: &mut impl FnMut(std::fmt::Arguments<'_>, &io::Error),
     ) -> Result<bool, TunFailed> {
         // Buffers [0, used) hold packets of this batch (queued in `udp_tx` or dropped).
         let mut used = 0;
@@ -209,7 +215,7 @@ impl TxPath {
                     // tun-rs refused what the kernel handed over (a malformed offload
                     // header): that packet is lost, the device is fine.
                     self.tun_rx_errors += 1;
-                    note(&format!("reading from {}", self.name), &e);
+                    note(format_args!("reading from {}", self.name), &e);
                     continue;
                 }
             };
@@ -259,7 +265,7 @@ impl TxPath {
                 if let Err(e) = r {
                     // A full socket buffer drops the packet like a full NIC queue would.
                     self.underlay_tx_errors += 1;
-                    note(&format!("sending to {dst}"), &e);
+                    note(format_args!("sending to {dst}"), &e);
                 }
             }
             used += n;
@@ -269,7 +275,7 @@ impl TxPath {
     }
 
     /// Sends the queued UDP-encapsulated ESP packets (one `sendmmsg`, GSO runs).
-    fn flush_udp_tx(&mut self, note: &mut impl FnMut(&str, &io::Error)) {
+    fn flush_udp_tx(&mut self, note: &mut impl FnMut(std::fmt::Arguments<'_>, &io::Error)) {
         if self.udp_tx.is_empty() {
             return;
         }
@@ -282,7 +288,7 @@ impl TxPath {
         if f.dropped > 0 {
             self.underlay_tx_errors += f.dropped as u64;
             let e = io::Error::from(f.error.unwrap_or(io::ErrorKind::Other));
-            note(&format!("sending {} ESP packets", f.dropped), &e);
+            note(format_args!("sending {} ESP packets", f.dropped), &e);
         }
     }
 }
@@ -353,6 +359,12 @@ impl TxThread {
         })
     }
 
+    /// Whether the thread has ended without being asked to (a TUN failure whose note was
+    /// lost to a full channel, or a panic).
+    pub(crate) fn died(&self) -> bool {
+        !self.stop.load(Relaxed) && self.join.as_ref().is_some_and(|j| j.is_finished())
+    }
+
     /// Stops the thread and waits for it (at most about [`POLL_MS`]).
     pub(crate) fn stop(&mut self) {
         self.stop.store(true, Relaxed);
@@ -400,7 +412,11 @@ fn run(
     let fd = tun.as_raw_fd();
     while !stop.load(Relaxed) {
         match wait_readable(fd, POLL_MS) {
-            Ok(false) => continue,
+            Ok(false) => {
+                // Idle: drop our hold on SAs (and keys) the node has removed since.
+                handle.refresh();
+                continue;
+            }
             Ok(true) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -411,7 +427,7 @@ fn run(
         // Locked once per wakeup (up to BATCH reads), never per packet; the datapath task
         // takes it only to write a dump.
         let mut rec = ring.map(|r| r.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut note = |what: &str, e: &io::Error| {
+        let mut note = |what: std::fmt::Arguments<'_>, e: &io::Error| {
             if let Some(l) = io_notes.line(Instant::now(), what, e) {
                 let _ = notes.try_send(TxNote::Line(l));
             }
@@ -426,5 +442,31 @@ fn run(
             let _ = notes.try_send(TxNote::Failed(e));
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One line per interval; the errors held in between are counted into the next line.
+    #[test]
+    fn io_notes_rate_limit_and_count_held_errors() {
+        let t = Instant::now();
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let mut n = IoNotes::default();
+        let first = n.line(t, format_args!("sending to {}", "198.18.0.2"), &e);
+        assert!(first.unwrap().starts_with("sending to 198.18.0.2: "));
+        for k in 1..=3 {
+            let at = t + IO_NOTE_INTERVAL / 4 * k;
+            assert_eq!(n.line(at, format_args!("sending to x"), &e), None);
+        }
+        let next = n
+            .line(t + IO_NOTE_INTERVAL, format_args!("reading"), &e)
+            .unwrap();
+        assert!(
+            next.ends_with("(3 more I/O errors since the last note)"),
+            "{next}"
+        );
     }
 }

@@ -21,7 +21,7 @@ use esplab_sad::TrafficSelector;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::atomic::Ordering::{Acquire, Release};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,9 @@ pub(crate) struct OutSa {
     /// side only, so a clear never races with the sender's increments).
     base_packets: AtomicU64,
     base_bytes: AtomicU64,
+    /// Set once the "sequence numbers exhausted" event for this SA reached a queue: one
+    /// event per SA, not one per refused packet (each is logged).
+    exhaustion_reported: AtomicBool,
 }
 
 impl OutSa {
@@ -58,7 +61,13 @@ impl OutSa {
             bytes: AtomicU64::new(0),
             base_packets: AtomicU64::new(0),
             base_bytes: AtomicU64::new(0),
+            exhaustion_reported: AtomicBool::new(false),
         })
+    }
+
+    /// Records that the exhaustion event is queued (see [`OutPlane::outbound`]).
+    pub(crate) fn exhaustion_reported(&self) {
+        self.exhaustion_reported.store(true, Relaxed);
     }
 
     fn sent(&self, now: Instant, bytes: u64) {
@@ -124,8 +133,9 @@ pub(crate) struct PeerOut {
 /// Everything an inner packet's way out depends on.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct OutPlane {
-    /// Negotiated pairs, oldest first.
-    pub(crate) children: Vec<ChildOut>,
+    /// Negotiated pairs, oldest first. Behind `Arc`s so that publishing a plane to the
+    /// sending thread copies pointers, not every pair's selectors.
+    pub(crate) children: Vec<Arc<ChildOut>>,
     /// Configured peers, by node peer index.
     pub(crate) peers: Vec<PeerOut>,
 }
@@ -149,14 +159,16 @@ impl CountOut for Counters {
 
 impl OutPlane {
     /// Encrypts the inner packet at `buf[payload]` in place on the SA its selectors pick.
-    /// Also returns the SPI of an SA whose sequence numbers ran out (an event to raise).
+    /// Also returns an SA whose sequence numbers ran out and whose event has not been
+    /// queued yet: the caller raises it and, if the queue took it, calls
+    /// [`OutSa::exhaustion_reported`] (a full queue leaves it for the next packet).
     pub(crate) fn outbound(
         &self,
         counters: &mut impl CountOut,
         now: Instant,
         buf: &mut [u8],
         payload: Range<usize>,
-    ) -> (Outbound, Option<u32>) {
+    ) -> (Outbound, Option<&OutSa>) {
         let Some((src, dst)) = inner_addrs(&buf[payload.clone()]) else {
             counters.dropped(DropReason::NotEsp, Family::V4);
             return (Outbound::Drop(DropReason::NotEsp), None);
@@ -202,7 +214,9 @@ impl OutPlane {
             Err(e) => {
                 let r = e.reason();
                 counters.dropped(r, fam);
-                let exhausted = (r == DropReason::SequenceExhausted).then(|| s.sa.spi());
+                let exhausted = (r == DropReason::SequenceExhausted
+                    && !s.exhaustion_reported.load(Relaxed))
+                .then_some(&**s);
                 (Outbound::Drop(r), exhausted)
             }
         }
@@ -265,7 +279,7 @@ pub(crate) struct TxPublisher {
 }
 
 /// Events a sending thread can raise before the node collects them (sequence numbers
-/// exhausted: one per SA, then the SA is rekeyed or removed).
+/// exhausted: one per SA, then the SA is rekeyed or removed; a full queue defers it).
 const TX_EVENTS: usize = 64;
 
 impl TxPublisher {
@@ -294,6 +308,12 @@ impl TxPublisher {
     pub(crate) fn publish(&self, plane: &OutPlane) {
         self.shared.plane.store(Arc::new(plane.clone()));
         self.shared.generation.fetch_add(1, Release);
+    }
+
+    /// How many planes were published (tests: a bulk change publishes once).
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Acquire)
     }
 
     /// The sender's counters since the last clear.
@@ -338,22 +358,33 @@ impl TxHandle {
     /// [`Node::outbound`](crate::Node::outbound) on the sending thread: the same
     /// policies, SAs, counters and events, through the node's latest published plane.
     pub fn outbound(&mut self, now: Instant, buf: &mut [u8], payload: Range<usize>) -> Outbound {
+        self.refresh();
+        let mut c = &self.shared.counters;
+        let (v, exhausted) = self.plane.outbound(&mut c, now, buf, payload);
+        if let Some(s) = exhausted {
+            let spi = s.sa.spi();
+            match self
+                .events
+                .try_send(Event::SequenceExhausted { at: now, spi })
+            {
+                Ok(()) => s.exhaustion_reported(),
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    bump(&self.shared.counters.events_lost, 1);
+                }
+            }
+        }
+        v
+    }
+
+    /// Picks up the node's latest plane if it changed (one load when it did not). The
+    /// sending thread also calls it when idle, so that the SAs (and keys) the node removed
+    /// are released without waiting for the next packet.
+    pub fn refresh(&mut self) {
         let g = self.shared.generation.load(Acquire);
         if g != self.generation {
             self.plane = self.shared.plane.load_full();
             self.generation = g;
         }
-        let mut c = &self.shared.counters;
-        let (v, exhausted) = self.plane.outbound(&mut c, now, buf, payload);
-        if let Some(spi) = exhausted {
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self
-                .events
-                .try_send(Event::SequenceExhausted { at: now, spi })
-            {
-                bump(&self.shared.counters.events_lost, 1);
-            }
-        }
-        v
     }
 }
 
@@ -402,16 +433,30 @@ mod tests {
             h.outbound(now, &mut b, HEADROOM..HEADROOM + 40),
             Outbound::Send { .. }
         ));
+        // A full event queue: the refused packet is counted, the event waits for the next.
+        let filler = Event::SequenceExhausted { at: now, spi: 1 };
+        while h.events.try_send(filler.clone()).is_ok() {}
         let mut b = packet();
         assert_eq!(
             h.outbound(now, &mut b, HEADROOM..HEADROOM + 40),
             Outbound::Drop(DropReason::SequenceExhausted)
         );
+        assert_eq!(publisher.counters().events_dropped, 1);
+        while publisher.poll_event().is_some() {}
+        // Then one event for the SA, however many packets it refuses (each is logged).
+        for _ in 0..100 {
+            let mut b = packet();
+            assert_eq!(
+                h.outbound(now, &mut b, HEADROOM..HEADROOM + 40),
+                Outbound::Drop(DropReason::SequenceExhausted)
+            );
+        }
         assert!(matches!(
             publisher.poll_event(),
             Some(Event::SequenceExhausted { spi: 0x1000, .. })
         ));
         assert!(publisher.poll_event().is_none());
+        assert_eq!(publisher.counters().events_dropped, 1);
         // The SA goes away: the very next packet has no SA.
         plane.peers[0].sa = None;
         publisher.publish(&plane);
@@ -424,7 +469,7 @@ mod tests {
         assert_eq!((c.out_packets, c.out_bytes), (1, 40));
         assert_eq!(
             c.drops(Dir::Out, DropReason::SequenceExhausted, Family::V4),
-            1
+            101
         );
         assert_eq!(c.drops(Dir::Out, DropReason::NoOutboundSa, Family::V4), 1);
         publisher.clear_counters();
@@ -432,6 +477,25 @@ mod tests {
         let mut b = packet();
         let _ = h.outbound(now, &mut b, HEADROOM..HEADROOM + 40);
         assert_eq!(publisher.counters().total_drops(Dir::Out), 1);
+    }
+
+    /// An idle sender lets go of the SAs the node removed (their keys with them) when it
+    /// refreshes, without waiting for a packet.
+    #[test]
+    fn refresh_releases_removed_sas() {
+        let now = Instant::now();
+        let sa = OutboundSa::new(&SaParams::new(0x1000, Algorithm::AesGcm128, &[7; 20], &[]));
+        let sa = OutSa::new(sa.unwrap(), now);
+        let mut plane = OutPlane {
+            children: vec![],
+            peers: vec![peer(Some(sa.clone()))],
+        };
+        let (publisher, mut h) = TxPublisher::new(&plane);
+        plane.peers[0].sa = None;
+        publisher.publish(&plane);
+        assert_eq!(Arc::strong_count(&sa), 2, "ours and the handle's");
+        h.refresh();
+        assert_eq!(Arc::strong_count(&sa), 1);
     }
 
     #[test]
