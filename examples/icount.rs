@@ -49,6 +49,36 @@ fn main() {
             }
             black_box(hits);
         }
+        "lookup-batch-hit" | "lookup-batch-miss" => {
+            // Per lookup, through the reader's adaptive batch (32 per call) on the same
+            // 1Ki-SA table as `lookup-hit`/`lookup-miss`. Larger tables take the
+            // fingerprinted and two-pass paths, but building one under callgrind costs
+            // billions of instructions of setup; criterion covers them (benches/sad.rs).
+            let sas = 1024;
+            let sad: Sad<u32> = Sad::new(SadConfig {
+                rng_seed: Some(1),
+                initial_capacity: sas,
+                ..SadConfig::default()
+            });
+            let spis: Vec<u32> = (0..sas).map(|i| sad.allocate(i as u32).unwrap()).collect();
+            let mut r = sad.reader();
+            let mut x = 7u64;
+            let mut hits = 0usize;
+            let mut burst = [0u32; 32];
+            for b in 0..n / 32 {
+                for (k, s) in burst.iter_mut().enumerate() {
+                    *s = if path == "lookup-batch-hit" {
+                        spis[(b * 32 + k).wrapping_mul(40503) & (sas - 1)]
+                    } else {
+                        lcg(&mut x) | 0x100
+                    };
+                }
+                let mut out = [Lookup::Unknown; 32];
+                r.lookup_batch(black_box(&burst), &mut out);
+                hits += out.iter().filter(|o| matches!(o, Lookup::Hit(_))).count();
+            }
+            black_box(hits);
+        }
         "decap-gcm128-1400" | "decap-gcm128-64" => {
             let size = if path.ends_with("1400") { 1400 } else { 64 };
             let p = SaParams::new(0xc0de_0001, Algorithm::AesGcm128, &[0x42; 20], &[]);

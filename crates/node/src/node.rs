@@ -584,10 +584,21 @@ impl Node {
     }
 
     /// Takes the next event for the control side.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events
-            .pop()
-            .or_else(|| self.tx.as_ref().and_then(|t| t.poll_event()))
+        // The node's own queue inline, the sending thread's channel out of line: as one
+        // out-of-line function (the `or_else` form) every event was copied once more on
+        // return, 24-125 instructions per event on the drop paths (callgrind).
+        match self.events.pop() {
+            Some(e) => Some(e),
+            None if self.tx.is_some() => self.poll_tx_event(),
+            None => None,
+        }
+    }
+
+    #[inline(never)]
+    fn poll_tx_event(&mut self) -> Option<Event> {
+        self.tx.as_ref().and_then(|t| t.poll_event())
     }
 
     /// Periodic work (call about once a second): forget retired SPIs past their grace
@@ -2037,6 +2048,62 @@ mod publish_tests {
         assert!(n.out.children.is_empty() && n.out.peers[0].sa.is_none());
         assert_eq!(n.clear_all(t), 0);
         assert_eq!(published(&n), 45);
+    }
+
+    /// Events the sending thread raises come out of the node's `poll_event` once the
+    /// node's own queue is empty (the fast path only looks at the channel when a sending
+    /// thread exists).
+    #[test]
+    fn poll_event_hands_over_the_sending_threads_events() {
+        let t = Instant::now();
+        let mut n = Node::new(
+            NodeConfig {
+                name: "a".into(),
+                local: ip("198.18.0.1"),
+                peers: vec![PeerConfig {
+                    name: "b".into(),
+                    address: ip("198.18.0.2"),
+                    encap: UnderlayEncap::Udp,
+                    port: 4500,
+                    local_ts: vec!["198.19.1.0/24".parse().unwrap()],
+                    remote_ts: vec!["198.19.2.0/24".parse().unwrap()],
+                }],
+                log_limits: LogLimits::default(),
+                event_queue: 16,
+                retired_grace: Duration::from_secs(5),
+            },
+            Some(3),
+        );
+        assert!(n.poll_event().is_none());
+        let mut h = n.split_tx();
+        let mut out = OutboundSa::new(&sa(0x7000)).unwrap();
+        out.set_next_seq(u32::MAX as u64);
+        n.out.peers[0].sa = Some(OutSa::new(out, t));
+        n.out_changed();
+        let packet = || {
+            let mut b = vec![0u8; HEADROOM + 40 + TAILROOM];
+            let p = &mut b[HEADROOM..HEADROOM + 40];
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&40u16.to_be_bytes());
+            p[12..16].copy_from_slice(&[198, 19, 1, 1]);
+            p[16..20].copy_from_slice(&[198, 19, 2, 1]);
+            b
+        };
+        let mut b = packet();
+        assert!(matches!(
+            h.outbound(t, &mut b, HEADROOM..HEADROOM + 40),
+            Outbound::Send { .. }
+        ));
+        let mut b = packet();
+        assert_eq!(
+            h.outbound(t, &mut b, HEADROOM..HEADROOM + 40),
+            Outbound::Drop(DropReason::SequenceExhausted)
+        );
+        assert!(matches!(
+            n.poll_event(),
+            Some(Event::SequenceExhausted { spi: 0x7000, .. })
+        ));
+        assert!(n.poll_event().is_none());
     }
 
     #[test]
