@@ -30,7 +30,8 @@
 #                  esplab@tx-thread: TUN -> ESP on a thread of its own)
 #                  and esplab-old (the binary in $ESPLAB_OLD, e.g. a build of an older commit)
 #                  and esplab+KEY=VALUE (esplab with `KEY = VALUE` in both configs' [capture]
-#                  table, e.g. esplab+ring=0: no flight recorder; esplab+snaplen=96)
+#                  table, e.g. esplab+ring=0: no flight recorder; esplab+snaplen=96; or in
+#                  their [tun] table with tun.KEY, e.g. esplab+tun.tx_queue_len=500)
 #   BIDIR=1        also TCP 1 stream each way at once (iperf3 --bidir; both directions'
 #                  sum): every daemon then encrypts and decrypts at full rate
 #   ESPLAB=PATH    the esplab binary (default: build target/release/esplab)
@@ -172,11 +173,48 @@ tcp_bidir() {
     jq -r '.end.sum_received.bits_per_second + .end.sum_received_bidir_reverse.bits_per_second' "$f"
 }
 
-# One UDP probe at $4 bit/s; prints "received_bps lost_percent".
+# The kernel's drop counters in namespace $1, one "name=value" per line: each interface's
+# tx/rx_dropped (a TUN device's tx_dropped: packets its reader, the tunnel daemon, did not
+# take in time; rx_dropped: packets the daemon wrote that the stack refused), the UDP MIB
+# (/proc/net/snmp: RcvbufErrors, SndbufErrors, InErrors) and each UDP socket's drops by
+# local port (/proc/net/udp: 4500 the tunnel, 5201 iperf3).
+drop_counters() {
+    ip netns exec "$1" bash -c '
+        for d in /sys/class/net/*; do
+            echo "${d##*/}.tx_dropped=$(<"$d/statistics/tx_dropped")"
+            echo "${d##*/}.rx_dropped=$(<"$d/statistics/rx_dropped")"
+        done
+        awk '\''/^Udp:/ { if (!h) { for (i = 2; i <= NF; i++) k[i] = $i; h = 1 }
+                          else for (i = 2; i <= NF; i++) print "udp." k[i] "=" $i }'\'' /proc/net/snmp
+        while read -r _ local _ _ _ _ _ _ _ _ _ _ drops; do
+            [[ $local == *:* ]] || continue
+            echo "udp:$((16#${local##*:})).drops=$drops"
+        done < <(tail -n +2 /proc/net/udp)' 2>/dev/null || true
+}
+
+# Which counters of both namespaces grew between two drop_counters snapshots ($1: before,
+# $2: after, "NS:name=value" lines); prints "NS:name+delta ..." or "none".
+drop_delta() {
+    awk -F= 'NR == FNR { a[$1] = $2; next }
+             $1 ~ /(dropped|Errors|drops)$/ && ($2 - a[$1]) > 0 { printf "%s+%d ", $1, $2 - a[$1]; n++ }
+             END { if (!n) printf "none" }' <(echo "$1") <(echo "$2")
+}
+
+both_drop_counters() {
+    drop_counters "$NS_A" | sed 's/^/A:/'
+    drop_counters "$NS_B" | sed 's/^/B:/'
+}
+
+# One UDP probe at $4 bit/s; prints "received_bps lost_percent"; after a lossy probe,
+# tells on stderr which kernel drop counters grew meanwhile (where the datagrams went).
 udp_probe() {
-    local name=$1 dst=$2 src=$3 rate=$4 f
+    local name=$1 dst=$2 src=$3 rate=$4 f before
+    before=$(both_drop_counters)
     f=$(run_iperf "$dst" "$src" "$name-udp-$rate" -u -l $((PKT - 28)) -w 4M -b "$rate" -t "$UDP_DURATION") ||
         { echo "0 100"; return; }
+    if ! lossfree "$(jq -r '.end.sum.lost_percent' "$f")"; then
+        say "  udp $name: kernel drops during the probe: $(drop_delta "$before" "$(both_drop_counters)")"
+    fi
     jq -r '[(.end.sum.bits_per_second * (100 - .end.sum.lost_percent) / 100), .end.sum.lost_percent] | @tsv' "$f"
 }
 
@@ -253,7 +291,8 @@ run_bare() { measure bare "$B_UL" "$A_UL"; }
 # ---- esplab <-> esplab ----
 esplab_config() {
     local me=$1 local=$2 peer=$3 lnet=$4 rnet=$5 out_key=$6 in_key=$7 out_spi=$8 in_spi=$9
-    local capture=${10:-}
+    local capture=${10:-} tunkey=""
+    if [[ $capture == tun.* ]]; then tunkey=${capture#tun.}; capture=""; fi
     cat >"$STATE/esplab-$me.toml" <<CONF
 name = "$me"
 
@@ -265,6 +304,7 @@ port = 4500
 [tun]
 name = "ebt$((id % 100000))$me"
 mtu = 1400
+${tunkey%%=*}${tunkey:+ = }${tunkey#*=}
 
 [control]
 socket = "$STATE/esplab-$me.sock"

@@ -99,6 +99,21 @@ fn desync_and_recover(test: &str, scenario: &str, encap: Encap, family: u8) {
     };
     assert_eq!(lab.ping(Peer::A, 3), full, "A -> B over a fresh tunnel");
     assert_eq!(lab.ping(Peer::B, 3), full, "B -> A over a fresh tunnel");
+    // The TUN devices queue `[tun] tx_queue_len` packets for the daemon (2000 by default;
+    // the kernel's 500 overflowed whenever a daemon was off the CPU for a few ms).
+    for p in [Peer::A, Peer::B] {
+        let q = run(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                lab.ns(p),
+                "cat",
+                &format!("/sys/class/net/esplab-{}/tx_queue_len", p.name()),
+            ]),
+            Duration::from_secs(10),
+        );
+        assert_eq!(q.stdout.trim(), "2000", "{q:?}");
+    }
 
     // 2. Each SA carried the 3 requests one way and the 3 replies of the other ping: 6
     //    packets of 84 bytes, sequence numbers 1..=6, on the SPIs of the configs.

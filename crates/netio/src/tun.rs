@@ -94,6 +94,11 @@ pub fn open(cfg: &TunConfig, ipv6: bool, offload: bool, shared: bool) -> Result<
             "1",
         );
     }
+    // The queue of packets waiting for our reads (the kernel drops, and counts as the
+    // device's tx_dropped, what does not fit while the daemon is off the CPU).
+    dev.device()
+        .set_tx_queue_len(cfg.tx_queue_len)
+        .map_err(err)?;
     dev.device().enabled(true).map_err(err)?;
     Ok(dev)
 }
