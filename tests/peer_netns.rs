@@ -13,7 +13,7 @@
 #[path = "peer_netns/lab.rs"]
 mod lab;
 
-use lab::{ip, netns_available, run, Encap, Lab, Peer, Ping, ESPLAB};
+use lab::{ip, netns_available, read_in, run, Encap, Lab, Peer, Ping, ESPLAB};
 use serde_json::Value;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -102,17 +102,8 @@ fn desync_and_recover(test: &str, scenario: &str, encap: Encap, family: u8) {
     // The TUN devices queue `[tun] tx_queue_len` packets for the daemon (2000 by default;
     // the kernel's 500 overflowed whenever a daemon was off the CPU for a few ms).
     for p in [Peer::A, Peer::B] {
-        let q = run(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                lab.ns(p),
-                "cat",
-                &format!("/sys/class/net/esplab-{}/tx_queue_len", p.name()),
-            ]),
-            Duration::from_secs(10),
-        );
-        assert_eq!(q.stdout.trim(), "2000", "{q:?}");
+        let dev = format!("/sys/class/net/esplab-{}/tx_queue_len", p.name());
+        assert_eq!(read_in(lab.ns(p), &dev).trim(), "2000", "{dev}");
     }
 
     // 2. Each SA carried the 3 requests one way and the 3 replies of the other ping: 6

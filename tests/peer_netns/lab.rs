@@ -603,14 +603,20 @@ impl Drop for Lab {
     }
 }
 
+/// The contents of `path` as seen inside namespace `ns` (its own /proc/net, /sys/class/net).
+pub fn read_in(ns: &str, path: &str) -> String {
+    run_ok(
+        Command::new("ip").args(["netns", "exec", ns, "cat", path]),
+        Duration::from_secs(10),
+    )
+    .stdout
+}
+
 /// The `Udp:` counters of `/proc/net/snmp` inside namespace `ns`.
 pub fn udp_snmp(ns: &str) -> BTreeMap<String, u64> {
-    let o = run_ok(
-        Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/snmp"]),
-        Duration::from_secs(10),
-    );
-    let udp: Vec<&str> = o.stdout.lines().filter(|l| l.starts_with("Udp:")).collect();
-    assert_eq!(udp.len(), 2, "{}", o.stdout);
+    let snmp = read_in(ns, "/proc/net/snmp");
+    let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+    assert_eq!(udp.len(), 2, "{snmp}");
     udp[0]
         .split_whitespace()
         .skip(1)

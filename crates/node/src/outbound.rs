@@ -389,7 +389,7 @@ impl TxHandle {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::node::HEADROOM;
     use esplab_esp::{Algorithm, SaParams};
@@ -405,7 +405,8 @@ mod tests {
         }
     }
 
-    fn packet() -> Vec<u8> {
+    /// A 40-byte IPv4 packet 198.19.1.1 -> 198.19.2.1 at HEADROOM, with room behind.
+    pub(crate) fn packet() -> Vec<u8> {
         let mut b = vec![0u8; HEADROOM + 40 + 64];
         let p = &mut b[HEADROOM..HEADROOM + 40];
         p[0] = 0x45;
