@@ -17,6 +17,11 @@
 //!   which also reads each hit's SA line.
 //! * `vec_index`: `vec[spi & mask]`, no verification at all: the physical floor.
 //! * `vec_batch32`: the same with the two-pass (touch, then use) batching of `sad_batch32`.
+//! * `slab_get` (interleaved block only): the `slab` crate indexed by slot, `get(spi & mask)`
+//!   returning `Option<&usize>`: a bare slab, occupancy checked but not the SPI (the
+//!   structure of #7's reference numbers, "bare slab lookup ≈ 1.3 ns at 1k SAs").
+//! * `slab_verified` (interleaved block only): the same slab holding `(spi, value)`, the SPI
+//!   compared: the least a correct direct-index lookup can do.
 //! * `std_hashmap`: `std::collections::HashMap<u32, usize>` (SipHash-1-3, random key).
 //! * `foldhash_map`: `hashbrown::HashMap` with `foldhash::fast::RandomState`.
 //! * `*_batch32` of the maps: the same lookups 32 at a time into an output array (the shape
@@ -478,6 +483,38 @@ fn interleaved() {
         for (i, &spi) in fx.spis.iter().enumerate() {
             vec[spi as usize & mask] = i;
         }
+        // A slab whose keys are the slots: fill every slot, then free those without an SA.
+        let slab_of = |val: &dyn Fn(usize) -> (u32, usize)| {
+            let mut s = slab::Slab::with_capacity(fx.slots);
+            let mut by_slot = vec![None; fx.slots];
+            for (i, &spi) in fx.spis.iter().enumerate() {
+                by_slot[spi as usize & mask] = Some((spi, i));
+            }
+            for slot in 0..fx.slots {
+                let key = s.insert(val(slot));
+                debug_assert_eq!(key, slot);
+            }
+            for (slot, sa) in by_slot.iter().enumerate() {
+                match sa {
+                    &Some(sa) => s[slot] = sa,
+                    None => drop(s.remove(slot)),
+                }
+            }
+            s
+        };
+        let slab = slab_of(&|slot| (0, slot));
+        let slab_bare: slab::Slab<usize> = {
+            let mut b = slab::Slab::with_capacity(fx.slots);
+            for slot in 0..fx.slots {
+                b.insert(slot);
+            }
+            for slot in 0..fx.slots {
+                if !slab.contains(slot) {
+                    b.remove(slot);
+                }
+            }
+            b
+        };
         let std_map: HashMap<u32, usize> =
             fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
         let fast: hashbrown::HashMap<u32, usize, foldhash::fast::RandomState> =
@@ -508,6 +545,26 @@ fn interleaved() {
             (
                 "vec_batch32",
                 Box::new(|w| batch(w, |s| vec[s as usize & mask])),
+            ),
+            (
+                "slab_get",
+                Box::new(|w| {
+                    w.iter().for_each(|&s| {
+                        black_box(slab_bare.get(s as usize & mask));
+                    })
+                }),
+            ),
+            (
+                "slab_verified",
+                Box::new(|w| {
+                    w.iter().for_each(|&s| {
+                        black_box(
+                            slab.get(s as usize & mask)
+                                .filter(|e| e.0 == s)
+                                .map(|e| &e.1),
+                        );
+                    })
+                }),
             ),
             (
                 "sad_view",
@@ -629,32 +686,44 @@ fn interleaved() {
         };
         println!("N = {n}");
         println!(
-            "{:>16} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
-            "case", "hit", "zipf", "miss", "hit/vec", "hit/vec~", "zipf/vec~", "miss/vec~"
+            "{:>18} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>10} {:>10}",
+            "case",
+            "hit",
+            "zipf",
+            "miss",
+            "hit/vec",
+            "hit/vec~",
+            "miss/vec~",
+            "hit/slab~",
+            "zipf/slab~"
         );
+        // Indexes in `cases` of the two floors.
+        const VEC: usize = 0;
+        const SLAB: usize = 2;
         for (k, (name, _)) in cases.iter().enumerate() {
-            // Median over rounds of the ratio to the bare index measured in the same round.
-            let ratio = |m: usize| {
+            // Median over rounds of the ratio to a floor measured in the same round.
+            let ratio = |base: usize, m: usize| {
                 let mut r = [0f64; ROUNDS];
                 for (i, x) in r.iter_mut().enumerate() {
-                    *x = ns[k][m][i] / ns[0][m][i];
+                    *x = ns[k][m][i] / ns[base][m][i];
                 }
                 median(r)
             };
             println!(
-                "{:>16} {:>8.2} {:>8.2} {:>8.2} {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
+                "{:>18} {:>7.2} {:>7.2} {:>7.2} {:>7.2}x {:>8.2}x {:>9.2}x {:>9.2}x {:>9.2}x",
                 name,
                 best(&ns[k][0]),
                 best(&ns[k][1]),
                 best(&ns[k][2]),
-                best(&ns[k][0]) / best(&ns[0][0]),
-                ratio(0),
-                ratio(1),
-                ratio(2),
+                best(&ns[k][0]) / best(&ns[VEC][0]),
+                ratio(VEC, 0),
+                ratio(VEC, 2),
+                ratio(SLAB, 0),
+                ratio(SLAB, 1),
             );
         }
     }
-    println!("(hit/vec: ratio of best rounds; ~: median of per-round ratios)");
+    println!("(hit/vec: ratio of best rounds; ~: median of per-round ratios; slab: `slab_get`)");
 }
 
 fn main() {
