@@ -83,7 +83,10 @@ fn dump_merges_the_sending_threads_ring() {
     dumps_pcap_uat_and_runs_on_event(lab);
 }
 
-fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
+/// B restarted with `[capture]` (ring of 200, `extra` lines appended to the table) and an
+/// `on_event` script writing its environment; returns the dump directory and the file the
+/// script writes.
+fn restart_b_with_capture(lab: &Lab, extra: &str) -> (PathBuf, PathBuf) {
     let cap = lab.state.join("capture");
     let hook = lab.state.join("hook.sh");
     let env_file = lab.state.join("hook.env");
@@ -108,7 +111,7 @@ fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
         "run.sh's generated config no longer ends in [log]: {text}"
     );
     text.push_str(&format!(
-        "debug_keys = true\n\n[capture]\nring = 200\nmin_interval = \"60s\"\ndir = \"{}\"\non_event = \"{}\"\n",
+        "debug_keys = true\n\n[capture]\nring = 200\nmin_interval = \"60s\"\ndir = \"{}\"\non_event = \"{}\"\n{extra}",
         cap.display(),
         hook.display()
     ));
@@ -117,6 +120,11 @@ fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
     wait_for("B's capture line", Duration::from_secs(10), || {
         lab.log(Peer::B).contains("capture: recording the last 200")
     });
+    (cap, env_file)
+}
+
+fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
+    let (cap, env_file) = restart_b_with_capture(&lab, "");
 
     let p = lab.ping(Peer::A, 2);
     assert_eq!(p.received, 2, "A -> B before the clear: {p:?}");
@@ -203,4 +211,69 @@ fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
             .unwrap();
         assert!(replies[0] > first_request, "out of order:\n{}", o.stdout);
     }
+}
+
+/// `(source, SPI)` of each ESP-in-UDP record of a classic pcap with IPv4 `LINKTYPE_RAW`
+/// records (what the recorder writes), in file order.
+fn esp_records(pcap: &Path) -> Vec<(String, u32)> {
+    let b = std::fs::read(pcap).unwrap();
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let len = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let rec = &b[at + 16..at + 16 + len];
+        at += 16 + len;
+        let ihl = usize::from(rec[0] & 0x0f) * 4;
+        if rec[9] != 17 || rec.len() < ihl + 16 {
+            continue;
+        }
+        let spi = u32::from_be_bytes(rec[ihl + 8..ihl + 12].try_into().unwrap());
+        if spi != 0 {
+            let src = std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&rec[12..16]).unwrap());
+            out.push((src.to_string(), spi));
+        }
+    }
+    out
+}
+
+/// Per-SPI sampling (`per_spi_interval`, here an hour so that only the first packet of each
+/// SPI is kept): of A's pings before the clear and B's replies, one packet each; after the
+/// clear the packet with the now unknown SPI, sampled out on arrival, is recorded after all
+/// once the SAD lookup failed, so the dump holds what caused it.
+#[test]
+fn sampled_dump_keeps_the_packets_with_the_unknown_spi() {
+    let test = "sampled_dump_keeps_the_packets_with_the_unknown_spi";
+    if !netns_available(test) {
+        return;
+    }
+    let lab = Lab::up("capsm", Encap::Udp, 4);
+    let (cap, _) = restart_b_with_capture(&lab, "per_spi_interval = \"1h\"\n");
+    let p = lab.ping(Peer::A, 3);
+    assert_eq!(p.received, 3, "A -> B before the clear: {p:?}");
+    lab.esplab(Peer::B, &["clear", "sa", "--spi", SPI_A]);
+    let p = lab.ping(Peer::A, 2);
+    assert_eq!(p.received, 0, "A -> B after B cleared {SPI_A}: {p:?}");
+    wait_for("a pcap in the capture dir", Duration::from_secs(10), || {
+        !files(&cap, "pcap").is_empty()
+    });
+    let pcaps = files(&cap, "pcap");
+    let recs = esp_records(&pcaps[0]);
+    let spi_a = u32::from_str_radix(SPI_A.trim_start_matches("0x"), 16).unwrap();
+    let from_a = recs
+        .iter()
+        .filter(|(src, spi)| src == "198.18.0.1" && *spi == spi_a)
+        .count();
+    let from_b = recs.iter().filter(|(src, _)| src == "198.18.0.2").count();
+    // The first ping (kept on arrival) and at least the packet that fired the dump (kept
+    // late); without the late record there would be one.
+    assert!(
+        from_a >= 2,
+        "A's packets with {SPI_A} in the dump: {recs:x?}"
+    );
+    assert_eq!(from_b, 1, "B's replies are sampled to one: {recs:x?}");
+    let log = lab.log(Peer::B);
+    assert!(
+        log.contains("ESP sampled, one packet per SPI per 3600s"),
+        "{log}"
+    );
 }

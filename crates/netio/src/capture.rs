@@ -9,6 +9,12 @@
 //! The ring preallocates every slot at startup: recording a packet is one `memcpy` into a
 //! reused buffer plus a few scalar stores, so it can sit on the datapath. Outer IP/UDP
 //! headers are not stored; they are rebuilt from the addresses and ports at dump time.
+//!
+//! ESP packets are sampled per SPI ([`CaptureConfig::per_spi_interval`]): at 300 000
+//! packets a second a ring of every packet would hold the last 3 ms and cost a copy of
+//! each one, while a desync plays out over seconds. IKE messages, keepalives and the first
+//! packet of an SPI not seen within the interval are always kept, and the datapath records
+//! an inbound packet it sampled out after all when its SPI turns out to be unknown.
 
 use crate::clock::rfc3339_millis;
 use esplab_esp::wire::{emit_outer, finish_udp6_checksum, OuterParams};
@@ -26,6 +32,14 @@ pub const DEFAULT_RING: usize = 1000;
 
 /// Default minimum time between two dumps (`[capture] min_interval`).
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Default `[capture] per_spi_interval`: one ESP packet per SPI every 10 ms keeps 100 a
+/// second of a busy SA (a 1000-slot ring then spans seconds, not milliseconds).
+pub const DEFAULT_PER_SPI_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Entries of the per-SPI sampler (direct-mapped; two SPIs sharing an entry are both kept
+/// more often, never less).
+const SAMPLER_SLOTS: usize = 256;
 
 /// Room past the MTU in a slot: an ESP header, IV, trailer and ICV around a full inner packet,
 /// plus a UDP header and (for IPv4 raw ESP, stored with its header) an outer IP header.
@@ -50,6 +64,9 @@ pub struct CaptureConfig {
     pub snaplen: usize,
     /// At most one dump (and one script run) per this interval.
     pub min_interval: Duration,
+    /// ESP packets of one SPI are recorded at most once per this interval (zero: every
+    /// packet); see the module documentation.
+    pub per_spi_interval: Duration,
     /// Where dumps go.
     pub dir: PathBuf,
     /// Script run after each dump, with the event in its environment.
@@ -68,6 +85,7 @@ impl CaptureConfig {
             ring: DEFAULT_RING,
             snaplen: 0,
             min_interval: DEFAULT_MIN_INTERVAL,
+            per_spi_interval: DEFAULT_PER_SPI_INTERVAL,
             dir,
             on_event: None,
         }
@@ -122,6 +140,75 @@ pub struct Ring {
     /// Slots in use.
     len: usize,
     slot_cap: usize,
+    sampler: Sampler,
+}
+
+/// Which ESP packets [`Ring::offer`] keeps: per SPI, one per interval.
+#[derive(Debug, Clone)]
+struct Sampler {
+    /// Zero: keep every packet.
+    interval: Duration,
+    /// Odd multiplier of the table index. SPIs come off the wire; a random key keeps a
+    /// sender from aiming many SPIs at one entry (which would only make us keep more).
+    key: u32,
+    /// `(SPI, next packet kept from)`; SPI 0 never appears in ESP (RFC 4303 §2.1), so it
+    /// marks an unused entry.
+    table: Box<[(u32, Instant)]>,
+    /// ESP packets left out since startup.
+    skipped: u64,
+}
+
+impl Sampler {
+    fn new(interval: Duration) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let key = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish() as u32
+            | 1;
+        Self {
+            interval,
+            key,
+            table: vec![(0, Instant::now()); SAMPLER_SLOTS].into_boxed_slice(),
+            skipped: 0,
+        }
+    }
+
+    /// Whether to keep a packet of `spi` seen at `now` (and if so, start its interval).
+    #[inline]
+    fn admit(&mut self, spi: u32, now: Instant) -> bool {
+        if self.interval.is_zero() {
+            return true;
+        }
+        // The top 8 bits of the product: SAMPLER_SLOTS = 2^8 entries.
+        let e = &mut self.table[(spi.wrapping_mul(self.key) >> 24) as usize];
+        if e.0 == spi && now < e.1 {
+            self.skipped += 1;
+            return false;
+        }
+        // `now` when the sum does not fit: keep every packet rather than panic.
+        *e = (spi, now.checked_add(self.interval).unwrap_or(now));
+        true
+    }
+}
+
+/// The SPI of a recorded payload that is an ESP packet; `None` for IKE (port 500, or the
+/// RFC 3948 §2.2 non-ESP marker on 4500), NAT-keepalives and runts, which are always kept.
+fn esp_spi(transport: Transport, payload: &[u8]) -> Option<u32> {
+    let esp = match transport {
+        Transport::Udp { sport, dport } if sport == 500 || dport == 500 => return None,
+        Transport::Udp { .. } | Transport::Esp => payload,
+        // IPv4 raw reads keep the IP header: skip it (RFC 791 IHL, in 32-bit words).
+        Transport::Ip => {
+            let ihl = usize::from(*payload.first()? & 0x0f) * 4;
+            if payload.get(9) != Some(&50) {
+                return None;
+            }
+            payload.get(ihl..)?
+        }
+    };
+    // SPI and sequence number at least (RFC 4303 §2); an SPI of 0 is the non-ESP marker.
+    let spi = u32::from_be_bytes(esp.get(..4)?.try_into().ok()?);
+    (esp.len() >= 8 && spi != 0).then_some(spi)
 }
 
 /// A recorded packet, as [`Ring::iter`] returns it.
@@ -162,7 +249,43 @@ impl Ring {
             next: 0,
             len: 0,
             slot_cap,
+            sampler: Sampler::new(Duration::ZERO),
         }
+    }
+
+    /// The same ring keeping ESP packets of one SPI at most once per `interval` in
+    /// [`Ring::offer`] (zero: every packet).
+    pub fn sampled(mut self, interval: Duration) -> Self {
+        self.sampler.interval = interval;
+        self
+    }
+
+    /// ESP packets [`Ring::offer`] left out since startup.
+    pub fn sampled_out(&self) -> u64 {
+        self.sampler.skipped
+    }
+
+    /// [`Ring::record`] for a packet that may be ESP: kept unless its SPI was kept less
+    /// than the sampling interval before `now`. Returns whether it was recorded.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        at: SystemTime,
+        dir: Direction,
+        src: IpAddr,
+        dst: IpAddr,
+        transport: Transport,
+        payload: &[u8],
+    ) -> bool {
+        if let Some(spi) = esp_spi(transport, payload) {
+            if !self.sampler.admit(spi, now) {
+                return false;
+            }
+        }
+        self.record(at, dir, src, dst, transport, payload);
+        true
     }
 
     /// A ring sized for a TUN MTU: whole packets, or the first `snaplen` bytes of each
@@ -390,6 +513,10 @@ pub struct DumpReport {
     pub packets: usize,
     /// The pcap file.
     pub pcap: PathBuf,
+    /// ESP packets left out by per-SPI sampling since startup (both rings).
+    pub sampled_out: u64,
+    /// The sampling interval (zero: every packet kept).
+    pub per_spi_interval: Duration,
     /// The UAT file (`esp_sa` lines).
     pub uat: PathBuf,
     /// The `ikev2_decryption_table` UAT file.
@@ -437,7 +564,7 @@ impl Capture {
             return None;
         }
         Some(Self {
-            ring: Ring::for_mtu(cfg.ring, mtu, cfg.snaplen),
+            ring: Ring::for_mtu(cfg.ring, mtu, cfg.snaplen).sampled(cfg.per_spi_interval),
             limit: RateLimit::new(cfg.min_interval),
             node: node.to_string(),
             cfg,
@@ -454,6 +581,7 @@ impl Capture {
     /// what it records ([`Capture::dump`] merges both in time order).
     pub fn make_tx_ring(&self) -> Ring {
         Ring::new(self.ring.capacity(), self.ring.slot_capacity())
+            .sampled(self.cfg.per_spi_interval)
     }
 
     /// The sending thread's ring, shared (see [`Capture::make_tx_ring`]).
@@ -461,7 +589,24 @@ impl Capture {
         self.tx_ring = Some(r);
     }
 
-    /// Records one packet (see [`Ring::record`]).
+    /// Offers one packet that may be ESP to the ring (see [`Ring::offer`]); whether it was
+    /// recorded.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        at: SystemTime,
+        dir: Direction,
+        src: IpAddr,
+        dst: IpAddr,
+        transport: Transport,
+        payload: &[u8],
+    ) -> bool {
+        self.ring.offer(now, at, dir, src, dst, transport, payload)
+    }
+
+    /// Records one packet, never sampled (see [`Ring::record`]).
     pub fn record(
         &mut self,
         at: SystemTime,
@@ -587,6 +732,7 @@ impl Capture {
             .as_ref()
             .map(|r| r.lock().unwrap_or_else(|e| e.into_inner()).clone());
         let packets = write_pcap_merged(&self.ring, tx.as_ref(), &mut w)?;
+        let sampled_out = self.ring.sampled_out() + tx.as_ref().map_or(0, Ring::sampled_out);
         w.flush()?;
         // Key material: owner-only.
         let mut o = std::fs::OpenOptions::new();
@@ -601,6 +747,8 @@ impl Capture {
             .write_all(self.ikev2_uat_text().as_bytes())?;
         Ok(DumpReport {
             packets,
+            sampled_out,
+            per_spi_interval: self.cfg.per_spi_interval,
             pcap,
             uat,
             ike_uat,
@@ -721,6 +869,151 @@ mod tests {
         v[0..4].copy_from_slice(&spi.to_be_bytes());
         v[4..8].copy_from_slice(&seq.to_be_bytes());
         v
+    }
+
+    /// SPIs and sequence numbers of the ring's records, oldest first.
+    fn recorded(r: &Ring) -> Vec<(u32, u32)> {
+        r.iter()
+            .filter_map(|x| {
+                let b = match x.transport {
+                    Transport::Ip => &x.data[20..],
+                    _ => x.data,
+                };
+                Some((
+                    u32::from_be_bytes(b.get(..4)?.try_into().ok()?),
+                    u32::from_be_bytes(b.get(4..8)?.try_into().ok()?),
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn esp_is_sampled_per_spi_and_everything_else_kept() {
+        let udp = Transport::Udp {
+            sport: 4500,
+            dport: 4500,
+        };
+        let mut r = Ring::new(64, 200).sampled(Duration::from_millis(10));
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        let offer = |r: &mut Ring, at: Instant, tr: Transport, p: &[u8]| {
+            r.offer(
+                at,
+                t(0),
+                Direction::In,
+                a("198.18.0.1"),
+                a("198.18.0.2"),
+                tr,
+                p,
+            )
+        };
+        // Two SPIs interleaved: the first packet of each, then one per 10 ms each.
+        let mut kept = vec![];
+        for m in 0..25u32 {
+            for spi in [0x1000_0001, 0x2000_0002] {
+                if offer(&mut r, ms(m.into()), udp, &esp(spi, m, 40)) {
+                    kept.push((spi, m));
+                }
+            }
+        }
+        let want: Vec<(u32, u32)> = [0, 10, 20]
+            .iter()
+            .flat_map(|&m| [(0x1000_0001, m), (0x2000_0002, m)])
+            .collect();
+        assert_eq!(kept, want);
+        assert_eq!(recorded(&r), want);
+        assert_eq!(r.sampled_out(), 50 - 6);
+        // Always kept, however often: IKE behind the non-ESP marker on 4500, IKE on 500
+        // (its first bytes are an IKE SPI, not an ESP one), keepalives, runts.
+        let ike_4500 = [vec![0u8; 4], vec![0x11; 36]].concat();
+        let ike_500 = vec![0x22u8; 40];
+        let on_500 = Transport::Udp {
+            sport: 500,
+            dport: 500,
+        };
+        for _ in 0..3 {
+            assert!(offer(&mut r, ms(21), udp, &ike_4500));
+            assert!(offer(&mut r, ms(21), on_500, &ike_500));
+            assert!(offer(&mut r, ms(21), udp, &[0xff]));
+            assert!(offer(&mut r, ms(21), udp, &[0x33; 7]));
+        }
+        // Raw ESP, with (IPv4) and without (IPv6) the IP header: sampled by SPI too; a
+        // non-ESP IPv4 packet is kept.
+        let mut v4 = vec![0x45u8; 20];
+        v4[9] = 50;
+        v4.extend(esp(0x3000_0003, 1, 40));
+        assert!(offer(&mut r, ms(21), Transport::Ip, &v4));
+        assert!(!offer(&mut r, ms(22), Transport::Ip, &v4));
+        assert!(offer(
+            &mut r,
+            ms(21),
+            Transport::Esp,
+            &esp(0x4000_0004, 1, 40)
+        ));
+        assert!(!offer(
+            &mut r,
+            ms(22),
+            Transport::Esp,
+            &esp(0x4000_0004, 2, 40)
+        ));
+        v4[9] = 17;
+        assert!(offer(&mut r, ms(22), Transport::Ip, &v4));
+        assert!(offer(&mut r, ms(22), Transport::Ip, &v4));
+        // `record` is never sampled (IKE sent, and inbound packets recorded late).
+        r.record(
+            t(1),
+            Direction::In,
+            a("198.18.0.1"),
+            a("198.18.0.2"),
+            udp,
+            &esp(0x1000_0001, 99, 40),
+        );
+        assert_eq!(recorded(&r).last(), Some(&(0x1000_0001, 99)));
+    }
+
+    #[test]
+    fn zero_interval_keeps_every_packet() {
+        let udp = Transport::Udp {
+            sport: 4500,
+            dport: 4500,
+        };
+        let mut r = Ring::new(8, 100);
+        let now = Instant::now();
+        for seq in 0..20 {
+            let p = esp(0x1000_0001, seq, 40);
+            assert!(r.offer(
+                now,
+                t(0),
+                Direction::Out,
+                a("198.18.0.1"),
+                a("198.18.0.2"),
+                udp,
+                &p
+            ));
+        }
+        assert_eq!(r.len(), 8);
+        assert_eq!(r.sampled_out(), 0);
+    }
+
+    #[test]
+    fn sampler_entries_are_shared_without_losing_spis() {
+        // More SPIs than entries: each is still kept at least once per interval.
+        let mut s = Sampler::new(Duration::from_millis(10));
+        let now = Instant::now();
+        let spis: Vec<u32> = (1..=2000u32)
+            .map(|i| i.wrapping_mul(0x9e37_79b9) | 1)
+            .collect();
+        for round in 0..3u64 {
+            let at = now + Duration::from_millis(20 * round);
+            for &spi in &spis {
+                // The first packet of a round (20 ms after the last one kept) always passes.
+                assert!(s.admit(spi, at), "spi {spi:#x} round {round}");
+            }
+        }
+        // A huge interval does not overflow `Instant`.
+        let mut s = Sampler::new(Duration::MAX);
+        assert!(s.admit(7, now));
+        assert!(s.admit(7, now));
     }
 
     #[test]
@@ -877,6 +1170,7 @@ mod tests {
             ring: 4,
             snaplen: 0,
             min_interval: Duration::from_secs(60),
+            per_spi_interval: DEFAULT_PER_SPI_INTERVAL,
             dir: dir.clone(),
             on_event: Some(script),
         };

@@ -62,6 +62,7 @@ struct RawCapture {
     ring: Option<Spanned<i64>>,
     snaplen: Option<Spanned<i64>>,
     min_interval: Option<Spanned<String>>,
+    per_spi_interval: Option<Spanned<String>>,
     dir: Option<Spanned<String>>,
     on_event: Option<Spanned<String>>,
 }
@@ -1250,6 +1251,16 @@ fn parse_capture(
         out.min_interval =
             parse_duration(d.get_ref()).map_err(|m| cx.err(d.span(), "capture.min_interval", m))?;
     }
+    if let Some(d) = &c.per_spi_interval {
+        out.per_spi_interval = parse_duration(d.get_ref())
+            .and_then(|i| {
+                // A bound keeps `now + interval` far from `Instant`'s range.
+                (i <= Duration::from_secs(86_400))
+                    .then_some(i)
+                    .ok_or_else(|| format!("{:?} is more than a day", d.get_ref()))
+            })
+            .map_err(|m| cx.err(d.span(), "capture.per_spi_interval", m))?;
+    }
     if let Some(d) = &c.dir {
         if d.get_ref().trim().is_empty() {
             return Err(cx.err(d.span(), "capture.dir", "empty path"));
@@ -1654,18 +1665,20 @@ dpd_delay = "10s"
         assert_eq!(c.capture.ring, 1000);
         assert_eq!(c.capture.snaplen, 0);
         assert_eq!(c.capture.min_interval, Duration::from_secs(60));
+        assert_eq!(c.capture.per_spi_interval, Duration::from_millis(10));
         assert_eq!(c.capture.dir, PathBuf::from("/tmp/esplab-capture-a"));
         assert!(c.capture.on_event.is_none());
         let text = format!("{GOOD}[log]\nfile = \"log/a.log\"\n");
         let c = Config::parse(Path::new("/etc/esplab/a.toml"), &text).unwrap();
         assert_eq!(c.capture.dir, PathBuf::from("/etc/esplab/log"));
         let text = format!(
-            "{GOOD}[capture]\nring = 0\nsnaplen = 96\nmin_interval = \"5s\"\ndir = \"/var/tmp/cap\"\non_event = \"hook.sh\"\n"
+            "{GOOD}[capture]\nring = 0\nsnaplen = 96\nmin_interval = \"5s\"\nper_spi_interval = \"0\"\ndir = \"/var/tmp/cap\"\non_event = \"hook.sh\"\n"
         );
         let c = Config::parse(Path::new("/etc/esplab/a.toml"), &text).unwrap();
         assert_eq!(c.capture.ring, 0);
         assert_eq!(c.capture.snaplen, 96);
         assert_eq!(c.capture.min_interval, Duration::from_secs(5));
+        assert!(c.capture.per_spi_interval.is_zero());
         assert_eq!(c.capture.dir, PathBuf::from("/var/tmp/cap"));
         assert_eq!(
             c.capture.on_event,
@@ -1680,6 +1693,10 @@ dpd_delay = "10s"
         }
         let e = err_of(&format!("{GOOD}[capture]\nmin_interval = \"often\"\n"));
         assert!(e.starts_with("a.toml:29: capture.min_interval:"), "{e}");
+        for bad in ["-1ms", "25h"] {
+            let e = err_of(&format!("{GOOD}[capture]\nper_spi_interval = \"{bad}\"\n"));
+            assert!(e.starts_with("a.toml:29: capture.per_spi_interval:"), "{e}");
+        }
         let e = err_of(&format!("{GOOD}[capture]\non_event = \"\"\n"));
         assert!(e.starts_with("a.toml:29: capture.on_event:"), "{e}");
         let e = err_of(&format!("{GOOD}[capture]\nsize = 3\n"));

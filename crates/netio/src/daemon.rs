@@ -34,7 +34,7 @@ use crate::server::{self, ControlError, Ctl};
 use crate::tun::{self, Tun, TunError};
 use crate::tx::{IoNotes, TunFailed, TunSource, TxNote, TxPath, TxSockets, TxThread};
 use crate::underlay::{Underlay, UnderlayError};
-use esplab_esp::Encap;
+use esplab_esp::{DropReason, Encap};
 use esplab_node::{
     Agent, AgentConfig, AgentError, AgentEvent, Event, Inbound, NodeError, UdpDatagram,
     UnderlayEncap, BATCH as NODE_BATCH,
@@ -311,8 +311,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     );
     if let Some(c) = &capture {
         log.line(&format!(
-            "capture: recording the last {} underlay packets; on invalid SPI, dumps to {} (at most one per {:?}){}",
+            "capture: recording the last {} underlay packets{}; on invalid SPI, dumps to {} (at most one per {:?}){}",
             c.ring().capacity(),
+            match config.capture.per_spi_interval {
+                i if i.is_zero() => String::new(),
+                i => format!(" (ESP: one per SPI per {i:?})"),
+            },
             config.capture.dir.display(),
             config.capture.min_interval,
             config
@@ -467,7 +471,9 @@ struct Datapath {
     clock: WallClock,
 }
 
-/// Records a UDP datagram received from `from` on `local`, before it is decrypted in place.
+/// Offers a UDP datagram received from `from` on `local` to the recorder, before it is
+/// decrypted in place; whether it was recorded (ESP is sampled per SPI). With `late` the
+/// datagram was sampled out and turned out to carry an SPI trouble: recorded regardless.
 fn record_udp(
     c: &mut Capture,
     clock: &WallClock,
@@ -475,18 +481,30 @@ fn record_udp(
     from: SocketAddr,
     local: SocketAddr,
     bytes: &[u8],
-) {
-    c.record(
+    late: bool,
+) -> bool {
+    let (at, t) = (
         clock.wall(now),
-        Direction::In,
-        from.ip(),
-        local.ip(),
         Transport::Udp {
             sport: from.port(),
             dport: local.port(),
         },
-        bytes,
     );
+    if late {
+        c.record(at, Direction::In, from.ip(), local.ip(), t, bytes);
+        return true;
+    }
+    c.offer(now, at, Direction::In, from.ip(), local.ip(), t, bytes)
+}
+
+/// Whether an inbound packet the recorder sampled out is recorded after its verdict: drops
+/// for its SPI (an invalid-SPI dump must show the packets that caused it). These are
+/// decided before any decryption, so the buffer still holds the packet as received.
+fn record_late(v: &Inbound) -> bool {
+    matches!(
+        v,
+        Inbound::Drop(DropReason::UnknownSpi | DropReason::RetiredSpi | DropReason::ReservedSpi)
+    )
 }
 
 /// Waits on an optional channel (forever once it is gone).
@@ -701,8 +719,16 @@ impl Datapath {
                 let now = Instant::now();
                 match c.on_invalid_spi(now, self.clock.wall(now), e) {
                     Ok(Some(r)) => {
+                        let sampling = if r.per_spi_interval.is_zero() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; ESP sampled, one packet per SPI per {:?}, {} left out so far",
+                                r.per_spi_interval, r.sampled_out
+                            )
+                        };
                         self.log.line(&format!(
-                            "capture: wrote {} packets to {} (keys: {}, {})",
+                            "capture: wrote {} packets to {} (keys: {}, {}{sampling})",
                             r.packets,
                             r.pcap.display(),
                             r.uat.display(),
@@ -880,12 +906,23 @@ impl Datapath {
                 for (slot, m) in rx.slots.iter_mut().zip(&rx.meta).take(got) {
                     // One datagram, or a run the kernel coalesced (UDP GRO): each on its own.
                     for seg in m.segments() {
-                        if let Some(c) = &mut self.capture {
-                            record_udp(c, &self.clock, now, m.from, local, &slot[seg.clone()]);
+                        let kept = match &mut self.capture {
+                            Some(c) => {
+                                let b = &slot[seg.clone()];
+                                record_udp(c, &self.clock, now, m.from, local, b, false)
+                            }
+                            None => true,
+                        };
+                        let v = self.agent.handle_underlay_udp(
+                            now,
+                            local,
+                            m.from,
+                            &mut slot[..],
+                            seg.clone(),
+                        );
+                        if let (false, Some(c)) = (kept || !record_late(&v), &mut self.capture) {
+                            record_udp(c, &self.clock, now, m.from, local, &slot[seg], true);
                         }
-                        let v =
-                            self.agent
-                                .handle_underlay_udp(now, local, m.from, &mut slot[..], seg);
                         self.deliver(v, &slot[..]);
                     }
                 }
@@ -918,6 +955,8 @@ impl Datapath {
             payload: 0..0,
         });
         let mut out = [const { Inbound::Keepalive }; NODE_BATCH];
+        // Bit k: datagram k of the group was sampled out by the recorder.
+        let mut skipped = 0u64;
         let mut n = 0;
         for (slot, m) in slots.iter_mut().zip(meta) {
             // One datagram, or a run the kernel coalesced (UDP GRO): each on its own. The
@@ -930,7 +969,9 @@ impl Datapath {
                 rest = tail;
                 at = seg.end;
                 if let Some(c) = &mut self.capture {
-                    record_udp(c, &self.clock, now, m.from, local, this);
+                    if !record_udp(c, &self.clock, now, m.from, local, this, false) {
+                        skipped |= 1 << n;
+                    }
                 }
                 let d = &mut group[n];
                 d.src = m.from.ip();
@@ -939,18 +980,41 @@ impl Datapath {
                 d.buf = this;
                 n += 1;
                 if n == NODE_BATCH {
-                    self.udp_group(now, &mut group, &mut out);
+                    self.udp_group(now, local, &mut group, &mut out, skipped);
                     n = 0;
+                    skipped = 0;
                 }
             }
         }
-        self.udp_group(now, &mut group[..n], &mut out[..n]);
+        self.udp_group(now, local, &mut group[..n], &mut out[..n], skipped);
     }
 
-    /// One group of a burst through the agent, then each verdict delivered.
-    fn udp_group(&mut self, now: Instant, group: &mut [UdpDatagram<'_>], out: &mut [Inbound]) {
+    /// One group of a burst through the agent, then each verdict delivered (and, for the
+    /// datagrams in `skipped`, recorded late when [`record_late`] says so).
+    fn udp_group(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        group: &mut [UdpDatagram<'_>],
+        out: &mut [Inbound],
+        skipped: u64,
+    ) {
         self.agent.handle_underlay_udp_batch(now, group, out);
-        for (d, v) in group.iter().zip(out) {
+        for (k, (d, v)) in group.iter().zip(out).enumerate() {
+            if skipped & (1 << k) != 0 && record_late(v) {
+                if let Some(c) = &mut self.capture {
+                    let from = SocketAddr::new(d.src, d.sport);
+                    record_udp(
+                        c,
+                        &self.clock,
+                        now,
+                        from,
+                        local,
+                        &d.buf[d.payload.clone()],
+                        true,
+                    );
+                }
+            }
             self.deliver(std::mem::replace(v, Inbound::Keepalive), d.buf);
         }
     }
@@ -970,14 +1034,18 @@ impl Datapath {
                 }
             };
             let now = Instant::now();
-            if let Some(c) = &mut self.capture {
-                let wall = self.clock.wall(now);
-                let pkt = &buf[..n];
-                match src {
-                    None => c.record(wall, Direction::In, local, local, Transport::Ip, pkt),
-                    Some(src) => c.record(wall, Direction::In, src, local, Transport::Esp, pkt),
+            let (from, t) = match src {
+                None => (local, Transport::Ip),
+                Some(src) => (src, Transport::Esp),
+            };
+            let kept = match &mut self.capture {
+                Some(c) => {
+                    let wall = self.clock.wall(now);
+                    c.offer(now, wall, Direction::In, from, local, t, &buf[..n])
                 }
-            }
+                None => true,
+            };
+            // The packet as received, for a late record (the node decrypts `buf` in place).
             let v = match src {
                 // IPv4: the whole datagram, outer header included.
                 None => self.agent.handle_underlay_ip(now, &mut buf[..n]),
@@ -988,6 +1056,10 @@ impl Datapath {
                         .inbound_esp(now, src, local, Encap::Raw, &mut buf, 0..n)
                 }
             };
+            if let (false, Some(c)) = (kept || !record_late(&v), &mut self.capture) {
+                let wall = self.clock.wall(now);
+                c.record(wall, Direction::In, from, local, t, &buf[..n]);
+            }
             self.deliver(v, &buf);
         }
         self.to_tun = buf;

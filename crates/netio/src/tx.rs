@@ -90,21 +90,46 @@ impl Encrypt for TxHandle {
 
 /// Where sent ESP is recorded for the invalid-SPI dumps (nowhere with `capture.ring = 0`).
 pub(crate) trait RecordOut {
-    fn record_out(&mut self, at: SystemTime, src: IpAddr, dst: IpAddr, t: Transport, pkt: &[u8]);
+    /// Offers a sent ESP packet to the recorder (sampled per SPI, see `Ring::offer`).
+    fn record_out(
+        &mut self,
+        now: Instant,
+        at: SystemTime,
+        src: IpAddr,
+        dst: IpAddr,
+        t: Transport,
+        pkt: &[u8],
+    );
 }
 
 impl RecordOut for Option<crate::capture::Capture> {
-    fn record_out(&mut self, at: SystemTime, src: IpAddr, dst: IpAddr, t: Transport, pkt: &[u8]) {
+    fn record_out(
+        &mut self,
+        now: Instant,
+        at: SystemTime,
+        src: IpAddr,
+        dst: IpAddr,
+        t: Transport,
+        pkt: &[u8],
+    ) {
         if let Some(c) = self {
-            c.record(at, Direction::Out, src, dst, t, pkt);
+            c.offer(now, at, Direction::Out, src, dst, t, pkt);
         }
     }
 }
 
 impl RecordOut for Option<std::sync::MutexGuard<'_, Ring>> {
-    fn record_out(&mut self, at: SystemTime, src: IpAddr, dst: IpAddr, t: Transport, pkt: &[u8]) {
+    fn record_out(
+        &mut self,
+        now: Instant,
+        at: SystemTime,
+        src: IpAddr,
+        dst: IpAddr,
+        t: Transport,
+        pkt: &[u8],
+    ) {
         if let Some(r) = self {
-            r.record(at, Direction::Out, src, dst, t, pkt);
+            r.offer(now, at, Direction::Out, src, dst, t, pkt);
         }
     }
 }
@@ -241,7 +266,7 @@ impl TxPath {
                     },
                     UnderlayEncap::Raw => Transport::Esp,
                 };
-                rec.record_out(clock.wall(now), self.socks.local, dst, t, pkt);
+                rec.record_out(now, clock.wall(now), self.socks.local, dst, t, pkt);
                 let r = match (encap, &self.socks.udp, &self.socks.raw) {
                     (UnderlayEncap::Udp, Some(_), _) if self.batch => {
                         self.udp_tx.push(i, esp, SocketAddr::new(dst, port));
