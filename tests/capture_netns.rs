@@ -2,7 +2,8 @@
 //! `esplab peer` daemons from `examples/two-peers/run.sh`, B restarted with capture, debug
 //! keys and an `on_event` script, then B's inbound SA cleared and A's pings sent into the
 //! void. B must dump a pcap and a `.uat` file, the pcap must decrypt in tshark with those
-//! lines, and the script must have run with the event in its environment.
+//! lines, and the script must have run with the event in its environment. With per-SPI
+//! sampling, over UDP and raw ESP, the dump must still hold the packets with the stale SPI.
 //!
 //! Needs root, `ip` and `ping` (else fails unless `ESPLAB_SKIP_NETNS=1`) and `tshark` (else
 //! fails unless `ESPLAB_SKIP_TSHARK=1`, which skips only the decryption check).
@@ -213,8 +214,8 @@ fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
     }
 }
 
-/// `(source, SPI)` of each ESP-in-UDP record of a classic pcap with IPv4 `LINKTYPE_RAW`
-/// records (what the recorder writes), in file order.
+/// `(source, SPI)` of each ESP record (in UDP or raw) of a classic pcap with IPv4
+/// `LINKTYPE_RAW` records (what the recorder writes), in file order.
 fn esp_records(pcap: &Path) -> Vec<(String, u32)> {
     let b = std::fs::read(pcap).unwrap();
     let mut out = Vec::new();
@@ -224,10 +225,15 @@ fn esp_records(pcap: &Path) -> Vec<(String, u32)> {
         let rec = &b[at + 16..at + 16 + len];
         at += 16 + len;
         let ihl = usize::from(rec[0] & 0x0f) * 4;
-        if rec[9] != 17 || rec.len() < ihl + 16 {
+        let esp = match rec[9] {
+            17 => ihl + 8,
+            50 => ihl,
+            _ => continue,
+        };
+        if rec.len() < esp + 8 {
             continue;
         }
-        let spi = u32::from_be_bytes(rec[ihl + 8..ihl + 12].try_into().unwrap());
+        let spi = u32::from_be_bytes(rec[esp..esp + 4].try_into().unwrap());
         if spi != 0 {
             let src = std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&rec[12..16]).unwrap());
             out.push((src.to_string(), spi));
@@ -246,7 +252,20 @@ fn sampled_dump_keeps_the_packets_with_the_unknown_spi() {
     if !netns_available(test) {
         return;
     }
-    let lab = Lab::up("capsm", Encap::Udp, 4);
+    sampled_dump(Lab::up("capsm", Encap::Udp, 4));
+}
+
+/// The same over raw ESP (IP protocol 50), which the datapath reads on its own path.
+#[test]
+fn sampled_dump_keeps_the_raw_esp_packets_with_the_unknown_spi() {
+    let test = "sampled_dump_keeps_the_raw_esp_packets_with_the_unknown_spi";
+    if !netns_available(test) {
+        return;
+    }
+    sampled_dump(Lab::up("capsmr", Encap::Esp, 4));
+}
+
+fn sampled_dump(lab: Lab) {
     let (cap, _) = restart_b_with_capture(&lab, "per_spi_interval = \"1h\"\n");
     let p = lab.ping(Peer::A, 3);
     assert_eq!(p.received, 3, "A -> B before the clear: {p:?}");

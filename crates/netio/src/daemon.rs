@@ -920,8 +920,10 @@ impl Datapath {
                             &mut slot[..],
                             seg.clone(),
                         );
-                        if let (false, Some(c)) = (kept || !record_late(&v), &mut self.capture) {
-                            record_udp(c, &self.clock, now, m.from, local, &slot[seg], true);
+                        if !kept && record_late(&v) {
+                            if let Some(c) = &mut self.capture {
+                                record_udp(c, &self.clock, now, m.from, local, &slot[seg], true);
+                            }
                         }
                         self.deliver(v, &slot[..]);
                     }
@@ -956,6 +958,7 @@ impl Datapath {
         });
         let mut out = [const { Inbound::Keepalive }; NODE_BATCH];
         // Bit k: datagram k of the group was sampled out by the recorder.
+        const _: () = assert!(NODE_BATCH <= u64::BITS as usize);
         let mut skipped = 0u64;
         let mut n = 0;
         for (slot, m) in slots.iter_mut().zip(meta) {
@@ -1045,7 +1048,6 @@ impl Datapath {
                 }
                 None => true,
             };
-            // The packet as received, for a late record (the node decrypts `buf` in place).
             let v = match src {
                 // IPv4: the whole datagram, outer header included.
                 None => self.agent.handle_underlay_ip(now, &mut buf[..n]),
@@ -1056,9 +1058,11 @@ impl Datapath {
                         .inbound_esp(now, src, local, Encap::Raw, &mut buf, 0..n)
                 }
             };
-            if let (false, Some(c)) = (kept || !record_late(&v), &mut self.capture) {
-                let wall = self.clock.wall(now);
-                c.record(wall, Direction::In, from, local, t, &buf[..n]);
+            if !kept && record_late(&v) {
+                if let Some(c) = &mut self.capture {
+                    let wall = self.clock.wall(now);
+                    c.record(wall, Direction::In, from, local, t, &buf[..n]);
+                }
             }
             self.deliver(v, &buf);
         }
