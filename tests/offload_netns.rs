@@ -3,8 +3,10 @@
 //!
 //! A TCP transfer is what makes every fast-path piece work: the kernel hands A's TUN reads
 //! unsegmented super-packets (TSO/GSO) that tun-rs splits, A sends the ESP packets of one
-//! super-packet as one UDP GSO send, B receives them as one UDP GRO run, decrypts each and
-//! tun-rs coalesces them again (GRO) for one TUN write. The test checks the bytes (count and
+//! super-packet as one UDP GSO send, B receives them as one UDP GRO run, decrypts each in
+//! place and coalesces them again (esplab's own GRO, `crates/netio/src/gro.rs`) into one
+//! TUN write gathered from the receive buffers (tun-rs's GRO with
+//! `ESPLAB_DATAPATH=no-tun-writev`). The test checks the bytes (count and
 //! hash at both ends), that nothing was dropped, and that the TUN devices did see fewer,
 //! larger packets than the daemons encrypted and decrypted (so the offload was in use).
 //!
@@ -140,6 +142,27 @@ fn bulk_tcp_through_the_offloaded_datapath() {
         return;
     }
     bulk_tcp(Lab::up("offl", Encap::Udp, 4));
+}
+
+/// The same transfer with the decrypted packets copied into tun-rs's writer and coalesced
+/// by tun-rs (`ESPLAB_DATAPATH=no-tun-writev`, the path before esplab's own GRO).
+#[test]
+fn bulk_tcp_through_tun_rs_gro() {
+    if !netns_available("bulk_tcp_through_tun_rs_gro") {
+        return;
+    }
+    let lab = Lab::up_env(
+        "offrs",
+        Encap::Udp,
+        4,
+        &[("ESPLAB_DATAPATH", "no-tun-writev")],
+    );
+    bulk_tcp_on(&lab);
+    assert!(
+        lab.log(Peer::B).contains("no-tun-writev"),
+        "{}",
+        lab.log(Peer::B)
+    );
 }
 
 /// The same transfer with the TUN → ESP direction on a thread of its own

@@ -27,6 +27,7 @@ use crate::clock::WallClock;
 use crate::config::{Config, SaDirection};
 use crate::control::{CounterRow, EventRecord, Request, Response, SaRow};
 use crate::events::EventSink;
+use crate::gro::{self, Gro};
 use crate::log::Logger;
 use crate::pool::{Knobs, TunWriter, UdpRx};
 use crate::route::{self, RouteError, Routes};
@@ -41,7 +42,7 @@ use esplab_node::{
 };
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
@@ -118,7 +119,7 @@ pub enum DaemonError {
     #[error("cannot start: {0}")]
     Runtime(io::Error),
     /// `ESPLAB_DATAPATH` names a switch that does not exist.
-    #[error("ESPLAB_DATAPATH: unknown switch {0:?} (known: no-tun-offload, no-udp-gso, no-udp-gro, no-batch, no-sad-batch, tx-thread)")]
+    #[error("ESPLAB_DATAPATH: unknown switch {0:?} (known: no-tun-offload, no-udp-gso, no-udp-gro, no-batch, no-sad-batch, no-tun-writev, tx-thread)")]
     Knobs(String),
 }
 
@@ -375,6 +376,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         tx_thread,
         tx_base: (0, 0),
         tun_tx: TunWriter::new(),
+        gro: Gro::new(),
         udp_rx: UdpRx::new(if knobs.batch { batch::MAX_BATCH } else { 1 }),
         knobs,
         to_tun: vec![0; UNDERLAY_BUF],
@@ -459,6 +461,9 @@ struct Datapath {
     tx_base: (u64, u64),
     /// Underlay → TUN: decrypted packets waiting for one batched write.
     tun_tx: TunWriter,
+    /// Underlay → TUN with `tun_writev`: packets of the burst being handled, coalesced and
+    /// written from the receive slots.
+    gro: Gro,
     /// Underlay → TUN: the `recvmmsg` slots of the NAT-T socket.
     udp_rx: UdpRx,
     /// Which datapath optimisations are on.
@@ -495,6 +500,40 @@ fn record_udp(
         return true;
     }
     c.offer(now, at, Direction::In, from.ip(), local.ip(), t, bytes)
+}
+
+/// Writes one packet to the TUN device from its pieces: `writev(2)` gathers the header
+/// prefix and the payloads from where they lie, so the bytes are copied once, by the kernel.
+fn tun_writev(fd: RawFd, prefix: &[u8], pieces: &mut dyn Iterator<Item = &[u8]>) -> io::Result<()> {
+    const NONE: libc::iovec = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let iovec = |p: &[u8]| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    };
+    let mut iov = [NONE; gro::MAX_SEGS + 1];
+    iov[0] = iovec(prefix);
+    let mut n = 1;
+    for p in pieces {
+        let Some(v) = iov.get_mut(n) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many pieces",
+            ));
+        };
+        *v = iovec(p);
+        n += 1;
+    }
+    // SAFETY: the `n` iovecs point into slices borrowed for the whole call; writev(2) only
+    // reads through them, and `n` is at most the array's length.
+    let r = unsafe { libc::writev(fd, iov.as_ptr(), n as libc::c_int) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether an inbound packet the recorder sampled out is recorded after its verdict: drops
@@ -857,9 +896,26 @@ impl Datapath {
         }
     }
 
+    /// Writes the packets [`Self::gro`] holds, from the receive slots they point into.
+    fn flush_gro(&mut self, slots: &[Box<[u8]>]) {
+        if self.gro.is_empty() {
+            return;
+        }
+        let fd = self.tun.device().as_raw_fd();
+        let (errors, e) = self
+            .gro
+            .flush(slots, |prefix, pieces| tun_writev(fd, prefix, pieces));
+        self.tun_write_errors(errors, e);
+    }
+
     /// Writes the queued decrypted packets to the TUN device (coalesced with offload).
     fn flush_tun_tx(&mut self) {
         let (errors, e) = self.tun_tx.flush(self.tun.device());
+        self.tun_write_errors(errors, e);
+    }
+
+    /// Counts (and logs, rate-limited) failed TUN writes.
+    fn tun_write_errors(&mut self, errors: u64, e: Option<io::Error>) {
         if let Some(e) = e {
             self.io.tun_tx_errors += errors;
             let name = &self.tun_name;
@@ -902,6 +958,8 @@ impl Datapath {
             let now = Instant::now();
             if self.knobs.sad_batch {
                 self.udp_burst(now, local, &mut rx.slots[..got], &rx.meta[..got]);
+                // Before the slots are read into again.
+                self.flush_gro(&rx.slots);
             } else {
                 for (slot, m) in rx.slots.iter_mut().zip(&rx.meta).take(got) {
                     // One datagram, or a run the kernel coalesced (UDP GRO): each on its own.
@@ -960,8 +1018,10 @@ impl Datapath {
         // Bit k: datagram k of the group was sampled out by the recorder.
         const _: () = assert!(NODE_BATCH <= u64::BITS as usize);
         let mut skipped = 0u64;
+        // `origin[k]`: slot and offset of group datagram k, where `gro` finds it again.
+        let mut origin = [(0usize, 0usize); NODE_BATCH];
         let mut n = 0;
-        for (slot, m) in slots.iter_mut().zip(meta) {
+        for (i, (slot, m)) in slots.iter_mut().zip(meta).enumerate() {
             // One datagram, or a run the kernel coalesced (UDP GRO): each on its own. The
             // segments are consecutive, so the slot splits into disjoint buffers.
             let mut rest: &mut [u8] = &mut slot[..];
@@ -976,6 +1036,7 @@ impl Datapath {
                         skipped |= 1 << n;
                     }
                 }
+                origin[n] = (i, seg.start);
                 let d = &mut group[n];
                 d.src = m.from.ip();
                 d.sport = m.from.port();
@@ -983,17 +1044,19 @@ impl Datapath {
                 d.buf = this;
                 n += 1;
                 if n == NODE_BATCH {
-                    self.udp_group(now, local, &mut group, &mut out, skipped);
+                    self.udp_group(now, local, &mut group, &mut out, skipped, &origin);
                     n = 0;
                     skipped = 0;
                 }
             }
         }
-        self.udp_group(now, local, &mut group[..n], &mut out[..n], skipped);
+        self.udp_group(now, local, &mut group[..n], &mut out[..n], skipped, &origin);
     }
 
     /// One group of a burst through the agent, then each verdict delivered (and, for the
-    /// datagrams in `skipped`, recorded late when [`record_late`] says so).
+    /// datagrams in `skipped`, recorded late when [`record_late`] says so). With
+    /// `tun_writev` decrypted packets are queued in `gro` by their place in the receive
+    /// slots (`origin`: slot and offset of each datagram), not copied.
     fn udp_group(
         &mut self,
         now: Instant,
@@ -1001,6 +1064,7 @@ impl Datapath {
         group: &mut [UdpDatagram<'_>],
         out: &mut [Inbound],
         skipped: u64,
+        origin: &[(usize, usize)],
     ) {
         self.agent.handle_underlay_udp_batch(now, group, out);
         for (k, (d, v)) in group.iter().zip(out).enumerate() {
@@ -1018,7 +1082,15 @@ impl Datapath {
                     );
                 }
             }
-            self.deliver(std::mem::replace(v, Inbound::Keepalive), d.buf);
+            match std::mem::replace(v, Inbound::Keepalive) {
+                Inbound::Deliver(r) if self.knobs.tun_writev => {
+                    if !r.is_empty() {
+                        let (slot, at) = origin[k];
+                        self.gro.push(slot, at + r.start..at + r.end, &d.buf[r]);
+                    }
+                }
+                v => self.deliver(v, d.buf),
+            }
         }
     }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod events;
+pub mod gro;
 pub mod ike_log;
 pub mod log;
 pub mod pool;

@@ -51,6 +51,10 @@ pub struct Knobs {
     /// The TUN → ESP direction on a thread of its own (off by default; also
     /// `datapath.tx_thread` in the config).
     pub tx_thread: bool,
+    /// Decrypted packets of a burst written with `writev` from the buffers they were
+    /// received in, TCP segments coalesced by esplab ([`crate::gro`]); off: copied into
+    /// [`TunWriter`] and coalesced by tun-rs. Needs `tun_offload` and `sad_batch`.
+    pub tun_writev: bool,
 }
 
 impl Default for Knobs {
@@ -62,6 +66,7 @@ impl Default for Knobs {
             batch: true,
             sad_batch: true,
             tx_thread: false,
+            tun_writev: true,
         }
     }
 }
@@ -78,6 +83,7 @@ impl Knobs {
                 "no-batch" => k.batch = false,
                 "no-sad-batch" => k.sad_batch = false,
                 "tx-thread" => k.tx_thread = true,
+                "no-tun-writev" => k.tun_writev = false,
                 other => return Err(other.to_string()),
             }
         }
@@ -86,6 +92,9 @@ impl Knobs {
             k.udp_gso = false;
             k.udp_gro = false;
         }
+        // The vnet header it writes exists only with offload; the burst path carries the
+        // buffer positions it needs.
+        k.tun_writev &= k.tun_offload && k.sad_batch;
         Ok(k)
     }
 
@@ -104,6 +113,7 @@ impl Knobs {
             on(self.udp_gso, "udp-gso"),
             on(self.udp_gro, "udp-gro"),
             on(self.sad_batch, "sad-batch"),
+            on(self.tun_writev, "tun-writev"),
         ];
         if self.tx_thread {
             v.push("tx-thread".into());
@@ -292,13 +302,17 @@ mod tests {
         assert_eq!(Knobs::parse("no-such").unwrap_err(), "no-such");
         assert_eq!(
             Knobs::default().describe(),
-            "tun-offload,batch,udp-gso,udp-gro,sad-batch"
+            "tun-offload,batch,udp-gso,udp-gro,sad-batch,tun-writev"
         );
+        let k = Knobs::parse("no-tun-writev").unwrap();
+        assert!(!k.tun_writev && k.tun_offload);
+        assert!(!Knobs::parse("no-tun-offload").unwrap().tun_writev);
+        assert!(!Knobs::parse("no-sad-batch").unwrap().tun_writev);
         let k = Knobs::parse("no-sad-batch").unwrap();
         assert!(!k.sad_batch && k.batch && k.udp_gro);
         let k = Knobs::parse("tx-thread").unwrap();
         assert!(k.tx_thread && k.batch && k.sad_batch);
-        assert!(k.describe().ends_with(",sad-batch,tx-thread"));
+        assert!(k.describe().ends_with(",sad-batch,tun-writev,tx-thread"));
     }
 
     #[test]
