@@ -13,7 +13,8 @@
 //! Only what the kernel's own TCP GRO would merge is merged (net/ipv4/tcp_offload.c,
 //! `tcp_gro_receive`): same addresses, ports, ACK number, window, flags and TCP options;
 //! consecutive sequence numbers; every segment the size of the first except a shorter last
-//! one; PSH ends a super-packet; SYN, FIN, RST, URG, CWR and ECE segments go alone. IPv4
+//! one; PSH ends a super-packet; SYN, FIN, RST, URG, CWR and ECE segments and segments
+//! without data go alone. IPv4
 //! segments need DF, no options, no fragmentation, the same TOS and TTL; IPv6 ones TCP as
 //! the next header and the same traffic class, flow label and hop limit. Each segment's
 //! TCP checksum is verified before it is merged (the merged packet's is recomputed by the
@@ -187,7 +188,7 @@ impl Gro {
             }
             self.close(k);
         }
-        if seg.flags & PSH != 0 || seg.payload == 0 {
+        if seg.flags & PSH != 0 {
             self.single(buf, range);
             return;
         }
@@ -334,8 +335,8 @@ struct Seg {
     payload: usize,
     seq: u32,
     flags: u8,
-    /// May be merged: the IP header allows it, only ACK (and PSH) are set, and the TCP
-    /// checksum verifies.
+    /// May be merged: the IP header allows it, it carries data, only ACK (and PSH) are
+    /// set, and the TCP checksum verifies.
     mergeable: bool,
 }
 
@@ -372,7 +373,10 @@ impl Seg {
         }
         let flags = tcp[13];
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        // A segment without payload (a pure ACK) is never merged: folded into a
+        // super-packet it would vanish, and duplicate ACKs drive fast retransmit (RFC 5681).
         let mergeable = ip_ok
+            && tcp.len() > off
             && (flags == ACK || flags == ACK | PSH)
             // RFC 9293 §3.1: the one's complement sum over pseudo-header and segment,
             // checksum included, is all ones when it verifies.
@@ -642,6 +646,10 @@ mod tests {
         assert_eq!(check(&gap).len(), 2, "sequence gap");
         gap[2] = base(200);
         assert_eq!(check(&gap).len(), 1);
+        // A pure ACK right after the data (same sequence number, as in a bidirectional
+        // flow) is not folded in: it would vanish, and duplicate ACKs count (RFC 5681).
+        let ack = vec![base(0), base(100), seg(false, 9, 200, ACK, 0)];
+        assert_eq!(check(&ack).len(), 2);
         // FIN, SYN, RST, a bad checksum, a different window / ACK / TTL / options, no DF,
         // IPv4 options: the packet goes alone and the flow's super-packet ends before it.
         type Mutation = (&'static str, fn(&mut Vec<u8>));
@@ -710,6 +718,63 @@ mod tests {
             .map(|i| seg(false, (i % 10) as u16, (i / 10) * 100, ACK, 100))
             .collect();
         check(&bufs);
+    }
+
+    /// One input packet of the property below: flow, IPv6, flags, payload, a sequence
+    /// gap, a broken checksum.
+    type Spec = (u8, bool, u8, usize, bool, bool);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Whatever the mix (flows, families, flags, short segments, gaps, bad checksums),
+        /// the kernel's segmentation of what is written gives back every packet, in order
+        /// within its flow; a packet with a bad checksum is written alone, as it came.
+        #[test]
+        fn resegmenting_gives_back_every_packet(
+            specs in proptest::collection::vec(
+                (0u8..3, proptest::bool::ANY, 0u8..8, 0usize..6, proptest::bool::weighted(0.1),
+                 proptest::bool::weighted(0.05)),
+                1..80,
+            )
+        ) {
+            let mut next = [[0u32; 2]; 3];
+            let bufs: Vec<Vec<u8>> = specs
+                .iter()
+                .map(|&(f, v6, fl, size, gap, _): &Spec| {
+                    let flags = match fl {
+                        0 => ACK | PSH,
+                        1 => ACK | FIN,
+                        2 => 0x02,
+                        _ => ACK,
+                    };
+                    let len = [300, 300, 300, 300, 120, 0][size];
+                    let n = &mut next[usize::from(f)][usize::from(v6)];
+                    if gap {
+                        *n = n.wrapping_add(7);
+                    }
+                    let p = seg(v6, 100 + u16::from(f), *n, flags, len);
+                    *n = n.wrapping_add(len as u32);
+                    p
+                })
+                .collect();
+            let mut bufs = bufs;
+            for (b, s) in bufs.iter_mut().zip(&specs) {
+                if s.5 {
+                    let ip = if s.1 { 40 } else { 20 };
+                    b[ip + 16] ^= 0x55;
+                }
+            }
+            let w = check(&bufs);
+            for (b, s) in bufs.iter().zip(&specs) {
+                if s.5 {
+                    proptest::prop_assert!(
+                        w.iter().any(|(h, p)| h == &[0; VNET_HDR_LEN] && p == b),
+                        "a corrupted segment was merged"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
