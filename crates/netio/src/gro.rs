@@ -727,6 +727,33 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
 
+        /// Decrypted packets are whatever the peer put in them: arbitrary bytes (often with
+        /// a plausible IP/TCP start) never panic, and each comes out as written.
+        #[test]
+        fn arbitrary_bytes_pass_through(
+            pkts in proptest::collection::vec(
+                (proptest::sample::select(vec![0x45u8, 0x46, 0x60, 0x00]),
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..120)),
+                1..20,
+            )
+        ) {
+            let bufs: Vec<Vec<u8>> = pkts
+                .into_iter()
+                .map(|(first, rest)| {
+                    let mut p = vec![first];
+                    p.extend(rest);
+                    p
+                })
+                .collect();
+            let mut g = Gro::new();
+            for (i, b) in bufs.iter().enumerate() {
+                g.push(i, 0..b.len(), b);
+            }
+            let w = written(&mut g, &bufs);
+            let total: usize = w.iter().map(|(_, p)| p.len()).sum();
+            proptest::prop_assert!(total <= bufs.iter().map(Vec::len).sum::<usize>());
+        }
+
         /// Whatever the mix (flows, families, flags, short segments, gaps, bad checksums),
         /// the kernel's segmentation of what is written gives back every packet, in order
         /// within its flow; a packet with a bad checksum is written alone, as it came.
