@@ -1042,9 +1042,9 @@ fn node_drops_do_not_allocate() {
     }
 }
 
-/// An IPv4 TCP segment (ACK, `len` payload bytes at `seq`) with a valid TCP checksum, so
+/// An IPv4 TCP segment (`flags`, `len` payload bytes at `seq`) with a valid TCP checksum, so
 /// that esplab's GRO may merge it.
-fn tcp_segment(sport: u16, seq: u32, len: usize) -> Vec<u8> {
+fn tcp_segment(sport: u16, seq: u32, len: usize, flags: u8) -> Vec<u8> {
     let mut p = vec![0u8; 40 + len];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&((40 + len) as u16).to_be_bytes());
@@ -1057,7 +1057,7 @@ fn tcp_segment(sport: u16, seq: u32, len: usize) -> Vec<u8> {
     p[22..24].copy_from_slice(&5201u16.to_be_bytes());
     p[24..28].copy_from_slice(&seq.to_be_bytes());
     p[32] = 5 << 4;
-    p[33] = 0x10; // ACK
+    p[33] = flags;
     p[34..36].copy_from_slice(&512u16.to_be_bytes());
     // RFC 9293 §3.1: one's complement of the sum over pseudo-header and segment.
     let mut s: u64 = 6 + (20 + len) as u64;
@@ -1078,13 +1078,14 @@ fn tun_gro_coalesces_and_flushes_without_allocating() {
     use esplab_netio::gro::Gro;
     // Four flows of 48 segments, interleaved, plus a segment that goes alone.
     let mut bufs: Vec<Vec<u8>> = (0..192u32)
-        .map(|i| tcp_segment(40000 + (i % 4) as u16, (i / 4) * 1300, 1300))
+        .map(|i| tcp_segment(40000 + (i % 4) as u16, (i / 4) * 1300, 1300, 0x10))
         .collect();
-    bufs.push(vec![0x45, 0, 0, 20]);
+    // And a segment that goes alone (PSH with no super-packet open: the flow's first).
+    bufs.push(tcp_segment(40004, 0, 100, 0x18));
     let mut g = Gro::new();
     let burst = |g: &mut Gro| {
         for (i, b) in bufs.iter().enumerate() {
-            g.push(i, 0..b.len(), b);
+            assert!(g.push(i, 0..b.len(), b));
         }
         let mut writes = 0;
         let mut bytes = 0;

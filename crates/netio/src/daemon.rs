@@ -1055,7 +1055,7 @@ impl Datapath {
 
     /// One group of a burst through the agent, then each verdict delivered (and, for the
     /// datagrams in `skipped`, recorded late when [`record_late`] says so). With
-    /// `tun_writev` decrypted packets are queued in `gro` by their place in the receive
+    /// `tun_writev` decrypted TCP segments are queued in `gro` by their place in the receive
     /// slots (`origin`: slot and offset of each datagram), not copied.
     fn udp_group(
         &mut self,
@@ -1083,10 +1083,12 @@ impl Datapath {
                 }
             }
             match std::mem::replace(v, Inbound::Keepalive) {
-                Inbound::Deliver(r) if self.knobs.tun_writev => {
-                    if !r.is_empty() {
-                        let (slot, at) = origin[k];
-                        self.gro.push(slot, at + r.start..at + r.end, &d.buf[r]);
+                Inbound::Deliver(r) if self.knobs.tun_writev && !r.is_empty() => {
+                    let (slot, at) = origin[k];
+                    let range = at + r.start..at + r.end;
+                    if !self.gro.push(slot, range, &d.buf[r.clone()]) {
+                        // Not TCP: tun-rs's writer (it coalesces UDP, which `gro` does not).
+                        self.deliver(Inbound::Deliver(r), d.buf);
                     }
                 }
                 v => self.deliver(v, d.buf),
