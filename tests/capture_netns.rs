@@ -124,21 +124,30 @@ fn restart_b_with_capture(lab: &Lab, extra: &str) -> (PathBuf, PathBuf) {
     (cap, env_file)
 }
 
-fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
-    let (cap, env_file) = restart_b_with_capture(&lab, "");
-
-    let p = lab.ping(Peer::A, 2);
-    assert_eq!(p.received, 2, "A -> B before the clear: {p:?}");
+/// `before` pings A -> B, then B forgets A's SA and two more pings hit the unknown SPI;
+/// returns the one dump B writes into `cap`.
+fn desync_and_dump(lab: &Lab, cap: &Path, before: u32) -> PathBuf {
+    let p = lab.ping(Peer::A, before);
+    assert_eq!(
+        p.received,
+        u64::from(before),
+        "A -> B before the clear: {p:?}"
+    );
     lab.esplab(Peer::B, &["clear", "sa", "--spi", SPI_A]);
     let p = lab.ping(Peer::A, 2);
     assert_eq!(p.received, 0, "A -> B after B cleared {SPI_A}: {p:?}");
-
     wait_for("a pcap in the capture dir", Duration::from_secs(10), || {
-        !files(&cap, "pcap").is_empty()
+        !files(cap, "pcap").is_empty()
     });
-    let pcaps = files(&cap, "pcap");
+    let pcaps = files(cap, "pcap");
     assert_eq!(pcaps.len(), 1, "one dump per min_interval: {pcaps:?}");
-    let pcap = &pcaps[0];
+    pcaps[0].clone()
+}
+
+fn dumps_pcap_uat_and_runs_on_event(lab: Lab) {
+    let (cap, env_file) = restart_b_with_capture(&lab, "");
+
+    let pcap = &desync_and_dump(&lab, &cap, 2);
     let name = pcap.file_name().unwrap().to_str().unwrap();
     assert!(
         name.starts_with("invalid-spi-") && name.ends_with("-spi-c0de0001.pcap"),
@@ -267,16 +276,7 @@ fn sampled_dump_keeps_the_raw_esp_packets_with_the_unknown_spi() {
 
 fn sampled_dump(lab: Lab) {
     let (cap, _) = restart_b_with_capture(&lab, "per_spi_interval = \"1h\"\n");
-    let p = lab.ping(Peer::A, 3);
-    assert_eq!(p.received, 3, "A -> B before the clear: {p:?}");
-    lab.esplab(Peer::B, &["clear", "sa", "--spi", SPI_A]);
-    let p = lab.ping(Peer::A, 2);
-    assert_eq!(p.received, 0, "A -> B after B cleared {SPI_A}: {p:?}");
-    wait_for("a pcap in the capture dir", Duration::from_secs(10), || {
-        !files(&cap, "pcap").is_empty()
-    });
-    let pcaps = files(&cap, "pcap");
-    let recs = esp_records(&pcaps[0]);
+    let recs = esp_records(&desync_and_dump(&lab, &cap, 3));
     let spi_a = u32::from_str_radix(SPI_A.trim_start_matches("0x"), 16).unwrap();
     let from_a = recs
         .iter()

@@ -589,21 +589,9 @@ impl Capture {
         self.tx_ring = Some(r);
     }
 
-    /// Offers one packet that may be ESP to the ring (see [`Ring::offer`]); whether it was
-    /// recorded.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    pub fn offer(
-        &mut self,
-        now: Instant,
-        at: SystemTime,
-        dir: Direction,
-        src: IpAddr,
-        dst: IpAddr,
-        transport: Transport,
-        payload: &[u8],
-    ) -> bool {
-        self.ring.offer(now, at, dir, src, dst, transport, payload)
+    /// The ring, to offer packets that may be ESP ([`Ring::offer`], sampled per SPI).
+    pub fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
     }
 
     /// Records one packet, never sampled (see [`Ring::record`]).

@@ -499,7 +499,8 @@ fn record_udp(
         c.record(at, Direction::In, from.ip(), local.ip(), t, bytes);
         return true;
     }
-    c.offer(now, at, Direction::In, from.ip(), local.ip(), t, bytes)
+    c.ring_mut()
+        .offer(now, at, Direction::In, from.ip(), local.ip(), t, bytes)
 }
 
 /// Writes one packet to the TUN device from its pieces: `writev(2)` gathers the header
@@ -1118,7 +1119,8 @@ impl Datapath {
             let kept = match &mut self.capture {
                 Some(c) => {
                     let wall = self.clock.wall(now);
-                    c.offer(now, wall, Direction::In, from, local, t, &buf[..n])
+                    c.ring_mut()
+                        .offer(now, wall, Direction::In, from, local, t, &buf[..n])
                 }
                 None => true,
             };

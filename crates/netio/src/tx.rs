@@ -90,6 +90,9 @@ impl Encrypt for TxHandle {
 
 /// Where sent ESP is recorded for the invalid-SPI dumps (nowhere with `capture.ring = 0`).
 pub(crate) trait RecordOut {
+    /// The ring sent packets go into, if any.
+    fn ring(&mut self) -> Option<&mut Ring>;
+
     /// Offers a sent ESP packet to the recorder (sampled per SPI, see `Ring::offer`).
     fn record_out(
         &mut self,
@@ -99,38 +102,22 @@ pub(crate) trait RecordOut {
         dst: IpAddr,
         t: Transport,
         pkt: &[u8],
-    );
-}
-
-impl RecordOut for Option<crate::capture::Capture> {
-    fn record_out(
-        &mut self,
-        now: Instant,
-        at: SystemTime,
-        src: IpAddr,
-        dst: IpAddr,
-        t: Transport,
-        pkt: &[u8],
     ) {
-        if let Some(c) = self {
-            c.offer(now, at, Direction::Out, src, dst, t, pkt);
+        if let Some(r) = self.ring() {
+            r.offer(now, at, Direction::Out, src, dst, t, pkt);
         }
     }
 }
 
+impl RecordOut for Option<crate::capture::Capture> {
+    fn ring(&mut self) -> Option<&mut Ring> {
+        self.as_mut().map(crate::capture::Capture::ring_mut)
+    }
+}
+
 impl RecordOut for Option<std::sync::MutexGuard<'_, Ring>> {
-    fn record_out(
-        &mut self,
-        now: Instant,
-        at: SystemTime,
-        src: IpAddr,
-        dst: IpAddr,
-        t: Transport,
-        pkt: &[u8],
-    ) {
-        if let Some(r) = self {
-            r.offer(now, at, Direction::Out, src, dst, t, pkt);
-        }
+    fn ring(&mut self) -> Option<&mut Ring> {
+        self.as_deref_mut()
     }
 }
 
