@@ -34,6 +34,9 @@
 #                  their [tun] table with tun.KEY, e.g. esplab+tun.tx_queue_len=500)
 #   BIDIR=1        also TCP 1 stream each way at once (iperf3 --bidir; both directions'
 #                  sum): every daemon then encrypts and decrypts at full rate
+#   UDP_CPU_RATE=R also UDP at the fixed rate R (iperf3 -b, e.g. 800M) for DURATION seconds,
+#                  reporting the esplab daemons' CPU during it and the loss: the cost of the
+#                  UDP path where the loss-free search only finds its ceiling
 #   ESPLAB=PATH    the esplab binary (default: build target/release/esplab)
 #   KEEP=1         keep the state directory (configs, logs, iperf3 JSON) afterwards
 #
@@ -245,34 +248,53 @@ machine_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print
 CPU_PIDS=()  # the daemons whose CPU use the TCP 1-stream test reports (esplab only)
 HZ=$(getconf CLK_TCK)
 
+# The daemons' CPU from `cpu_start` to `cpu_since`, "A% B%" (100% = one core).
+cpu_start() {
+    local p
+    CPU_BEFORE=()
+    for p in "${CPU_PIDS[@]}"; do CPU_BEFORE+=("$(cpu_ticks "$p")"); done
+    CPU_T0=$(date +%s.%N)
+}
+cpu_since() {
+    local i cpu="" t
+    t=$(awk -v x="$CPU_T0" -v y="$(date +%s.%N)" 'BEGIN { print y - x }')
+    for i in "${!CPU_PIDS[@]}"; do
+        cpu+=$(awk -v a="${CPU_BEFORE[$i]}" -v b="$(cpu_ticks "${CPU_PIDS[$i]}")" -v hz="$HZ" \
+            -v t="$t" 'BEGIN { printf "%.0f%% ", 100 * (b - a) / hz / t }')
+    done
+    echo "${cpu% }"
+}
+
 declare -A RES
 measure() {
     local name=$1 dst=$2 src=$3
     say "$name: TCP 1 stream, ${DURATION}s"
-    local before=() p i t0 t1 cpu="" m0 m1
-    for p in "${CPU_PIDS[@]}"; do before+=("$(cpu_ticks "$p")"); done
+    local m0 m1 cpu f
+    cpu_start
     m0=$(machine_ticks)
-    t0=$(date +%s.%N)
     RES[$name,tcp1]=$(tcp_test "$name" "$dst" "$src" 1)
-    t1=$(date +%s.%N)
+    cpu=$(cpu_since)
     m1=$(machine_ticks)
     # Includes iperf3's 1 s of omitted warm-up (-O 1) and its start and stop.
     RES[$name,idle1]=$(awk -v a="$m0" -v b="$m1" 'BEGIN { split(a, x, " "); split(b, y, " ");
         t = y[1] - x[1]; printf "%.0f%%", (t > 0 ? 100 * (y[2] - x[2]) / t : 0) }')
     say "$name: machine CPU idle during TCP 1 stream: ${RES[$name,idle1]}"
-    for i in "${!CPU_PIDS[@]}"; do
-        cpu+=$(awk -v a="${before[$i]}" -v b="$(cpu_ticks "${CPU_PIDS[$i]}")" -v hz="$HZ" \
-            -v t="$(awk -v x="$t0" -v y="$t1" 'BEGIN { print y - x }')" \
-            'BEGIN { printf "%.0f%%", 100 * (b - a) / hz / t }')
-        cpu+=" "
-    done
-    RES[$name,cpu1]=${cpu% }
-    [[ -n $cpu ]] && say "$name: CPU of the daemons (A B) during TCP 1 stream: ${cpu% }"
+    RES[$name,cpu1]=$cpu
+    [[ -n $cpu ]] && say "$name: CPU of the daemons (A B) during TCP 1 stream: $cpu"
     say "$name: TCP 4 streams, ${DURATION}s"
     RES[$name,tcp4]=$(tcp_test "$name" "$dst" "$src" 4)
     if ((BIDIR)); then
         say "$name: TCP 1 stream each way, ${DURATION}s"
         RES[$name,bidir]=$(tcp_bidir "$name" "$dst" "$src")
+    fi
+    if [[ -n ${UDP_CPU_RATE:-} && ${#CPU_PIDS[@]} -gt 0 ]]; then
+        say "$name: UDP ${PKT} B at $UDP_CPU_RATE bit/s, ${DURATION}s"
+        cpu_start
+        if f=$(run_iperf "$dst" "$src" "$name-udpcpu" -u -l $((PKT - 28)) -w 4M -b "$UDP_CPU_RATE" -t "$DURATION"); then
+            cpu=$(cpu_since)
+            RES[$name,udpcpu]="$cpu (lost $(jq -r '.end.sum.lost_percent | . * 100 | round / 100' "$f")%)"
+            say "$name: CPU of the daemons (A B) during UDP at $UDP_CPU_RATE: ${RES[$name,udpcpu]}"
+        fi
     fi
     say "$name: UDP ${PKT} B, searching the highest loss-free rate"
     RES[$name,udp]=$(udp_search "$name" "$dst" "$src" "${RES[$name,tcp1]}")
@@ -458,11 +480,11 @@ done
 # ---- report ----
 echo
 echo "End to end over TUN: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, TCP ${DURATION}s, UDP ${PKT} B packets (loss <= ${LOSS_PCT}%)"
-printf '%-40s %10s %10s %12s %10s %10s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "bidir Gb/s" "idle tcp-1" "CPU A B (tcp-1)"
+printf '%-40s %10s %10s %12s %10s %10s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "bidir Gb/s" "idle tcp-1" "CPU A B (tcp-1)${UDP_CPU_RATE:+; (udp $UDP_CPU_RATE)}"
 for c in "${RUNS[@]}"; do
     printf '%-40s %10s %10s %12s %10s %10s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" \
         "$(gbps "${RES[$c,udp]}")" "$( [[ -n ${RES[$c,bidir]:-} ]] && gbps "${RES[$c,bidir]}" || echo -)" \
-        "${RES[$c,idle1]:-}" "${RES[$c,cpu1]:-}"
+        "${RES[$c,idle1]:-}" "${RES[$c,cpu1]:-}${RES[$c,udpcpu]:+; ${RES[$c,udpcpu]}}"
 done
 ratio() {
     local a=$1 b=$2

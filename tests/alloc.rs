@@ -1045,30 +1045,52 @@ fn node_drops_do_not_allocate() {
 /// An IPv4 TCP segment (`flags`, `len` payload bytes at `seq`) with a valid TCP checksum, so
 /// that esplab's GRO may merge it.
 fn tcp_segment(sport: u16, seq: u32, len: usize, flags: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 40 + len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&((40 + len) as u16).to_be_bytes());
-    p[6] = 0x40; // DF
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&[198, 18, 1, 1]);
-    p[16..20].copy_from_slice(&[198, 18, 2, 1]);
+    let mut p = ipv4_transport(6, 20, len);
     p[20..22].copy_from_slice(&sport.to_be_bytes());
     p[22..24].copy_from_slice(&5201u16.to_be_bytes());
     p[24..28].copy_from_slice(&seq.to_be_bytes());
     p[32] = 5 << 4;
     p[33] = flags;
     p[34..36].copy_from_slice(&512u16.to_be_bytes());
-    // RFC 9293 §3.1: one's complement of the sum over pseudo-header and segment.
-    let mut s: u64 = 6 + (20 + len) as u64;
+    transport_checksum(&mut p, 36);
+    p
+}
+
+/// A UDP datagram (IPv4, DF) with `len` payload bytes.
+fn udp_datagram(sport: u16, len: usize) -> Vec<u8> {
+    let mut p = ipv4_transport(17, 8, len);
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+    transport_checksum(&mut p, 26);
+    p
+}
+
+/// An IPv4 packet (DF, 198.18.1.1 → 198.18.2.1) of protocol `proto` with a zeroed
+/// transport header of `hdr` bytes and `len` payload bytes.
+fn ipv4_transport(proto: u8, hdr: usize, len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + hdr + len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&((20 + hdr + len) as u16).to_be_bytes());
+    p[6] = 0x40; // DF
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&[198, 18, 1, 1]);
+    p[16..20].copy_from_slice(&[198, 18, 2, 1]);
+    p
+}
+
+/// RFC 9293 §3.1, RFC 768: one's complement of the sum over pseudo-header and segment,
+/// stored at `at`.
+fn transport_checksum(p: &mut [u8], at: usize) {
+    let mut s: u64 = u64::from(p[9]) + (p.len() - 20) as u64;
     for w in p[12..20].chunks(2).chain(p[20..].chunks(2)) {
         s += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
     }
     while s >> 16 != 0 {
         s = (s & 0xffff) + (s >> 16);
     }
-    p[36..38].copy_from_slice(&(!(s as u16)).to_be_bytes());
-    p
+    p[at..at + 2].copy_from_slice(&(!(s as u16)).to_be_bytes());
 }
 
 /// The TUN write path with `tun_writev` (esplab's GRO): once it has seen a burst as large
@@ -1082,7 +1104,10 @@ fn tun_gro_coalesces_and_flushes_without_allocating() {
         .collect();
     // And a segment that goes alone (PSH with no super-packet open: the flow's first).
     bufs.push(tcp_segment(40004, 0, 100, 0x18));
+    // And a UDP flow of 40 datagrams.
+    bufs.extend((0..40).map(|_| udp_datagram(40005, 1200)));
     let mut g = Gro::new();
+    g.set_udp(true);
     let burst = |g: &mut Gro| {
         for (i, b) in bufs.iter().enumerate() {
             assert!(g.push(i, 0..b.len(), b));
@@ -1102,6 +1127,8 @@ fn tun_gro_coalesces_and_flushes_without_allocating() {
         assert_eq!(burst(&mut g), first);
     }
     assert_eq!(allocations() - before, 0, "GRO allocated");
-    // Four super-packets and the odd one: the segments did merge.
-    assert_eq!(first.0, 5, "{first:?}");
+    // Four TCP super-packets, the odd one, a UDP super-packet: the segments did merge.
+    assert_eq!(first.0, 6, "{first:?}");
+    let stats = g.take_stats();
+    assert_eq!(stats.udp_coalesced, 101 * 40, "{stats:?}");
 }

@@ -9,6 +9,9 @@
 //! `ESPLAB_DATAPATH=no-tun-writev`). The test checks the bytes (count and
 //! hash at both ends), that nothing was dropped, and that the TUN devices did see fewer,
 //! larger packets than the daemons encrypted and decrypted (so the offload was in use).
+//! A burst of UDP datagrams takes the same way back into B's TUN as UDP super-packets
+//! (`GSO_UDP_L4`), which B's kernel splits into the datagrams again: each must arrive
+//! once, whole and unchanged.
 //!
 //! Needs root, `ip` and `ping` (see tests/peer_netns.rs; `ESPLAB_SKIP_NETNS=1` skips).
 //! Traffic stays in 198.18.0.0/15 (RFC 2544).
@@ -18,8 +21,8 @@
 mod lab;
 
 use lab::{netns_available, run, Encap, Lab, Peer};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,9 +44,34 @@ fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i >> 20) as u8
 }
 
+/// Datagrams of the UDP burst, and their size: [`UDP_SIZE`] bytes, but every 50th shorter
+/// (a shorter datagram ends a UDP super-packet).
+const DATAGRAMS: u64 = 6000;
+const UDP_SIZE: usize = 1200;
+
+fn udp_len(seq: u64) -> usize {
+    if seq % 50 == 49 {
+        300
+    } else {
+        UDP_SIZE
+    }
+}
+
+/// Datagram `seq`: its number, then pattern bytes that depend on it.
+fn udp_fill(seq: u64, buf: &mut [u8]) -> usize {
+    let n = udp_len(seq);
+    buf[..8].copy_from_slice(&seq.to_be_bytes());
+    for (j, b) in buf[8..n].iter_mut().enumerate() {
+        *b = pattern(seq * 7919 + j as u64);
+    }
+    n
+}
+
 /// Runs inside a namespace: `sink ADDR:PORT` accepts one connection and prints the byte
 /// count and hash; `source DST:PORT BYTES` connects (retrying while the sink starts) and
-/// sends. Without its environment variable it does nothing.
+/// sends. `udpsink ADDR:PORT` takes datagrams until none came for 2 s and prints how many
+/// arrived intact, how many were damaged or duplicated; `udpsource DST:PORT` sends
+/// [`DATAGRAMS`] in bursts of 32. Without its environment variable it does nothing.
 #[test]
 #[ignore = "helper process of bulk_tcp_through_the_offloaded_datapath"]
 fn helper_tcp() {
@@ -55,6 +83,47 @@ fn helper_tcp() {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut n = 0u64;
     match f[0] {
+        "udpsink" => {
+            let s = UdpSocket::bind(addr).unwrap();
+            println!("LISTENING");
+            std::io::stdout().flush().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut seen = vec![false; DATAGRAMS as usize];
+            let (mut bad, mut dup) = (0u64, 0u64);
+            let mut buf = vec![0u8; 1 << 16];
+            let mut want = vec![0u8; UDP_SIZE];
+            while let Ok(k) = s.recv(&mut buf) {
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let seq = buf[..k.min(8)]
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(u64::MAX);
+                if seq >= DATAGRAMS || k != udp_fill(seq, &mut want) || buf[..k] != want[..k] {
+                    bad += 1;
+                } else if std::mem::replace(&mut seen[seq as usize], true) {
+                    dup += 1;
+                } else {
+                    n += 1;
+                }
+            }
+            println!("UDP got={n} bad={bad} dup={dup}");
+            return;
+        }
+        "udpsource" => {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let mut buf = vec![0u8; UDP_SIZE];
+            for seq in 0..DATAGRAMS {
+                let k = udp_fill(seq, &mut buf);
+                s.send_to(&buf[..k], addr).unwrap();
+                if seq % 32 == 31 {
+                    // Paced, so that B's socket keeps up; each burst still reaches B as
+                    // one receive batch.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            println!("UDP sent={DATAGRAMS}");
+            return;
+        }
         "sink" => {
             let l = TcpListener::bind(addr).unwrap();
             println!("LISTENING");
@@ -158,6 +227,7 @@ fn bulk_tcp_through_tun_rs_gro() {
         &[("ESPLAB_DATAPATH", "no-tun-writev")],
     );
     bulk_tcp_on(&lab);
+    assert_eq!(lab.counter(Peer::B, "TUN_TCP_SUPER_PACKETS"), 0);
     assert!(
         lab.log(Peer::B).contains("no-tun-writev"),
         "{}",
@@ -198,6 +268,85 @@ fn bulk_tcp_with_a_sending_thread() {
 
 fn bulk_tcp(lab: Lab) {
     bulk_tcp_on(&lab);
+    // esplab's own GRO wrote the TCP super-packets.
+    let n = lab.counter(Peer::B, "TUN_TCP_SUPER_PACKETS");
+    assert!(
+        n > 0,
+        "B wrote no TCP super-packets: {:?}",
+        lab.counters(Peer::B)
+    );
+}
+
+/// UDP datagrams A → B: B writes them to its TUN coalesced (`GSO_UDP_L4`, when the device
+/// has USO: Linux 6.2+), and its kernel hands each datagram to the socket as it was sent.
+#[test]
+fn udp_burst_through_the_offloaded_datapath() {
+    if !netns_available("udp_burst_through_the_offloaded_datapath") {
+        return;
+    }
+    let lab = Lab::up("offudp", Encap::Udp, 4);
+    let p = lab.ping(Peer::A, 3);
+    assert!(p.received > 0, "no traffic through the tunnel: {p:?}");
+    let b0 = lab.counters(Peer::B);
+    let tun_b0 = link_packets(&lab.ns_b, "esplab-b");
+    let sink_addr = format!("{}:{PORT}", Peer::B.inner());
+    let mut sink = helper(&lab.ns_b, &format!("udpsink {sink_addr}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(sink.stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l == "LISTENING"),
+        "the UDP sink did not start"
+    );
+    let src = run(
+        &mut helper(&lab.ns_a, &format!("udpsource {sink_addr}")),
+        Duration::from_secs(120),
+    );
+    assert!(src.ok(), "source failed:\n{}\n{}", src.stdout, src.stderr);
+    let got = lines
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("UDP got="))
+        .unwrap_or_else(|| panic!("the UDP sink printed no result"));
+    let _ = sink.wait();
+    let field = |k: &str| -> u64 {
+        got.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {got:?}"))
+    };
+    // Every datagram that arrived is whole and came once; UDP may lose some to the
+    // sink's socket buffer on a loaded machine, the tunnel may not.
+    assert_eq!((field("bad="), field("dup=")), (0, 0), "{got}");
+    let b1 = lab.counters(Peer::B);
+    let d = |k: &str| b1[k] - b0[k];
+    for k in ["IN_DROPS", "TUN_TX_ERRORS", "UNDERLAY_RX_ERRORS"] {
+        assert_eq!(d(k), 0, "B {k}: {b1:?}");
+    }
+    let in_b = d("IN_PACKETS");
+    assert!(in_b >= DATAGRAMS, "B decrypted {in_b} of {DATAGRAMS}");
+    assert!(
+        field("got=") >= DATAGRAMS * 9 / 10,
+        "{got}; B decrypted {in_b}"
+    );
+    // esplab's GRO wrote UDP super-packets (the kernel has USO from 6.2 on): B's TUN took
+    // fewer packets than B decrypted.
+    let written_b = link_packets(&lab.ns_b, "esplab-b").0 - tun_b0.0;
+    let (supers, coalesced) = (d("TUN_UDP_SUPER_PACKETS"), d("TUN_UDP_COALESCED"));
+    assert!(
+        supers > 0 && coalesced > supers && written_b < in_b,
+        "B's TUN took {written_b} packets for {in_b} decrypted; {supers} UDP super-packets \
+         with {coalesced} datagrams: no UDP coalescing\n{}",
+        lab.log(Peer::B)
+    );
+    eprintln!(
+        "{got}; B decrypted {in_b}, wrote {written_b} to its TUN: {supers} UDP \
+         super-packets carrying {coalesced}"
+    );
 }
 
 /// Sends [`BYTES`] of TCP from A to B through `lab` and checks them; returns how many ESP

@@ -27,7 +27,7 @@ use crate::clock::WallClock;
 use crate::config::{Config, SaDirection};
 use crate::control::{CounterRow, EventRecord, Request, Response, SaRow};
 use crate::events::EventSink;
-use crate::gro::{self, Gro};
+use crate::gro::{self, Gro, GroStats};
 use crate::log::Logger;
 use crate::pool::{Knobs, TunWriter, UdpRx};
 use crate::route::{self, RouteError, Routes};
@@ -362,6 +362,9 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
             (None, Some(t))
         }
     };
+    let mut gro = Gro::new();
+    // UDP super-packets need USO on the device (Linux 6.2+; tun-rs asks for it).
+    gro.set_udp(tun.device().udp_gso());
     let mut dp = Datapath {
         agent,
         ike_sock,
@@ -376,7 +379,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         tx_thread,
         tx_base: (0, 0),
         tun_tx: TunWriter::new(),
-        gro: Gro::new(),
+        gro,
         udp_rx: UdpRx::new(if knobs.batch { batch::MAX_BATCH } else { 1 }),
         knobs,
         to_tun: vec![0; UNDERLAY_BUF],
@@ -412,10 +415,12 @@ struct IoCounters {
     underlay_rx_errors: u64,
     tun_tx_errors: u64,
     tun_rx_errors: u64,
+    /// esplab's GRO on the TUN writes (`gro.rs`).
+    gro: GroStats,
 }
 
 impl IoCounters {
-    fn named(&self) -> [CounterRow; 4] {
+    fn named(&self) -> [CounterRow; 8] {
         let c = |name: &str, value| CounterRow {
             name: name.into(),
             value,
@@ -425,6 +430,10 @@ impl IoCounters {
             c("UNDERLAY_RX_ERRORS", self.underlay_rx_errors),
             c("TUN_TX_ERRORS", self.tun_tx_errors),
             c("TUN_RX_ERRORS", self.tun_rx_errors),
+            c("TUN_TCP_SUPER_PACKETS", self.gro.tcp_super_packets),
+            c("TUN_TCP_COALESCED", self.gro.tcp_coalesced),
+            c("TUN_UDP_SUPER_PACKETS", self.gro.udp_super_packets),
+            c("TUN_UDP_COALESCED", self.gro.udp_coalesced),
         ]
     }
 }
@@ -906,6 +915,7 @@ impl Datapath {
         let (errors, e) = self
             .gro
             .flush(slots, |prefix, pieces| tun_writev(fd, prefix, pieces));
+        self.io.gro += self.gro.take_stats();
         self.tun_write_errors(errors, e);
     }
 
@@ -1088,7 +1098,7 @@ impl Datapath {
                     let (slot, at) = origin[k];
                     let range = at + r.start..at + r.end;
                     if !self.gro.push(slot, range, &d.buf[r.clone()]) {
-                        // Not TCP: tun-rs's writer (it coalesces UDP, which `gro` does not).
+                        // Neither TCP nor UDP (nor UDP without USO): tun-rs's writer.
                         self.deliver(Inbound::Deliver(r), d.buf);
                     }
                 }

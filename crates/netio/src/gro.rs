@@ -1,6 +1,7 @@
-//! Writing decrypted packets to the TUN device without copying them: TCP segments of one
-//! flow are coalesced into one GSO super-packet, described by a `virtio_net_hdr` and written
-//! with `writev(2)` straight from the receive buffers they were decrypted in.
+//! Writing decrypted packets to the TUN device without copying them: TCP segments (and UDP
+//! datagrams) of one flow are coalesced into one GSO super-packet, described by a
+//! `virtio_net_hdr` and written with `writev(2)` straight from the receive buffers they were
+//! decrypted in.
 //!
 //! With `IFF_VNET_HDR` every write to the device starts with a `virtio_net_hdr` (the Linux
 //! UAPI `struct virtio_net_hdr`, 10 bytes, little-endian fields). A super-packet carries the
@@ -20,8 +21,16 @@
 //! TCP checksum is verified before it is merged (the merged packet's is recomputed by the
 //! kernel, so a bad one would otherwise go unnoticed); a segment that fails goes alone and
 //! the kernel drops it. Other TCP segments are written on their own behind an all-zero
-//! header; packets that are not TCP are left to the caller (the daemon hands them to
-//! tun-rs, which coalesces UDP with USO).
+//! header.
+//!
+//! UDP datagrams are coalesced the same way when the device accepts UDP segmentation
+//! offload (`TUN_F_USO4`/`TUN_F_USO6`, Linux 6.2+; [`Gro::set_udp`]): same addresses,
+//! ports and IP fields as above, every datagram the size of the first but a shorter last,
+//! each UDP checksum verified (an IPv4 datagram without one goes alone), and the super-packet
+//! carries `VIRTIO_NET_HDR_GSO_UDP_L4`; the kernel splits it back into the same datagrams
+//! (net/ipv4/udp_offload.c, `__udp_gso_segment`). Without USO, UDP is left to the caller
+//! like every packet that is neither TCP nor UDP (the daemon hands those to tun-rs's
+//! writer).
 //!
 //! The coalescer ([`Gro`]) is sans-IO: it records byte ranges of the caller's buffers and
 //! builds headers; [`Gro::flush`] hands each packet's pieces to a writer.
@@ -37,8 +46,15 @@ const F_NEEDS_CSUM: u8 = 1;
 const GSO_TCPV4: u8 = 1;
 /// `VIRTIO_NET_HDR_GSO_TCPV6`.
 const GSO_TCPV6: u8 = 4;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation, IPv4 or IPv6.
+const GSO_UDP_L4: u8 = 5;
 /// Offset of the checksum in a TCP header (RFC 9293 §3.1).
 const TCP_CSUM_OFFSET: usize = 16;
+/// Offset of the checksum in a UDP header (RFC 768).
+const UDP_CSUM_OFFSET: usize = 6;
+/// IP protocol numbers.
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 /// Most segments in one super-packet (as many as a 64 KiB packet of 1000-byte segments;
 /// the kernel's `gso_max_segs` is far above).
 pub const MAX_SEGS: usize = 64;
@@ -72,6 +88,7 @@ struct Out {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Flow {
     v6: bool,
+    udp: bool,
     /// Addresses (IPv4 in the first 8 bytes).
     addrs: [u8; 32],
     ports: [u8; 4],
@@ -97,6 +114,33 @@ pub struct Gro {
     lists: Vec<Vec<(usize, Range<usize>)>>,
     /// `outs` indexes of the open super-packets, oldest first.
     open: Vec<usize>,
+    /// UDP is queued and coalesced (the device takes `GSO_UDP_L4`).
+    udp: bool,
+    /// Counted since the last [`Gro::take_stats`].
+    stats: GroStats,
+}
+
+/// What [`Gro`] coalesced: super-packets written and the packets they carried, by
+/// transport (packets written alone are not counted).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroStats {
+    /// TCP super-packets written.
+    pub tcp_super_packets: u64,
+    /// TCP segments they carried.
+    pub tcp_coalesced: u64,
+    /// UDP super-packets written.
+    pub udp_super_packets: u64,
+    /// UDP datagrams they carried.
+    pub udp_coalesced: u64,
+}
+
+impl std::ops::AddAssign for GroStats {
+    fn add_assign(&mut self, o: GroStats) {
+        self.tcp_super_packets += o.tcp_super_packets;
+        self.tcp_coalesced += o.tcp_coalesced;
+        self.udp_super_packets += o.udp_super_packets;
+        self.udp_coalesced += o.udp_coalesced;
+    }
 }
 
 impl Default for Gro {
@@ -115,7 +159,20 @@ impl Gro {
                 .map(|_| Vec::with_capacity(MAX_SEGS))
                 .collect(),
             open: Vec::with_capacity(MAX_OPEN),
+            udp: false,
+            stats: GroStats::default(),
         }
+    }
+
+    /// What was coalesced since the last call.
+    pub fn take_stats(&mut self) -> GroStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Queue and coalesce UDP datagrams too; only for a device with UDP segmentation
+    /// offload enabled (tun-rs: `udp_gso()`), which otherwise rejects the super-packets.
+    pub fn set_udp(&mut self, on: bool) {
+        self.udp = on;
     }
 
     /// Packets queued (super-packets count once).
@@ -129,16 +186,19 @@ impl Gro {
     }
 
     /// Queues the IP packet `bufs[buf][range]` (`pkt` is that slice) if it is a TCP
-    /// segment; returns `false`, queueing nothing, for anything else (the caller writes it
-    /// another way: other flows' order does not matter, and a UDP flow's packets all go
-    /// that other way).
+    /// segment, or a UDP datagram with [`Gro::set_udp`]; returns `false`, queueing nothing,
+    /// for anything else (the caller writes it another way: other flows' order does not
+    /// matter, and every packet of a flow goes the same way).
     pub fn push(&mut self, buf: usize, range: Range<usize>, pkt: &[u8]) -> bool {
         debug_assert_eq!(pkt.len(), range.len());
         let Some(seg) = Seg::parse(pkt) else {
             return false;
         };
+        if seg.udp && !self.udp {
+            return false;
+        }
         if seg.mergeable {
-            self.push_tcp(buf, range, pkt, &seg);
+            self.push_mergeable(buf, range, pkt, &seg);
         } else {
             // A segment that goes alone still ends its flow's open super-packet, so that
             // nothing after it in the flow is written before it.
@@ -166,11 +226,11 @@ impl Gro {
         let (addrs, ports) = seg.key(pkt);
         self.open.iter().position(|&o| {
             let f = self.outs[o].flow.as_ref().expect("open outs have a flow");
-            f.v6 == seg.v6 && f.addrs == addrs && f.ports == ports
+            f.v6 == seg.v6 && f.udp == seg.udp && f.addrs == addrs && f.ports == ports
         })
     }
 
-    fn push_tcp(&mut self, buf: usize, range: Range<usize>, pkt: &[u8], seg: &Seg) {
+    fn push_mergeable(&mut self, buf: usize, range: Range<usize>, pkt: &[u8], seg: &Seg) {
         let payload = range.start + seg.hdr_len..range.end;
         if let Some(k) = self.open_for(pkt, seg) {
             let o = self.open[k];
@@ -180,7 +240,7 @@ impl Gro {
                 f.next_seq = seg.seq.wrapping_add(seg.payload as u32);
                 f.payload += seg.payload;
                 f.segs += 1;
-                let psh = seg.flags & PSH != 0;
+                let psh = !seg.udp && seg.flags & PSH != 0;
                 f.closed = seg.payload < f.mss || psh;
                 let (closed, ip_len) = (f.closed, f.ip_len);
                 if psh {
@@ -195,7 +255,7 @@ impl Gro {
             }
             self.close(k);
         }
-        if seg.flags & PSH != 0 {
+        if !seg.udp && seg.flags & PSH != 0 {
             self.single(buf, range);
             return;
         }
@@ -213,6 +273,7 @@ impl Gro {
             pieces: 0..0,
             flow: Some(Flow {
                 v6: seg.v6,
+                udp: seg.udp,
                 addrs,
                 ports,
                 hdr_len: seg.hdr_len,
@@ -236,27 +297,30 @@ impl Gro {
         let f = out.flow.as_ref().expect("open");
         let first = &out.prefix[VNET_HDR_LEN..VNET_HDR_LEN + f.hdr_len];
         let (ip, tcp) = (f.ip_len, f.hdr_len - f.ip_len);
-        !f.closed
+        let fits = !f.closed
             && seg.hdr_len == f.hdr_len
-            && seg.seq == f.next_seq
             && seg.payload <= f.mss
             && f.segs < MAX_SEGS
-            && f.hdr_len + f.payload + seg.payload <= MAX_IP_LEN
-            // IPv4: TOS (byte 1) and TTL (byte 8) as the first segment's (the rest of the
-            // header was checked by `Seg::parse` or is rewritten). IPv6: version, traffic
-            // class and flow label (bytes 0-3) and hop limit (byte 7).
-            && if seg.v6 {
-                pkt[..4] == first[..4] && pkt[7] == first[7]
-            } else {
-                pkt[1] == first[1] && pkt[8] == first[8]
-            }
-            // TCP: ACK number (bytes 8-11), data offset, flags and window (12-15; PSH may
-            // differ), options (20..).
-            && pkt[ip + 8..ip + 12] == first[ip + 8..ip + 12]
-            && pkt[ip + 12] == first[ip + 12]
-            && pkt[ip + 13] & !PSH == first[ip + 13] & !PSH
-            && pkt[ip + 14..ip + 16] == first[ip + 14..ip + 16]
-            && pkt[ip + 20..ip + tcp] == first[ip + 20..ip + tcp]
+            && f.hdr_len + f.payload + seg.payload <= MAX_IP_LEN;
+        // IPv4: TOS (byte 1) and TTL (byte 8) as the first segment's (the rest of the header
+        // was checked by `Seg::parse` or is rewritten). IPv6: version, traffic class and
+        // flow label (bytes 0-3) and hop limit (byte 7).
+        let ip_fields = if seg.v6 {
+            pkt[..4] == first[..4] && pkt[7] == first[7]
+        } else {
+            pkt[1] == first[1] && pkt[8] == first[8]
+        };
+        // A UDP datagram needs nothing more (`open_for` matched addresses and ports).
+        fits && ip_fields
+            && (seg.udp
+                || seg.seq == f.next_seq
+                // TCP: ACK number (bytes 8-11), data offset, flags and window (12-15; PSH
+                // may differ), options (20..).
+                && pkt[ip + 8..ip + 12] == first[ip + 8..ip + 12]
+                && pkt[ip + 12] == first[ip + 12]
+                && pkt[ip + 13] & !PSH == first[ip + 13] & !PSH
+                && pkt[ip + 14..ip + 16] == first[ip + 14..ip + 16]
+                && pkt[ip + 20..ip + tcp] == first[ip + 20..ip + tcp])
     }
 
     /// Closes `open[k]`: its pieces move to `pieces` and its headers are finished.
@@ -274,6 +338,19 @@ impl Gro {
             out.prefix[..VNET_HDR_LEN].fill(0);
             return;
         }
+        let (n, segs) = if f.udp {
+            (
+                &mut self.stats.udp_super_packets,
+                &mut self.stats.udp_coalesced,
+            )
+        } else {
+            (
+                &mut self.stats.tcp_super_packets,
+                &mut self.stats.tcp_coalesced,
+            )
+        };
+        *n += 1;
+        *segs += f.segs as u64;
         finish(&mut out.prefix, &f);
     }
 
@@ -304,102 +381,145 @@ impl Gro {
     }
 }
 
-/// Fills in a super-packet's vnet header and fixes its IP and TCP headers for the whole
-/// length.
+/// Fills in a super-packet's vnet header and fixes its IP and TCP (UDP) headers for the
+/// whole length.
 fn finish(prefix: &mut [u8; PREFIX], f: &Flow) {
     let total = f.hdr_len + f.payload;
-    let tcp_len = total - f.ip_len;
+    let l4_len = total - f.ip_len;
     let (h, rest) = prefix.split_at_mut(VNET_HDR_LEN);
+    let (gso, csum_offset, proto) = match (f.udp, f.v6) {
+        (true, _) => (GSO_UDP_L4, UDP_CSUM_OFFSET, IPPROTO_UDP),
+        (false, true) => (GSO_TCPV6, TCP_CSUM_OFFSET, IPPROTO_TCP),
+        (false, false) => (GSO_TCPV4, TCP_CSUM_OFFSET, IPPROTO_TCP),
+    };
     h[0] = F_NEEDS_CSUM;
-    h[1] = if f.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+    h[1] = gso;
     h[2..4].copy_from_slice(&(f.hdr_len as u16).to_le_bytes());
     h[4..6].copy_from_slice(&(f.mss as u16).to_le_bytes());
     h[6..8].copy_from_slice(&(f.ip_len as u16).to_le_bytes());
-    h[8..10].copy_from_slice(&(TCP_CSUM_OFFSET as u16).to_le_bytes());
+    h[8..10].copy_from_slice(&(csum_offset as u16).to_le_bytes());
+    if f.udp {
+        // RFC 768: the UDP length covers header and data; the kernel rewrites it per
+        // datagram when it segments.
+        let at = f.ip_len + 4;
+        rest[at..at + 2].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
     let pseudo = if f.v6 {
         // Payload length (RFC 8200 §3): everything after the fixed header.
-        rest[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-        sum(&rest[8..40], 6 + tcp_len as u64)
+        rest[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        sum(&rest[8..40], u64::from(proto) + l4_len as u64)
     } else {
         rest[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         rest[10..12].fill(0);
         let c = !fold(sum(&rest[..20], 0));
         rest[10..12].copy_from_slice(&c.to_be_bytes());
-        sum(&rest[12..20], 6 + tcp_len as u64)
+        sum(&rest[12..20], u64::from(proto) + l4_len as u64)
     };
     // NEEDS_CSUM: the field holds the pseudo-header sum, not complemented; the kernel (or a
     // NIC) adds the rest (virtio spec, "Packet Transmission").
-    let at = f.ip_len + TCP_CSUM_OFFSET;
+    let at = f.ip_len + csum_offset;
     rest[at..at + 2].copy_from_slice(&fold(pseudo).to_be_bytes());
 }
 
-/// A parsed TCP segment (or a packet that is not one: `Seg::parse` returns `None`).
+/// A parsed TCP segment or UDP datagram (`Seg::parse` returns `None` for anything else).
 #[derive(Debug)]
 struct Seg {
     v6: bool,
+    udp: bool,
     ip_len: usize,
+    /// IP + TCP (UDP) header length.
     hdr_len: usize,
     payload: usize,
+    /// TCP only (0 for UDP).
     seq: u32,
     flags: u8,
-    /// May be merged: the IP header allows it, it carries data, only ACK (and PSH) are
-    /// set, and the TCP checksum verifies.
+    /// May be merged: the IP header allows it, it carries data, the transport checksum
+    /// verifies, and for TCP only ACK (and PSH) are set.
     mergeable: bool,
 }
 
 impl Seg {
-    /// The TCP segment in `pkt`, an IPv4 or IPv6 packet; `None` for anything else.
+    /// The TCP segment or UDP datagram in `pkt`, an IPv4 or IPv6 packet; `None` for
+    /// anything else.
     fn parse(pkt: &[u8]) -> Option<Seg> {
         let v6 = match pkt.first()? >> 4 {
             4 => false,
             6 => true,
             _ => return None,
         };
-        let (ip_len, ip_ok, pseudo) = if v6 {
+        // The transport right after the IP header (IPv6: no extension headers), whose
+        // length the IP header gives; `pseudo` is the pseudo-header sum without the protocol.
+        let (proto, ip_len, ip_ok, pseudo) = if v6 {
             let plen = usize::from(u16::from_be_bytes([*pkt.get(4)?, *pkt.get(5)?]));
-            // TCP right after the fixed header; the payload length must match.
-            if pkt.get(6) != Some(&6) || pkt.len() != 40 + plen {
+            if pkt.len() != 40 + plen {
                 return None;
             }
-            (40, true, sum(&pkt[8..40], 6 + plen as u64))
+            (pkt[6], 40, true, sum(&pkt[8..40], plen as u64))
         } else {
             let ihl = usize::from(pkt[0] & 0x0f) * 4;
             let total = usize::from(u16::from_be_bytes([*pkt.get(2)?, *pkt.get(3)?]));
-            if pkt.get(9) != Some(&6) || ihl < 20 || total != pkt.len() || pkt.len() < ihl {
+            if ihl < 20 || total != pkt.len() || pkt.len() < ihl {
                 return None;
             }
             // DF set, MF clear, offset 0 (RFC 791): not a fragment, may be segmented again.
             let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
             let ok = ihl == 20 && frag == 0x4000;
-            (ihl, ok, sum(&pkt[12..20], 6 + (total - ihl) as u64))
+            (pkt[9], ihl, ok, sum(&pkt[12..20], (total - ihl) as u64))
         };
-        let tcp = pkt.get(ip_len..)?;
-        let off = usize::from(*tcp.get(12)? >> 4) * 4;
-        if off < 20 || tcp.len() < off {
-            return None;
+        let l4 = &pkt[ip_len..];
+        // RFC 9293 §3.1, RFC 768: the one's complement sum over pseudo-header and segment,
+        // checksum included, is all ones when it verifies.
+        let verifies = || fold(sum(l4, pseudo + u64::from(proto))) == 0xffff;
+        match proto {
+            IPPROTO_TCP => {
+                let off = usize::from(*l4.get(12)? >> 4) * 4;
+                if off < 20 || l4.len() < off {
+                    return None;
+                }
+                let flags = l4[13];
+                // A segment without payload (a pure ACK) is never merged: folded into a
+                // super-packet it would vanish, and duplicate ACKs drive fast retransmit
+                // (RFC 5681).
+                let mergeable =
+                    ip_ok && l4.len() > off && (flags == ACK || flags == ACK | PSH) && verifies();
+                Some(Seg {
+                    v6,
+                    udp: false,
+                    ip_len,
+                    hdr_len: ip_len + off,
+                    payload: l4.len() - off,
+                    seq: u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]),
+                    flags,
+                    mergeable,
+                })
+            }
+            IPPROTO_UDP => {
+                if l4.len() < 8 {
+                    return None;
+                }
+                // A UDP length that disagrees with the IP header's is written as it came.
+                let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+                // RFC 768: an IPv4 datagram may go without a checksum (0); merged, it would
+                // get one, and a corrupted payload would pass. It goes alone.
+                let csum = u16::from_be_bytes([l4[6], l4[7]]);
+                let mergeable =
+                    ip_ok && ulen == l4.len() && l4.len() > 8 && csum != 0 && verifies();
+                Some(Seg {
+                    v6,
+                    udp: true,
+                    ip_len,
+                    hdr_len: ip_len + 8,
+                    payload: l4.len() - 8,
+                    seq: 0,
+                    flags: 0,
+                    mergeable,
+                })
+            }
+            _ => None,
         }
-        let flags = tcp[13];
-        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-        // A segment without payload (a pure ACK) is never merged: folded into a
-        // super-packet it would vanish, and duplicate ACKs drive fast retransmit (RFC 5681).
-        let mergeable = ip_ok
-            && tcp.len() > off
-            && (flags == ACK || flags == ACK | PSH)
-            // RFC 9293 §3.1: the one's complement sum over pseudo-header and segment,
-            // checksum included, is all ones when it verifies.
-            && fold(sum(tcp, pseudo)) == 0xffff;
-        Some(Seg {
-            v6,
-            ip_len,
-            hdr_len: ip_len + off,
-            payload: tcp.len() - off,
-            seq,
-            flags,
-            mergeable,
-        })
     }
 
-    /// Addresses and ports: what names the flow.
+    /// Addresses and ports: what names the flow (with the family and the protocol).
     fn key(&self, pkt: &[u8]) -> ([u8; 32], [u8; 4]) {
         let mut addrs = [0; 32];
         if self.v6 {
@@ -505,6 +625,46 @@ mod tests {
         p
     }
 
+    /// A UDP datagram with `len` payload bytes from port `sport` (IPv4 ID `id`).
+    fn dgram(v6: bool, sport: u16, id: u16, len: usize) -> Vec<u8> {
+        let mut p = seg(v6, sport, u32::from(id), ACK, 0);
+        let ip = if v6 { 40 } else { 20 };
+        p.truncate(ip);
+        let ulen = 8 + len;
+        if v6 {
+            p[4..6].copy_from_slice(&(ulen as u16).to_be_bytes());
+            p[6] = IPPROTO_UDP;
+        } else {
+            p[2..4].copy_from_slice(&((20 + ulen) as u16).to_be_bytes());
+            p[9] = IPPROTO_UDP;
+            p[10..12].fill(0);
+            let c = !fold(sum(&p, 0));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        p.extend(sport.to_be_bytes());
+        p.extend(5201u16.to_be_bytes());
+        p.extend((ulen as u16).to_be_bytes());
+        p.extend([0, 0]);
+        p.extend((0..len).map(|i| (usize::from(id) * 3 + i) as u8));
+        udp_checksum(&mut p);
+        p
+    }
+
+    /// The UDP checksum field for a datagram (RFC 768).
+    fn udp_checksum(pkt: &mut [u8]) {
+        let v6 = pkt[0] >> 4 == 6;
+        let ip = if v6 { 40 } else { 20 };
+        pkt[ip + 6..ip + 8].fill(0);
+        let len = (pkt.len() - ip) as u64;
+        let pseudo = if v6 {
+            sum(&pkt[8..40], 17 + len)
+        } else {
+            sum(&pkt[12..20], 17 + len)
+        };
+        let c = !fold(sum(&pkt[ip..], pseudo));
+        pkt[ip + 6..ip + 8].copy_from_slice(&c.to_be_bytes());
+    }
+
     /// What `flush` writes, each as (vnet header, the rest).
     fn written(g: &mut Gro, bufs: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = vec![];
@@ -528,23 +688,34 @@ mod tests {
             assert_eq!(hdr, [0; VNET_HDR_LEN]);
             return vec![pkt.to_vec()];
         }
-        let v6 = hdr[1] == GSO_TCPV6;
+        let udp = hdr[1] == GSO_UDP_L4;
+        let v6 = pkt[0] >> 4 == 6;
+        if !udp {
+            assert_eq!(hdr[1], if v6 { GSO_TCPV6 } else { GSO_TCPV4 });
+        }
         let hdr_len = usize::from(u16::from_le_bytes([hdr[2], hdr[3]]));
         let mss = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
         let ip = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
+        let (csum, proto) = if udp { (6, 17) } else { (16, 6) };
         assert_eq!(hdr[0], F_NEEDS_CSUM);
-        assert_eq!(u16::from_le_bytes([hdr[8], hdr[9]]), 16);
+        assert_eq!(usize::from(u16::from_le_bytes([hdr[8], hdr[9]])), csum);
         // The partial checksum: completing it over the whole segment must verify.
         let mut whole = pkt.to_vec();
         let c = !fold(sum(&whole[ip..], 0));
-        let at = ip + 16;
+        let at = ip + csum;
         whole[at..at + 2].copy_from_slice(&c.to_be_bytes());
-        let tcp_len = (whole.len() - ip) as u64;
+        let l4_len = (whole.len() - ip) as u64;
+        if udp {
+            assert_eq!(
+                u64::from(u16::from_be_bytes([pkt[ip + 4], pkt[ip + 5]])),
+                l4_len
+            );
+        }
         let pseudo = if v6 {
-            sum(&whole[8..40], 6 + tcp_len)
+            sum(&whole[8..40], proto + l4_len)
         } else {
             assert_eq!(fold(sum(&whole[..20], 0)), 0xffff, "IPv4 header checksum");
-            sum(&whole[12..20], 6 + tcp_len)
+            sum(&whole[12..20], proto + l4_len)
         };
         assert_eq!(
             fold(sum(&whole[ip..], pseudo)),
@@ -556,8 +727,13 @@ mod tests {
         for (i, chunk) in pkt[hdr_len..].chunks(mss).enumerate() {
             let mut s = pkt[..hdr_len].to_vec();
             s.extend_from_slice(chunk);
-            let seq = seq0.wrapping_add((i * mss) as u32);
-            s[ip + 4..ip + 8].copy_from_slice(&seq.to_be_bytes());
+            if udp {
+                let l = (8 + chunk.len()) as u16;
+                s[ip + 4..ip + 6].copy_from_slice(&l.to_be_bytes());
+            } else {
+                let seq = seq0.wrapping_add((i * mss) as u32);
+                s[ip + 4..ip + 8].copy_from_slice(&seq.to_be_bytes());
+            }
             if v6 {
                 let l = (s.len() - 40) as u16;
                 s[4..6].copy_from_slice(&l.to_be_bytes());
@@ -566,7 +742,7 @@ mod tests {
                 s[2..4].copy_from_slice(&l.to_be_bytes());
             }
             // PSH only on the last segment.
-            if (i + 1) * mss < pkt.len() - hdr_len {
+            if !udp && (i + 1) * mss < pkt.len() - hdr_len {
                 s[ip + 13] &= !PSH;
             }
             out.push(s);
@@ -575,16 +751,18 @@ mod tests {
     }
 
     /// Segment for segment, ignoring what the kernel rewrites (IPv4 ID and header
-    /// checksum, TCP checksum).
+    /// checksum, TCP or UDP checksum).
     fn same(a: &[u8], b: &[u8]) -> bool {
         let strip = |p: &[u8]| {
             let mut p = p.to_vec();
             let ip = if p[0] >> 4 == 6 { 40 } else { 20 };
+            let udp = p[if ip == 40 { 6 } else { 9 }] == IPPROTO_UDP;
             if ip == 20 {
                 p[4..6].fill(0);
                 p[10..12].fill(0);
             }
-            p[ip + 16..ip + 18].fill(0);
+            let c = ip + if udp { 6 } else { 16 };
+            p[c..c + 2].fill(0);
             p
         };
         strip(a) == strip(b)
@@ -592,13 +770,19 @@ mod tests {
 
     fn check(bufs: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut g = Gro::new();
+        g.set_udp(true);
+        check_with(&mut g, bufs)
+    }
+
+    /// Pushes `bufs` into `g`, flushes, resegments what was written and compares.
+    fn check_with(g: &mut Gro, bufs: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
         for (i, b) in bufs.iter().enumerate() {
-            g.push(i, 0..b.len(), b);
+            assert!(g.push(i, 0..b.len(), b));
         }
-        let w = written(&mut g, bufs);
+        let w = written(g, bufs);
         let back: Vec<Vec<u8>> = w.iter().flat_map(|(h, p)| resegment(h, p)).collect();
         // Every packet comes back, flows in order (flows may interleave differently).
-        let key = |p: &[u8]| Seg::parse(p).map(|s| s.key(p));
+        let key = |p: &[u8]| Seg::parse(p).map(|s| (s.udp, s.key(p)));
         let mut want = bufs.to_vec();
         let mut got = back.clone();
         want.sort_by_key(|p| key(p));
@@ -698,13 +882,28 @@ mod tests {
     fn non_tcp_and_malformed_pass_through() {
         let mut udp = seg(false, 1, 0, ACK, 10);
         udp[9] = 17;
-        let bufs = vec![udp.clone(), vec![0x45, 0, 0], vec![], vec![0x60; 30], udp];
+        let mut icmp = udp.clone();
+        icmp[9] = 1;
+        let bufs = vec![
+            udp.clone(),
+            vec![0x45, 0, 0],
+            vec![],
+            vec![0x60; 30],
+            udp,
+            icmp,
+        ];
         let mut g = Gro::new();
         for (i, b) in bufs.iter().enumerate() {
             assert!(!g.push(i, 0..b.len(), b), "{b:?}");
         }
         assert!(g.is_empty());
         assert!(written(&mut g, &bufs).is_empty());
+        // With UDP on, the UDP one (its UDP length is off) is queued and written as it came.
+        g.set_udp(true);
+        assert!(g.push(0, 0..bufs[0].len(), &bufs[0]));
+        assert!(!g.push(5, 0..bufs[5].len(), &bufs[5]), "ICMP");
+        let w = written(&mut g, &bufs);
+        assert_eq!(w, vec![(vec![0; VNET_HDR_LEN], bufs[0].clone())]);
         // TCP that may not be merged (IPv4 options here) is queued, written as it came.
         let mut opts = seg(false, 1, 0, ACK, 10);
         opts[0] = 0x46;
@@ -733,8 +932,67 @@ mod tests {
         check(&bufs);
     }
 
-    /// One input packet of the property below: flow, IPv6, flags, payload, a sequence
-    /// gap, a broken checksum.
+    #[test]
+    fn udp_datagrams_coalesce_with_uso() {
+        for v6 in [false, true] {
+            // 20 equal datagrams and a shorter last: one GSO_UDP_L4 super-packet.
+            let mut bufs: Vec<Vec<u8>> = (0..20u16).map(|i| dgram(v6, 7, i, 1200)).collect();
+            bufs.push(dgram(v6, 7, 20, 500));
+            let mut g = Gro::new();
+            g.set_udp(true);
+            let w = check_with(&mut g, &bufs);
+            assert_eq!(w.len(), 1, "{v6}");
+            assert_eq!(w[0].0[1], GSO_UDP_L4);
+            let stats = g.take_stats();
+            assert_eq!((stats.udp_super_packets, stats.udp_coalesced), (1, 21));
+            assert_eq!((stats.tcp_super_packets, stats.tcp_coalesced), (0, 0));
+            assert_eq!(g.take_stats(), GroStats::default());
+            assert_eq!(u16::from_le_bytes([w[0].0[4], w[0].0[5]]), 1200);
+        }
+        // After a shorter datagram the super-packet is closed; a larger one starts another.
+        let bufs = vec![
+            dgram(false, 7, 0, 100),
+            dgram(false, 7, 1, 50),
+            dgram(false, 7, 2, 100),
+            dgram(false, 7, 3, 200),
+        ];
+        assert_eq!(check(&bufs).len(), 3);
+        // A TCP flow with the same addresses and ports is another flow.
+        let mut bufs: Vec<Vec<u8>> = (0..3u16).map(|i| dgram(false, 5201, i, 100)).collect();
+        bufs.insert(1, seg(false, 5201, 0, ACK, 100));
+        bufs.push(seg(false, 5201, 100, ACK, 100));
+        assert_eq!(check(&bufs).len(), 2);
+    }
+
+    #[test]
+    fn udp_that_must_not_merge_goes_alone() {
+        type Mutation = (&'static str, fn(&mut Vec<u8>));
+        let muts: [Mutation; 5] = [
+            ("checksum", |p| p[30] ^= 1),
+            ("no checksum", |p| p[26..28].fill(0)),
+            ("ttl", |p| p[8] ^= 1),
+            ("no df", |p| p[6] = 0),
+            ("empty", |p| *p = dgram(false, 7, 2, 0)),
+        ];
+        for (what, m) in muts {
+            let mut bufs: Vec<Vec<u8>> = (0..4u16).map(|i| dgram(false, 7, i, 100)).collect();
+            m(&mut bufs[2]);
+            if what == "ttl" || what == "no df" {
+                bufs[2][10..12].fill(0);
+                let c = !fold(sum(&bufs[2][..20], 0));
+                bufs[2][10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            let w = check(&bufs);
+            assert_eq!(w.len(), 3, "{what}: {w:?}");
+            assert_eq!(w[1], (vec![0; VNET_HDR_LEN], bufs[2].clone()), "{what}");
+        }
+        // Without USO on the device, UDP is not queued at all.
+        let bufs = [dgram(true, 7, 0, 100)];
+        assert!(!Gro::new().push(0, 0..bufs[0].len(), &bufs[0]));
+    }
+
+    /// One input packet of the property below: flow (3 is UDP), IPv6, flags, payload, a
+    /// sequence gap, a broken checksum.
     type Spec = (u8, bool, u8, usize, bool, bool);
 
     proptest::proptest! {
@@ -759,6 +1017,7 @@ mod tests {
                 })
                 .collect();
             let mut g = Gro::new();
+            g.set_udp(true);
             let mut queued = 0;
             for (i, b) in bufs.iter().enumerate() {
                 if g.push(i, 0..b.len(), b) {
@@ -776,12 +1035,12 @@ mod tests {
         #[test]
         fn resegmenting_gives_back_every_packet(
             specs in proptest::collection::vec(
-                (0u8..3, proptest::bool::ANY, 0u8..8, 0usize..6, proptest::bool::weighted(0.1),
+                (0u8..4, proptest::bool::ANY, 0u8..8, 0usize..6, proptest::bool::weighted(0.1),
                  proptest::bool::weighted(0.05)),
                 1..80,
             )
         ) {
-            let mut next = [[0u32; 2]; 3];
+            let mut next = [[0u32; 2]; 4];
             let bufs: Vec<Vec<u8>> = specs
                 .iter()
                 .map(|&(f, v6, fl, size, gap, _): &Spec| {
@@ -793,6 +1052,10 @@ mod tests {
                     };
                     let len = [300, 300, 300, 300, 120, 0][size];
                     let n = &mut next[usize::from(f)][usize::from(v6)];
+                    if f == 3 {
+                        *n += 1;
+                        return dgram(v6, 100, *n as u16, len);
+                    }
                     if gap {
                         *n = n.wrapping_add(7);
                     }
@@ -805,7 +1068,7 @@ mod tests {
             for (b, s) in bufs.iter_mut().zip(&specs) {
                 if s.5 {
                     let ip = if s.1 { 40 } else { 20 };
-                    b[ip + 16] ^= 0x55;
+                    b[ip + if s.0 == 3 { 6 } else { 16 }] ^= 0x55;
                 }
             }
             let w = check(&bufs);
