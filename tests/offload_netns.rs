@@ -73,7 +73,7 @@ fn udp_fill(seq: u64, buf: &mut [u8]) -> usize {
 /// arrived intact, how many were damaged or duplicated; `udpsource DST:PORT` sends
 /// [`DATAGRAMS`] in bursts of 32. Without its environment variable it does nothing.
 #[test]
-#[ignore = "helper process of bulk_tcp_through_the_offloaded_datapath"]
+#[ignore = "helper process of the bulk TCP and UDP burst tests"]
 fn helper_tcp() {
     let Ok(spec) = std::env::var(HELPER_ENV) else {
         return;

@@ -10,9 +10,10 @@
 //! TUN reads, each possibly a 64 KiB offloaded super-packet; one `recvmmsg` of up to 64
 //! datagrams or GRO runs, handed to the agent in groups whose SPIs are looked up in one
 //! pass, `Agent::handle_underlay_udp_batch`) into buffers made once at start (pool.rs);
-//! send the results in one batched write (`sendmmsg` with UDP GSO, tx.rs; tun-rs
-//! `send_multiple` with GRO); then hand the node's events to the log, the ring, followers
-//! and the events file.
+//! send the results in batched writes (`sendmmsg` with UDP GSO, tx.rs; decrypted TCP and
+//! UDP coalesced by gro.rs into GSO super-packets, each one `writev` from the receive
+//! buffers; anything else through tun-rs's `send_multiple`); then hand the node's events
+//! to the log, the ring, followers and the events file.
 //!
 //! With `[datapath] tx_thread = true` the TUN → ESP direction (tx.rs: TUN read, encrypt,
 //! `sendmmsg`) runs on a thread of its own with the node's outbound half
@@ -1066,8 +1067,9 @@ impl Datapath {
 
     /// One group of a burst through the agent, then each verdict delivered (and, for the
     /// datagrams in `skipped`, recorded late when [`record_late`] says so). With
-    /// `tun_writev` decrypted TCP segments are queued in `gro` by their place in the receive
-    /// slots (`origin`: slot and offset of each datagram), not copied.
+    /// `tun_writev` decrypted TCP segments (and UDP datagrams, with USO) are queued in `gro`
+    /// by their place in the receive slots (`origin`: slot and offset of each datagram), not
+    /// copied.
     fn udp_group(
         &mut self,
         now: Instant,
