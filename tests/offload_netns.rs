@@ -213,6 +213,17 @@ fn bulk_tcp_through_the_offloaded_datapath() {
     bulk_tcp(Lab::up("offl", Encap::Udp, 4));
 }
 
+/// The same transfer over raw ESP (IP protocol 50): B reads one packet per `read`, each
+/// into a receive slot of its own, and writes the TCP segments coalesced and gathered from
+/// those slots as on the UDP path.
+#[test]
+fn bulk_tcp_over_raw_esp() {
+    if !netns_available("bulk_tcp_over_raw_esp") {
+        return;
+    }
+    bulk_tcp(Lab::up("offesp", Encap::Esp, 4));
+}
+
 /// The same transfer with the decrypted packets copied into tun-rs's writer and coalesced
 /// by tun-rs (`ESPLAB_DATAPATH=no-tun-writev`, the path before esplab's own GRO).
 #[test]

@@ -1111,9 +1111,19 @@ impl Datapath {
 
     fn raw_to_tun(&mut self) {
         let local = self.underlay.local;
-        let mut buf = std::mem::take(&mut self.to_tun);
-        for _ in 0..BATCH {
-            let (n, src) = match self.underlay.try_recv_raw(&mut buf) {
+        // With `tun_writev` each packet stays in a receive slot of its own (the UDP path's,
+        // lent out as there) until the gathered write at the end; otherwise one buffer
+        // serves every read and the decrypted packets are copied into tun-rs's writer.
+        let mut rx = std::mem::replace(&mut self.udp_rx, UdpRx::none());
+        let gather = self.knobs.tun_writev && rx.slots.len() > 1;
+        let mut one = std::mem::take(&mut self.to_tun);
+        for i in 0..BATCH {
+            let buf: &mut [u8] = match (gather, rx.slots.get_mut(i)) {
+                (true, Some(slot)) => slot,
+                (true, None) => break,
+                (false, _) => &mut one,
+            };
+            let (n, src) = match self.underlay.try_recv_raw(buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -1143,7 +1153,7 @@ impl Datapath {
                 Some(src) => {
                     self.agent
                         .node_mut()
-                        .inbound_esp(now, src, local, Encap::Raw, &mut buf, 0..n)
+                        .inbound_esp(now, src, local, Encap::Raw, buf, 0..n)
                 }
             };
             if !kept && record_late(&v) {
@@ -1152,9 +1162,19 @@ impl Datapath {
                     c.record(wall, Direction::In, from, local, t, &buf[..n]);
                 }
             }
-            self.deliver(v, &buf);
+            match v {
+                Inbound::Deliver(r) if gather && !r.is_empty() => {
+                    if !self.gro.push(i, r.clone(), &buf[r.clone()]) {
+                        self.deliver(Inbound::Deliver(r), buf);
+                    }
+                }
+                v => self.deliver(v, buf),
+            }
         }
-        self.to_tun = buf;
+        // Before the slots are read into again.
+        self.flush_gro(&rx.slots);
+        self.udp_rx = rx;
+        self.to_tun = one;
         self.flush_tun_tx();
     }
 
