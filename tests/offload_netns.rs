@@ -21,6 +21,7 @@
 mod lab;
 
 use lab::{netns_available, run, Encap, Lab, Peer};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
@@ -296,16 +297,10 @@ fn udp_burst_through_the_offloaded_datapath() {
         return;
     }
     let lab = Lab::up("offudp", Encap::Udp, 4);
-    let p = lab.ping(Peer::A, 3);
-    assert!(p.received > 0, "no traffic through the tunnel: {p:?}");
+    tunnel_carries(&lab);
     let b0 = lab.counters(Peer::B);
     let tun_b0 = link_packets(&lab.ns_b, "esplab-b");
-    let sink_addr = format!("{}:{PORT}", Peer::B.inner());
-    let mut sink = helper(&lab.ns_b, &format!("udpsink {sink_addr}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut sink, sink_addr) = spawn_sink(&lab, "udpsink");
     let mut lines = BufReader::new(sink.stdout.take().unwrap()).lines();
     assert!(
         lines
@@ -334,7 +329,7 @@ fn udp_burst_through_the_offloaded_datapath() {
     // sink's socket buffer on a loaded machine, the tunnel may not.
     assert_eq!((field("bad="), field("dup=")), (0, 0), "{got}");
     let b1 = lab.counters(Peer::B);
-    let d = |k: &str| b1[k] - b0[k];
+    let d = |k: &str| delta(&b1, &b0, k);
     for k in ["IN_DROPS", "TUN_TX_ERRORS", "UNDERLAY_RX_ERRORS"] {
         assert_eq!(d(k), 0, "B {k}: {b1:?}");
     }
@@ -360,22 +355,39 @@ fn udp_burst_through_the_offloaded_datapath() {
     );
 }
 
+/// A ping from A reaches B through the tunnel.
+fn tunnel_carries(lab: &Lab) {
+    let p = lab.ping(Peer::A, 3);
+    assert!(p.received > 0, "no traffic through the tunnel: {p:?}");
+}
+
+/// Starts the helper's `mode` sink (`sink`, `udpsink`) on B's inner address; returns it
+/// (stdout and stderr piped) and that address.
+fn spawn_sink(lab: &Lab, mode: &str) -> (std::process::Child, String) {
+    let addr = format!("{}:{PORT}", Peer::B.inner());
+    let sink = helper(&lab.ns_b, &format!("{mode} {addr}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (sink, addr)
+}
+
+/// How much counter `k` grew from `before` to `after`.
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str) -> u64 {
+    after[k] - before[k]
+}
+
 /// Sends [`BYTES`] of TCP from A to B through `lab` and checks them; returns how many ESP
 /// packets A sent meanwhile.
 fn bulk_tcp_on(lab: &Lab) -> u64 {
-    let p = lab.ping(Peer::A, 3);
-    assert!(p.received > 0, "no traffic through the tunnel: {p:?}");
+    tunnel_carries(lab);
     let a0 = lab.counters(Peer::A);
     let b0 = lab.counters(Peer::B);
     let tun_a0 = link_packets(&lab.ns_a, "esplab-a");
     let tun_b0 = link_packets(&lab.ns_b, "esplab-b");
 
-    let sink_addr = format!("{}:{PORT}", Peer::B.inner());
-    let mut sink = helper(&lab.ns_b, &format!("sink {sink_addr}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut sink, sink_addr) = spawn_sink(lab, "sink");
     let src = run(
         &mut helper(&lab.ns_a, &format!("source {sink_addr} {BYTES}")),
         Duration::from_secs(180),
@@ -411,9 +423,7 @@ fn bulk_tcp_on(lab: &Lab) -> u64 {
     // retransmitted, so at least the stream's worth of packets went each way it flowed).
     let a1 = lab.counters(Peer::A);
     let b1 = lab.counters(Peer::B);
-    let d = |m1: &std::collections::BTreeMap<String, u64>,
-             m0: &std::collections::BTreeMap<String, u64>,
-             k: &str| m1[k] - m0[k];
+    let d = delta;
     for k in [
         "IN_DROPS",
         "UNDERLAY_TX_ERRORS",

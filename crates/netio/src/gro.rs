@@ -500,7 +500,8 @@ impl Seg {
                 // A UDP length that disagrees with the IP header's is written as it came.
                 let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
                 // RFC 768: an IPv4 datagram may go without a checksum (0); merged, it would
-                // get one, and a corrupted payload would pass. It goes alone.
+                // get one, and a corrupted payload would pass. It goes alone. (Over IPv6 a
+                // zero checksum is invalid, RFC 8200 §8.1: alone too, for the kernel to drop.)
                 let csum = u16::from_be_bytes([l4[6], l4[7]]);
                 let mergeable =
                     ip_ok && ulen == l4.len() && l4.len() > 8 && csum != 0 && verifies();
@@ -568,19 +569,26 @@ fn fold(mut s: u64) -> u16 {
 mod tests {
     use super::*;
 
-    /// The TCP checksum field for a segment (RFC 9293 §3.1).
-    fn tcp_checksum(pkt: &mut [u8]) {
+    /// The TCP or UDP checksum field of a packet (RFC 9293 §3.1, RFC 768), by the
+    /// protocol its IP header names.
+    fn l4_checksum(pkt: &mut [u8]) {
         let v6 = pkt[0] >> 4 == 6;
-        let ip = if v6 { 40 } else { 20 };
-        pkt[ip + 16..ip + 18].fill(0);
-        let tcp_len = (pkt.len() - ip) as u64;
+        let (ip, proto) = if v6 { (40, pkt[6]) } else { (20, pkt[9]) };
+        let at = ip
+            + if proto == IPPROTO_UDP {
+                UDP_CSUM_OFFSET
+            } else {
+                TCP_CSUM_OFFSET
+            };
+        pkt[at..at + 2].fill(0);
+        let len = u64::from(proto) + (pkt.len() - ip) as u64;
         let pseudo = if v6 {
-            sum(&pkt[8..40], 6 + tcp_len)
+            sum(&pkt[8..40], len)
         } else {
-            sum(&pkt[12..20], 6 + tcp_len)
+            sum(&pkt[12..20], len)
         };
         let c = !fold(sum(&pkt[ip..], pseudo));
-        pkt[ip + 16..ip + 18].copy_from_slice(&c.to_be_bytes());
+        pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
 
     /// An IPv4 (or IPv6) TCP segment with `len` payload bytes, TCP options `opts`.
@@ -621,7 +629,7 @@ mod tests {
         p.extend(t);
         p.extend(opts);
         p.extend((0..len).map(|i| (seq as usize + i) as u8));
-        tcp_checksum(&mut p);
+        l4_checksum(&mut p);
         p
     }
 
@@ -646,23 +654,8 @@ mod tests {
         p.extend((ulen as u16).to_be_bytes());
         p.extend([0, 0]);
         p.extend((0..len).map(|i| (usize::from(id) * 3 + i) as u8));
-        udp_checksum(&mut p);
+        l4_checksum(&mut p);
         p
-    }
-
-    /// The UDP checksum field for a datagram (RFC 768).
-    fn udp_checksum(pkt: &mut [u8]) {
-        let v6 = pkt[0] >> 4 == 6;
-        let ip = if v6 { 40 } else { 20 };
-        pkt[ip + 6..ip + 8].fill(0);
-        let len = (pkt.len() - ip) as u64;
-        let pseudo = if v6 {
-            sum(&pkt[8..40], 17 + len)
-        } else {
-            sum(&pkt[12..20], 17 + len)
-        };
-        let c = !fold(sum(&pkt[ip..], pseudo));
-        pkt[ip + 6..ip + 8].copy_from_slice(&c.to_be_bytes());
     }
 
     /// What `flush` writes, each as (vnet header, the rest).
@@ -859,7 +852,7 @@ mod tests {
             m(&mut bufs[2]);
             if what != "checksum" && what != "no df" && what != "ttl" {
                 // Keep the checksum right, so that only the field under test differs.
-                tcp_checksum(&mut bufs[2]);
+                l4_checksum(&mut bufs[2]);
             }
             if what == "no df" || what == "ttl" {
                 bufs[2][10..12].fill(0);
