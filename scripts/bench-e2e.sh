@@ -2,7 +2,7 @@
 # End-to-end throughput over TUN (`just bench-e2e`, root): iperf3 through
 #
 #   bare        the veth pair alone, no tunnel
-#   esplab      esplab peer <-> esplab peer (manual SAs, AES-GCM-128, UDP 4500)
+#   esplab      esplab peer <-> esplab peer (manual SAs, AES-GCM-128, UDP 4500 or raw ESP)
 #   strongswan  charon + kernel-libipsec <-> the same (IKEv2 PSK, aes128gcm16, UDP 4500)
 #
 # one after another in the same run, each measured with iperf3 TCP (1 stream, then 4
@@ -37,6 +37,8 @@
 #   UDP_CPU_RATE=R also UDP at the fixed rate R (iperf3 -b, e.g. 800M) for DURATION seconds,
 #                  reporting the esplab daemons' CPU during it and the loss: the cost of the
 #                  UDP path where the loss-free search only finds its ceiling
+#   ENCAP=esp      esplab peers send raw ESP (IP protocol 50) instead of ESP in UDP 4500
+#                  (default udp; strongSwan always uses UDP 4500 here)
 #   ESPLAB=PATH    the esplab binary (default: build target/release/esplab)
 #   KEEP=1         keep the state directory (configs, logs, iperf3 JSON) afterwards
 #
@@ -52,10 +54,12 @@ UDP_DURATION=${UDP_DURATION:-2}
 UDP_STEPS=${UDP_STEPS:-6}
 LOSS_PCT=${LOSS_PCT:-0}
 ONLY=${ONLY:-bare esplab strongswan}
+ENCAP=${ENCAP:-udp}
 PKT=1400 # UDP test: IP packet size (iperf3 payload = PKT - 28)
 
 die() { echo "bench-e2e: $*" >&2; exit 1; }
 say() { echo "bench-e2e: $*" >&2; }
+[[ $ENCAP == udp || $ENCAP == esp ]] || die "ENCAP must be udp or esp, not $ENCAP"
 
 # ---- prerequisites (checked, never installed) ----
 [[ $(id -u) == 0 ]] || die "needs root (network namespaces, TUN devices)"
@@ -320,7 +324,7 @@ name = "$me"
 
 [underlay]
 local = "$local"
-encap = "udp"
+encap = "$ENCAP"
 port = 4500
 
 [tun]

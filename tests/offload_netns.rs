@@ -453,5 +453,17 @@ fn bulk_tcp_on(lab: &Lab) -> u64 {
         written_b < in_b,
         "B's TUN took {written_b} packets for {in_b} decrypted: no GRO coalescing"
     );
+    // Batched system calls on the underlay (`sendmmsg`/`recvmmsg`, on the raw ESP socket
+    // as on UDP): A sent its ESP packets in fewer calls than packets, B received them so.
+    let tx_calls = d(&a1, &a0, "UNDERLAY_TX_CALLS");
+    let rx_calls = d(&b1, &b0, "UNDERLAY_RX_CALLS");
+    assert!(
+        tx_calls > 0 && tx_calls < out_a,
+        "A: {tx_calls} send calls for {out_a} ESP packets"
+    );
+    assert!(
+        rx_calls > 0 && rx_calls < in_b,
+        "B: {rx_calls} receive calls for {in_b} ESP packets"
+    );
     out_a
 }

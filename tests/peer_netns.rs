@@ -312,6 +312,13 @@ fn desync_ipv6_underlay() {
     desync_and_recover("desync_ipv6_underlay", "u6", Encap::Udp, 6);
 }
 
+/// Raw ESP over IPv6: the socket hands over the ESP packet alone and the sender's address
+/// comes with it (`recvmmsg`'s), not from an outer header as with IPv4.
+#[test]
+fn desync_ipv6_raw_esp() {
+    desync_and_recover("desync_ipv6_raw_esp", "e6", Encap::Esp, 6);
+}
+
 /// Writes `text` to `dir/name` and runs `esplab peer --config` on it: it must exit with
 /// status 2 and exactly one stderr line `esplab: PATH:LINE: KEY: ...`, leaving nothing
 /// behind. Returns that line.

@@ -1,6 +1,7 @@
-//! Batched UDP socket I/O for the datapath: `recvmmsg(2)` / `sendmmsg(2)`, with UDP
+//! Batched socket I/O for the datapath: `recvmmsg(2)` / `sendmmsg(2)`, with UDP
 //! segmentation offload (`UDP_SEGMENT`, "GSO") on send and UDP generic receive offload
-//! (`UDP_GRO`) on receive (Linux `udp(7)`).
+//! (`UDP_GRO`) on receive (Linux `udp(7)`). The raw ESP socket uses the same calls without
+//! the offloads (a raw IP socket has neither), one message per packet.
 //!
 //! Why: at 1400-byte packets the per-packet cost of the crypto is about 0.35 µs, while one
 //! `sendto(2)`/`recvfrom(2)` round through the stack costs several µs. One system call per

@@ -9,8 +9,9 @@
 //! signal is ready; drain the ready source with non-blocking batched reads (up to [`BATCH`]
 //! TUN reads, each possibly a 64 KiB offloaded super-packet; one `recvmmsg` of up to 64
 //! datagrams or GRO runs, handed to the agent in groups whose SPIs are looked up in one
-//! pass, `Agent::handle_underlay_udp_batch`) into buffers made once at start (pool.rs);
-//! send the results in batched writes (`sendmmsg` with UDP GSO, tx.rs; decrypted TCP and
+//! pass, `Agent::handle_underlay_udp_batch`; one `recvmmsg` of up to 64 packets on the
+//! raw ESP socket) into buffers made once at start (pool.rs); send the results in batched
+//! writes (`sendmmsg`, with UDP GSO on the UDP socket, tx.rs; decrypted TCP and
 //! UDP coalesced by gro.rs into GSO super-packets, each one `writev` from the receive
 //! buffers; anything else through tun-rs's `send_multiple`); then hand the node's events
 //! to the log, the ring, followers and the events file.
@@ -34,7 +35,7 @@ use crate::pool::{Knobs, TunWriter, UdpRx};
 use crate::route::{self, RouteError, Routes};
 use crate::server::{self, ControlError, Ctl};
 use crate::tun::{self, Tun, TunError};
-use crate::tx::{IoNotes, TunFailed, TunSource, TxNote, TxPath, TxSockets, TxThread};
+use crate::tx::{IoNotes, TunFailed, TunSource, TxCounters, TxNote, TxPath, TxSockets, TxThread};
 use crate::underlay::{Underlay, UnderlayError};
 use esplab_esp::{DropReason, Encap};
 use esplab_node::{
@@ -378,7 +379,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         io_notes: IoNotes::default(),
         tx: tx_path,
         tx_thread,
-        tx_base: (0, 0),
+        tx_base: TxCounters::default(),
         tun_tx: TunWriter::new(),
         gro,
         udp_rx: UdpRx::new(if knobs.batch { batch::MAX_BATCH } else { 1 }),
@@ -416,12 +417,15 @@ struct IoCounters {
     underlay_rx_errors: u64,
     tun_tx_errors: u64,
     tun_rx_errors: u64,
+    /// Send and receive system calls on the underlay sockets (batches count once).
+    underlay_tx_calls: u64,
+    underlay_rx_calls: u64,
     /// esplab's GRO on the TUN writes (`gro.rs`).
     gro: GroStats,
 }
 
 impl IoCounters {
-    fn named(&self) -> [CounterRow; 8] {
+    fn named(&self) -> [CounterRow; 10] {
         let c = |name: &str, value| CounterRow {
             name: name.into(),
             value,
@@ -431,11 +435,19 @@ impl IoCounters {
             c("UNDERLAY_RX_ERRORS", self.underlay_rx_errors),
             c("TUN_TX_ERRORS", self.tun_tx_errors),
             c("TUN_RX_ERRORS", self.tun_rx_errors),
+            c("UNDERLAY_TX_CALLS", self.underlay_tx_calls),
+            c("UNDERLAY_RX_CALLS", self.underlay_rx_calls),
             c("TUN_TCP_SUPER_PACKETS", self.gro.tcp_super_packets),
             c("TUN_TCP_COALESCED", self.gro.tcp_coalesced),
             c("TUN_UDP_SUPER_PACKETS", self.gro.udp_super_packets),
             c("TUN_UDP_COALESCED", self.gro.udp_coalesced),
         ]
+    }
+
+    fn add_tx(&mut self, t: TxCounters) {
+        self.underlay_tx_errors += t.underlay_tx_errors;
+        self.tun_rx_errors += t.tun_rx_errors;
+        self.underlay_tx_calls += t.underlay_tx_calls;
     }
 }
 
@@ -466,9 +478,8 @@ struct Datapath {
     tx: Option<TxPath>,
     /// The sending thread, with `datapath.tx_thread`.
     tx_thread: Option<TxThread>,
-    /// The sending thread's I/O error counts at the last `clear counters` (underlay
-    /// sends, TUN reads).
-    tx_base: (u64, u64),
+    /// The sending thread's I/O counters at the last `clear counters`.
+    tx_base: TxCounters,
     /// Underlay → TUN: decrypted packets waiting for one batched write.
     tun_tx: TunWriter,
     /// Underlay → TUN with `tun_writev`: packets of the burst being handled, coalesced and
@@ -832,27 +843,20 @@ impl Datapath {
         }
     }
 
-    /// The sending thread's I/O error counts (underlay sends, TUN reads), all time.
-    fn tx_thread_io(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.tx_thread.as_ref().map_or((0, 0), |t| {
-            (
-                t.status.underlay_tx_errors.load(Relaxed),
-                t.status.tun_rx_errors.load(Relaxed),
-            )
-        })
+    /// The sending thread's I/O counters, all time.
+    fn tx_thread_io(&self) -> TxCounters {
+        self.tx_thread
+            .as_ref()
+            .map_or(TxCounters::default(), |t| t.status.load())
     }
 
-    /// I/O error counters of both directions, wherever they run.
+    /// I/O counters of both directions, wherever they run.
     fn io_counters(&self) -> IoCounters {
         let mut c = self.io;
         if let Some(tx) = &self.tx {
-            c.underlay_tx_errors += tx.underlay_tx_errors;
-            c.tun_rx_errors += tx.tun_rx_errors;
+            c.add_tx(tx.counters);
         }
-        let (u, t) = self.tx_thread_io();
-        c.underlay_tx_errors += u.wrapping_sub(self.tx_base.0);
-        c.tun_rx_errors += t.wrapping_sub(self.tx_base.1);
+        c.add_tx(self.tx_thread_io().since(self.tx_base));
         c
     }
 
@@ -958,7 +962,10 @@ impl Datapath {
             let got = match udp.try_io(Interest::READABLE, || {
                 batch::recv_batch(fd, &mut rx.slots, &mut rx.meta)
             }) {
-                Ok(n) => n,
+                Ok(n) => {
+                    self.io.underlay_rx_calls += 1;
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -1110,72 +1117,110 @@ impl Datapath {
     }
 
     fn raw_to_tun(&mut self) {
-        let local = self.underlay.local;
-        // With `tun_writev` each packet stays in a receive slot of its own (the UDP path's,
-        // lent out as there) until the gathered write at the end; otherwise one buffer
-        // serves every read and the decrypted packets are copied into tun-rs's writer.
+        let Some(raw) = &self.underlay.raw else {
+            return;
+        };
+        // Batched: one `recvmmsg` into the UDP path's receive slots (idle in this mode,
+        // lent out as there), each packet in a slot of its own; with `tun_writev` they stay
+        // there until the gathered write at the end. Otherwise one `read` per packet into
+        // one buffer, the decrypted packets copied into tun-rs's writer.
         let mut rx = std::mem::replace(&mut self.udp_rx, UdpRx::none());
-        let gather = self.knobs.tun_writev && rx.slots.len() > 1;
-        let mut one = std::mem::take(&mut self.to_tun);
-        for i in 0..BATCH {
-            let buf: &mut [u8] = match (gather, rx.slots.get_mut(i)) {
-                (true, Some(slot)) => slot,
-                (true, None) => break,
-                (false, _) => &mut one,
-            };
-            let (n, src) = match self.underlay.try_recv_raw(buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        if rx.slots.len() > 1 {
+            let fd = raw.as_raw_fd();
+            let got = match raw.try_io(Interest::READABLE, |_| {
+                batch::recv_batch(fd, &mut rx.slots, &mut rx.meta)
+            }) {
+                Ok(n) => {
+                    self.io.underlay_rx_calls += 1;
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
                 Err(e) => {
                     self.io.underlay_rx_errors += 1;
                     self.io_error(format_args!("receiving on the raw ESP socket"), &e);
-                    break;
+                    0
                 }
             };
             let now = Instant::now();
-            let (from, t) = match src {
-                None => (local, Transport::Ip),
-                Some(src) => (src, Transport::Esp),
-            };
-            let kept = match &mut self.capture {
-                Some(c) => {
-                    let wall = self.clock.wall(now);
-                    c.ring_mut()
-                        .offer(now, wall, Direction::In, from, local, t, &buf[..n])
-                }
-                None => true,
-            };
-            let v = match src {
-                // IPv4: the whole datagram, outer header included.
-                None => self.agent.handle_underlay_ip(now, &mut buf[..n]),
-                // IPv6: the ESP packet alone.
-                Some(src) => {
-                    self.agent
-                        .node_mut()
-                        .inbound_esp(now, src, local, Encap::Raw, buf, 0..n)
-                }
-            };
-            if !kept && record_late(&v) {
-                if let Some(c) = &mut self.capture {
-                    let wall = self.clock.wall(now);
-                    c.record(wall, Direction::In, from, local, t, &buf[..n]);
-                }
+            let v6 = self.underlay.local.is_ipv6();
+            let gather = self.knobs.tun_writev;
+            for (i, (slot, m)) in rx.slots.iter_mut().zip(&rx.meta).take(got).enumerate() {
+                let src = v6.then_some(m.from.ip());
+                self.raw_packet(now, &mut slot[..], m.len, src, gather.then_some(i));
             }
-            match v {
-                Inbound::Deliver(r) if gather && !r.is_empty() => {
-                    if !self.gro.push(i, r.clone(), &buf[r.clone()]) {
-                        self.deliver(Inbound::Deliver(r), buf);
+            // Before the slots are read into again.
+            self.flush_gro(&rx.slots);
+        } else {
+            let mut one = std::mem::take(&mut self.to_tun);
+            for _ in 0..BATCH {
+                let (n, src) = match self.underlay.try_recv_raw(&mut one) {
+                    Ok(x) => {
+                        self.io.underlay_rx_calls += 1;
+                        x
                     }
-                }
-                v => self.deliver(v, buf),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.io.underlay_rx_errors += 1;
+                        self.io_error(format_args!("receiving on the raw ESP socket"), &e);
+                        break;
+                    }
+                };
+                self.raw_packet(Instant::now(), &mut one, n, src, None);
+            }
+            self.to_tun = one;
+        }
+        self.udp_rx = rx;
+        self.flush_tun_tx();
+    }
+
+    /// One packet from the raw ESP socket, `buf[..n]`: IPv4 the whole IP datagram (`src`
+    /// is `None`, the node reads the outer header), IPv6 the ESP packet alone, from `src`.
+    /// With `slot` (the receive slot `buf` is), decrypted TCP/UDP joins the gathered TUN
+    /// writes, so `buf` must stay as it is until `flush_gro`.
+    fn raw_packet(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        n: usize,
+        src: Option<IpAddr>,
+        slot: Option<usize>,
+    ) {
+        let local = self.underlay.local;
+        let (from, t) = match src {
+            None => (local, Transport::Ip),
+            Some(src) => (src, Transport::Esp),
+        };
+        let kept = match &mut self.capture {
+            Some(c) => {
+                let wall = self.clock.wall(now);
+                c.ring_mut()
+                    .offer(now, wall, Direction::In, from, local, t, &buf[..n])
+            }
+            None => true,
+        };
+        let v = match src {
+            None => self.agent.handle_underlay_ip(now, &mut buf[..n]),
+            Some(src) => self
+                .agent
+                .node_mut()
+                .inbound_esp(now, src, local, Encap::Raw, buf, 0..n),
+        };
+        if !kept && record_late(&v) {
+            if let Some(c) = &mut self.capture {
+                let wall = self.clock.wall(now);
+                c.record(wall, Direction::In, from, local, t, &buf[..n]);
             }
         }
-        // Before the slots are read into again.
-        self.flush_gro(&rx.slots);
-        self.udp_rx = rx;
-        self.to_tun = one;
-        self.flush_tun_tx();
+        match (v, slot) {
+            (Inbound::Deliver(r), Some(i)) if !r.is_empty() => {
+                if !self.gro.push(i, r.clone(), &buf[r.clone()]) {
+                    self.deliver(Inbound::Deliver(r), buf);
+                }
+            }
+            (v, _) => self.deliver(v, buf),
+        }
     }
 
     fn control(&mut self, c: Ctl) {
@@ -1307,8 +1352,7 @@ impl Datapath {
                 self.agent.clear_counters();
                 self.io = IoCounters::default();
                 if let Some(tx) = &mut self.tx {
-                    tx.underlay_tx_errors = 0;
-                    tx.tun_rx_errors = 0;
+                    tx.counters = TxCounters::default();
                 }
                 self.tx_base = self.tx_thread_io();
                 self.log.line("counters cleared by control request");

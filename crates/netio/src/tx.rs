@@ -1,6 +1,7 @@
 //! The TUN → ESP direction: read inner packets from the TUN device (offloaded
-//! super-packets split by tun-rs), encrypt each in place, send the ESP in one batched
-//! `sendmmsg` (UDP GSO runs) or on the raw socket.
+//! super-packets split by tun-rs), encrypt each in place, send the ESP in batched
+//! `sendmmsg` calls: UDP GSO runs on the NAT-T socket, one message per packet on the raw
+//! socket (raw IP has no segmentation offload).
 //!
 //! [`TxPath`] is that work with its buffers. The daemon runs it on its datapath task, or,
 //! with `[datapath] tx_thread = true`, on a thread of its own ([`TxThread`]), which holds
@@ -165,13 +166,12 @@ pub(crate) struct TxPath {
     tun_rx: TunReader,
     /// Encrypted packets waiting for one `sendmmsg` (they stay in `tun_rx` until then).
     udp_tx: SendQueue,
+    /// The same for raw ESP (`encap = "esp"`): never GSO.
+    raw_tx: SendQueue,
     /// `sendmmsg` batching on (otherwise one send per packet).
     batch: bool,
     socks: TxSockets,
-    /// Sends the socket refused (counted per datagram).
-    pub(crate) underlay_tx_errors: u64,
-    /// Reads tun-rs refused (a malformed offload header; the device is fine).
-    pub(crate) tun_rx_errors: u64,
+    pub(crate) counters: TxCounters,
     name: String,
 }
 
@@ -186,17 +186,17 @@ impl TxPath {
         Self {
             tun_rx: TunReader::new(mtu, slack),
             udp_tx: SendQueue::new(TUN_SEGMENTS, knobs.udp_gso),
+            raw_tx: SendQueue::new(TUN_SEGMENTS, false),
             batch: knobs.batch,
             socks,
-            underlay_tx_errors: 0,
-            tun_rx_errors: 0,
+            counters: TxCounters::default(),
             name: name.to_string(),
         }
     }
 
     /// Inner packets from the kernel: encrypt and send to the peer. Each TUN read may
     /// yield many packets (a GSO super-packet split by tun-rs); they are encrypted in
-    /// place in their own buffers and the UDP ones leave in one batched send. `note` gets
+    /// place in their own buffers and leave in batched sends. `note` gets
     /// each I/O error that lost packets. Returns whether anything was read.
     pub(crate) fn tun_to_net(
         &mut self,
@@ -206,12 +206,13 @@ impl TxPath {
         clock: &WallClock,
         note: &mut impl FnMut(std::fmt::Arguments<'_>, &io::Error),
     ) -> Result<bool, TunFailed> {
-        // Buffers [0, used) hold packets of this batch (queued in `udp_tx` or dropped).
+        // Buffers [0, used) hold packets of this batch (queued in `udp_tx`/`raw_tx` or
+        // dropped).
         let mut used = 0;
         let mut any = false;
         for _ in 0..BATCH {
             if TUN_SEGMENTS - used < TUN_READ_ROOM {
-                self.flush_udp_tx(note);
+                self.flush_tx(note);
                 used = 0;
             }
             let r = match tun {
@@ -226,7 +227,7 @@ impl TxPath {
                 Err(e) => {
                     // tun-rs refused what the kernel handed over (a malformed offload
                     // header): that packet is lost, the device is fine.
-                    self.tun_rx_errors += 1;
+                    self.counters.tun_rx_errors += 1;
                     note(format_args!("reading from {}", self.name), &e);
                     continue;
                 }
@@ -260,9 +261,13 @@ impl TxPath {
                         Ok(0)
                     }
                     (UnderlayEncap::Udp, Some(s), _) => s.send_to(pkt, SocketAddr::new(dst, port)),
+                    // The port of the address is ignored for raw IPv4; raw IPv6 takes 0 as
+                    // "the socket's protocol" (raw(7), ipv6(7)).
+                    (UnderlayEncap::Raw, _, Some(_)) if self.batch => {
+                        self.raw_tx.push(i, esp, SocketAddr::new(dst, 0));
+                        Ok(0)
+                    }
                     (UnderlayEncap::Raw, _, Some(s)) => {
-                        // The port of the address is ignored for raw IPv4; raw IPv6 takes 0
-                        // as "the socket's protocol" (raw(7), ipv6(7)).
                         s.send_to(pkt, &SockAddr::from(SocketAddr::new(dst, 0)))
                     }
                     (UnderlayEncap::Udp, None, _) => Err(io::Error::new(
@@ -274,33 +279,48 @@ impl TxPath {
                         "no raw ESP socket (no peer uses encap = \"esp\")",
                     )),
                 };
+                if !matches!(r, Ok(0)) {
+                    // A send of its own (not queued).
+                    self.counters.underlay_tx_calls += 1;
+                }
                 if let Err(e) = r {
                     // A full socket buffer drops the packet like a full NIC queue would.
-                    self.underlay_tx_errors += 1;
+                    self.counters.underlay_tx_errors += 1;
                     note(format_args!("sending to {dst}"), &e);
                 }
             }
             used += n;
         }
-        self.flush_udp_tx(note);
+        self.flush_tx(note);
         Ok(any)
     }
 
-    /// Sends the queued UDP-encapsulated ESP packets (one `sendmmsg`, GSO runs).
-    fn flush_udp_tx(&mut self, note: &mut impl FnMut(std::fmt::Arguments<'_>, &io::Error)) {
-        if self.udp_tx.is_empty() {
-            return;
-        }
-        let Some(udp) = &self.socks.udp else {
-            return;
-        };
-        // Straight to the descriptor: a send never waits, and what the socket refuses
-        // is dropped.
-        let f = self.udp_tx.flush(udp.as_raw_fd(), &self.tun_rx.segs);
-        if f.dropped > 0 {
-            self.underlay_tx_errors += f.dropped as u64;
-            let e = io::Error::from(f.error.unwrap_or(io::ErrorKind::Other));
-            note(format_args!("sending {} ESP packets", f.dropped), &e);
+    /// Sends the queued ESP packets: `sendmmsg` on each socket (GSO runs on UDP).
+    fn flush_tx(&mut self, note: &mut impl FnMut(std::fmt::Arguments<'_>, &io::Error)) {
+        let queues = [
+            (
+                &mut self.udp_tx,
+                self.socks.udp.as_ref().map(|s| s.as_raw_fd()),
+            ),
+            (
+                &mut self.raw_tx,
+                self.socks.raw.as_ref().map(|s| s.as_raw_fd()),
+            ),
+        ];
+        for (queue, fd) in queues {
+            // A queue only fills while its socket exists.
+            let Some(fd) = fd.filter(|_| !queue.is_empty()) else {
+                continue;
+            };
+            // Straight to the descriptor: a send never waits, and what the socket refuses
+            // is dropped.
+            let f = queue.flush(fd, &self.tun_rx.segs);
+            self.counters.underlay_tx_calls += f.calls as u64;
+            if f.dropped > 0 {
+                self.counters.underlay_tx_errors += f.dropped as u64;
+                let e = io::Error::from(f.error.unwrap_or(io::ErrorKind::Other));
+                note(format_args!("sending {} ESP packets", f.dropped), &e);
+            }
         }
     }
 }
@@ -314,11 +334,52 @@ pub(crate) enum TxNote {
     Failed(io::Error),
 }
 
-/// The sending thread's counters, read by `show counters`.
+/// The I/O counters of the TUN → ESP direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TxCounters {
+    /// Sends the socket refused (counted per datagram).
+    pub(crate) underlay_tx_errors: u64,
+    /// Reads tun-rs refused (a malformed offload header; the device is fine).
+    pub(crate) tun_rx_errors: u64,
+    /// Send system calls for ESP (`sendmmsg` batches count once).
+    pub(crate) underlay_tx_calls: u64,
+}
+
+impl TxCounters {
+    /// What changed since `base` (counters only grow, so this is exact across wrapping).
+    pub(crate) fn since(self, base: Self) -> Self {
+        Self {
+            underlay_tx_errors: self
+                .underlay_tx_errors
+                .wrapping_sub(base.underlay_tx_errors),
+            tun_rx_errors: self.tun_rx_errors.wrapping_sub(base.tun_rx_errors),
+            underlay_tx_calls: self.underlay_tx_calls.wrapping_sub(base.underlay_tx_calls),
+        }
+    }
+}
+
+/// The sending thread's counters, read by `show counters` (single writer: the thread).
 #[derive(Debug, Default)]
 pub(crate) struct TxStatus {
-    pub(crate) underlay_tx_errors: AtomicU64,
-    pub(crate) tun_rx_errors: AtomicU64,
+    underlay_tx_errors: AtomicU64,
+    tun_rx_errors: AtomicU64,
+    underlay_tx_calls: AtomicU64,
+}
+
+impl TxStatus {
+    pub(crate) fn load(&self) -> TxCounters {
+        TxCounters {
+            underlay_tx_errors: self.underlay_tx_errors.load(Relaxed),
+            tun_rx_errors: self.tun_rx_errors.load(Relaxed),
+            underlay_tx_calls: self.underlay_tx_calls.load(Relaxed),
+        }
+    }
+
+    fn store(&self, c: &TxCounters) {
+        self.underlay_tx_errors.store(c.underlay_tx_errors, Relaxed);
+        self.tun_rx_errors.store(c.tun_rx_errors, Relaxed);
+        self.underlay_tx_calls.store(c.underlay_tx_calls, Relaxed);
+    }
 }
 
 /// The TUN → ESP direction on a thread of its own.
@@ -446,10 +507,7 @@ fn run(
         };
         let r = path.tun_to_net(TunSource::Sync(tun), handle, &mut rec, &clock, &mut note);
         drop(rec);
-        status
-            .underlay_tx_errors
-            .store(path.underlay_tx_errors, Relaxed);
-        status.tun_rx_errors.store(path.tun_rx_errors, Relaxed);
+        status.store(&path.counters);
         if let Err(TunFailed(e)) = r {
             let _ = notes.try_send(TxNote::Failed(e));
             return;
