@@ -214,9 +214,10 @@ fn bulk_tcp_through_the_offloaded_datapath() {
     bulk_tcp(Lab::up("offl", Encap::Udp, 4));
 }
 
-/// The same transfer over raw ESP (IP protocol 50): B reads one packet per `read`, each
-/// into a receive slot of its own, and writes the TCP segments coalesced and gathered from
-/// those slots as on the UDP path.
+/// The same transfer over raw ESP (IP protocol 50): A sends with `sendmmsg` (one message
+/// per packet, raw IP has no GSO), B reads with `recvmmsg`, each packet into a receive slot
+/// of its own, and writes the TCP segments coalesced and gathered from those slots as on
+/// the UDP path.
 #[test]
 fn bulk_tcp_over_raw_esp() {
     if !netns_available("bulk_tcp_over_raw_esp") {
@@ -225,7 +226,20 @@ fn bulk_tcp_over_raw_esp() {
     bulk_tcp(Lab::up("offesp", Encap::Esp, 4));
 }
 
-/// The same transfer with the decrypted packets copied into tun-rs's writer and coalesced
+/// The raw ESP transfer with batching off (`ESPLAB_DATAPATH=no-batch`): one `read` and one
+/// `sendto` per packet, which the call counters show.
+#[test]
+fn bulk_tcp_over_raw_esp_without_batching() {
+    if !netns_available("bulk_tcp_over_raw_esp_without_batching") {
+        return;
+    }
+    let lab = Lab::up_env("offesp1", Encap::Esp, 4, &[("ESPLAB_DATAPATH", "no-batch")]);
+    let t = bulk_tcp_on(&lab);
+    assert_eq!(t.tx_calls_a, t.out_a, "A: one send per ESP packet");
+    assert_eq!(t.rx_calls_b, t.in_b, "B: one receive per ESP packet");
+}
+
+/// The UDP transfer with the decrypted packets copied into tun-rs's writer and coalesced
 /// by tun-rs (`ESPLAB_DATAPATH=no-tun-writev`, the path before esplab's own GRO).
 #[test]
 fn bulk_tcp_through_tun_rs_gro() {
@@ -238,7 +252,7 @@ fn bulk_tcp_through_tun_rs_gro() {
         4,
         &[("ESPLAB_DATAPATH", "no-tun-writev")],
     );
-    bulk_tcp_on(&lab);
+    bulk_tcp_on(&lab).assert_batched();
     assert_eq!(lab.counter(Peer::B, "TUN_TCP_SUPER_PACKETS"), 0);
     assert!(
         lab.log(Peer::B).contains("no-tun-writev"),
@@ -258,7 +272,9 @@ fn bulk_tcp_with_a_sending_thread() {
     }
     let lab = Lab::up_env("offtx", Encap::Udp, 4, &[("ESPLAB_DATAPATH", "tx-thread")]);
     let out_before = lab.counter(Peer::A, "OUT_PACKETS");
-    let out_a = bulk_tcp_on(&lab);
+    let t = bulk_tcp_on(&lab);
+    t.assert_batched();
+    let out_a = t.out_a;
     for p in [Peer::A, Peer::B] {
         assert!(
             lab.log(p).contains("TUN -> ESP on a thread of its own"),
@@ -279,7 +295,7 @@ fn bulk_tcp_with_a_sending_thread() {
 }
 
 fn bulk_tcp(lab: Lab) {
-    bulk_tcp_on(&lab);
+    bulk_tcp_on(&lab).assert_batched();
     // esplab's own GRO wrote the TCP super-packets.
     let n = lab.counter(Peer::B, "TUN_TCP_SUPER_PACKETS");
     assert!(
@@ -378,9 +394,9 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str)
     after[k] - before[k]
 }
 
-/// Sends [`BYTES`] of TCP from A to B through `lab` and checks them; returns how many ESP
-/// packets A sent meanwhile.
-fn bulk_tcp_on(lab: &Lab) -> u64 {
+/// Sends [`BYTES`] of TCP from A to B through `lab` and checks them; returns what the
+/// daemons counted meanwhile.
+fn bulk_tcp_on(lab: &Lab) -> Transfer {
     tunnel_carries(lab);
     let a0 = lab.counters(Peer::A);
     let b0 = lab.counters(Peer::B);
@@ -453,17 +469,42 @@ fn bulk_tcp_on(lab: &Lab) -> u64 {
         written_b < in_b,
         "B's TUN took {written_b} packets for {in_b} decrypted: no GRO coalescing"
     );
-    // Batched system calls on the underlay (`sendmmsg`/`recvmmsg`, on the raw ESP socket
-    // as on UDP): A sent its ESP packets in fewer calls than packets, B received them so.
-    let tx_calls = d(&a1, &a0, "UNDERLAY_TX_CALLS");
-    let rx_calls = d(&b1, &b0, "UNDERLAY_RX_CALLS");
-    assert!(
-        tx_calls > 0 && tx_calls < out_a,
-        "A: {tx_calls} send calls for {out_a} ESP packets"
-    );
-    assert!(
-        rx_calls > 0 && rx_calls < in_b,
-        "B: {rx_calls} receive calls for {in_b} ESP packets"
-    );
-    out_a
+    Transfer {
+        out_a,
+        in_b,
+        tx_calls_a: d(&a1, &a0, "UNDERLAY_TX_CALLS"),
+        rx_calls_b: d(&b1, &b0, "UNDERLAY_RX_CALLS"),
+    }
+}
+
+/// What a bulk transfer moved, from the daemons' counters.
+#[derive(Clone, Copy)]
+struct Transfer {
+    /// ESP packets A sent, and B decrypted.
+    out_a: u64,
+    in_b: u64,
+    /// System calls that sent them (A), and that received them (B).
+    tx_calls_a: u64,
+    rx_calls_b: u64,
+}
+
+impl Transfer {
+    /// Batched system calls on the underlay (`sendmmsg`/`recvmmsg`, on the raw ESP socket
+    /// as on UDP): fewer calls than packets on both sides.
+    fn assert_batched(&self) {
+        let Self {
+            out_a,
+            in_b,
+            tx_calls_a,
+            rx_calls_b,
+        } = *self;
+        assert!(
+            tx_calls_a > 0 && tx_calls_a < out_a,
+            "A: {tx_calls_a} send calls for {out_a} ESP packets"
+        );
+        assert!(
+            rx_calls_b > 0 && rx_calls_b < in_b,
+            "B: {rx_calls_b} receive calls for {in_b} ESP packets"
+        );
+    }
 }

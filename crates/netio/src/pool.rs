@@ -43,7 +43,8 @@ pub struct Knobs {
     pub udp_gso: bool,
     /// `UDP_GRO` receives.
     pub udp_gro: bool,
-    /// `recvmmsg`/`sendmmsg` (off: one datagram per call, as before batching).
+    /// `recvmmsg`/`sendmmsg` on the UDP and raw ESP sockets (off: one datagram per call,
+    /// as before batching).
     pub batch: bool,
     /// Underlay bursts through the agent's batch entry (SPIs of a burst looked up in one
     /// pass; off: one `handle_underlay_udp` per datagram).

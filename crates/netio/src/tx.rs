@@ -255,19 +255,25 @@ impl TxPath {
                     UnderlayEncap::Raw => Transport::Esp,
                 };
                 rec.record_out(now, clock.wall(now), self.socks.local, dst, t, pkt);
+                // Queued packets leave with the batch's `sendmmsg` (`flush_tx`); without
+                // batching each is a send of its own.
                 let r = match (encap, &self.socks.udp, &self.socks.raw) {
                     (UnderlayEncap::Udp, Some(_), _) if self.batch => {
                         self.udp_tx.push(i, esp, SocketAddr::new(dst, port));
-                        Ok(0)
+                        continue;
                     }
-                    (UnderlayEncap::Udp, Some(s), _) => s.send_to(pkt, SocketAddr::new(dst, port)),
+                    (UnderlayEncap::Udp, Some(s), _) => {
+                        self.counters.underlay_tx_calls += 1;
+                        s.send_to(pkt, SocketAddr::new(dst, port))
+                    }
                     // The port of the address is ignored for raw IPv4; raw IPv6 takes 0 as
                     // "the socket's protocol" (raw(7), ipv6(7)).
                     (UnderlayEncap::Raw, _, Some(_)) if self.batch => {
                         self.raw_tx.push(i, esp, SocketAddr::new(dst, 0));
-                        Ok(0)
+                        continue;
                     }
                     (UnderlayEncap::Raw, _, Some(s)) => {
+                        self.counters.underlay_tx_calls += 1;
                         s.send_to(pkt, &SockAddr::from(SocketAddr::new(dst, 0)))
                     }
                     (UnderlayEncap::Udp, None, _) => Err(io::Error::new(
@@ -279,10 +285,6 @@ impl TxPath {
                         "no raw ESP socket (no peer uses encap = \"esp\")",
                     )),
                 };
-                if !matches!(r, Ok(0)) {
-                    // A send of its own (not queued).
-                    self.counters.underlay_tx_calls += 1;
-                }
                 if let Err(e) = r {
                     // A full socket buffer drops the packet like a full NIC queue would.
                     self.counters.underlay_tx_errors += 1;
