@@ -8,7 +8,8 @@
 # one after another in the same run, each measured with iperf3 TCP (1 stream, then 4
 # streams) and UDP (1400-byte IP packets at the highest loss-free rate, a short bisection),
 # then a table of Gbit/s and ratios, for esplab the CPU each daemon used during the TCP
-# 1-stream test (100% = one core), and for every configuration the share of the whole
+# 1-stream test (100% = one core) and the ESP packets per system call over its run (A's
+# sends, B's receives: the batching at work), and for every configuration the share of the whole
 # machine's CPU time left idle during that test (near 0% = the machine, not the tunnel, is
 # the limit). Results: docs/PERFORMANCE.md ("End to end over TUN").
 #
@@ -361,6 +362,20 @@ key = "$in_key"
 CONF
 }
 
+# Packets per underlay system call over an esplab run, from the daemons' counters: A's
+# sends (OUT_PACKETS / UNDERLAY_TX_CALLS) and B's receives (IN_PACKETS / UNDERLAY_RX_CALLS),
+# "A-tx B-rx"; "-" from a binary without those counters.
+esplab_calls() {
+    local bin=$1 a b
+    a=$("$bin" show counters --all --config "$STATE/esplab-a.toml" 2>/dev/null) || true
+    b=$("$bin" show counters --all --config "$STATE/esplab-b.toml" 2>/dev/null) || true
+    per_call() {
+        awk -v p="$2" -v c="$3" '$1 == p { n = $2 } $1 == c { k = $2 }
+            END { if (k > 0) printf "%.1f", n / k; else printf "-" }' <<<"$1"
+    }
+    echo "$(per_call "$a" OUT_PACKETS UNDERLAY_TX_CALLS) $(per_call "$b" IN_PACKETS UNDERLAY_RX_CALLS)"
+}
+
 # run_esplab NAME BINARY SWITCHES [CAPTURE_KEY=VALUE]
 run_esplab() {
     local name=$1 bin=$2 switches=$3 capture=${4:-}
@@ -381,6 +396,8 @@ run_esplab() {
     CPU_PIDS=("$pa" "$pb")
     measure "$name" "$B_IN" "$A_IN"
     CPU_PIDS=()
+    RES[$name,calls]=$(esplab_calls "$bin")
+    say "$name: ESP packets per system call over the run (A sends, B receives): ${RES[$name,calls]}"
     stop_pid "$pa"
     stop_pid "$pb"
 }
@@ -484,11 +501,11 @@ done
 # ---- report ----
 echo
 echo "End to end over TUN: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, TCP ${DURATION}s, UDP ${PKT} B packets (loss <= ${LOSS_PCT}%)"
-printf '%-40s %10s %10s %12s %10s %10s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "bidir Gb/s" "idle tcp-1" "CPU A B (tcp-1)${UDP_CPU_RATE:+; (udp $UDP_CPU_RATE)}"
+printf '%-40s %10s %10s %12s %10s %10s %11s  %s\n' config "tcp-1 Gb/s" "tcp-4 Gb/s" "udp-lf Gb/s" "bidir Gb/s" "idle tcp-1" "pkts/call" "CPU A B (tcp-1)${UDP_CPU_RATE:+; (udp $UDP_CPU_RATE)}"
 for c in "${RUNS[@]}"; do
-    printf '%-40s %10s %10s %12s %10s %10s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" \
+    printf '%-40s %10s %10s %12s %10s %10s %11s  %s\n' "$c" "$(gbps "${RES[$c,tcp1]}")" "$(gbps "${RES[$c,tcp4]}")" \
         "$(gbps "${RES[$c,udp]}")" "$( [[ -n ${RES[$c,bidir]:-} ]] && gbps "${RES[$c,bidir]}" || echo -)" \
-        "${RES[$c,idle1]:-}" "${RES[$c,cpu1]:-}${RES[$c,udpcpu]:+; ${RES[$c,udpcpu]}}"
+        "${RES[$c,idle1]:-}" "${RES[$c,calls]:-}" "${RES[$c,cpu1]:-}${RES[$c,udpcpu]:+; ${RES[$c,udpcpu]}}"
 done
 ratio() {
     local a=$1 b=$2
