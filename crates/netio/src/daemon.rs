@@ -1120,9 +1120,9 @@ impl Datapath {
         let Some(raw) = &self.underlay.raw else {
             return;
         };
-        // Batched: one `recvmmsg` into the UDP path's receive slots (idle in this mode,
-        // lent out as there), each packet in a slot of its own; with `tun_writev` they stay
-        // there until the gathered write at the end. Otherwise one `read` per packet into
+        // Batched: one `recvmmsg` into the UDP path's receive slots (free between its
+        // bursts, which run on this task too; lent out as there), each packet in a slot of
+        // its own; with `tun_writev` they stay there until the gathered write at the end. Otherwise one `read` per packet into
         // one buffer, the decrypted packets copied into tun-rs's writer.
         let mut rx = std::mem::replace(&mut self.udp_rx, UdpRx::none());
         if rx.slots.len() > 1 {
