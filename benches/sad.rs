@@ -13,8 +13,7 @@
 //! * `sad_batch32`: `SadReader::lookup_batch` on 32 SPIs at a time (it picks fingerprint-first
 //!   or direct reads from the previous batch's hit rate); `sad_batch32_fp` and
 //!   `sad_batch32_direct` force one of the two (`SadView::lookup_batch`,
-//!   `lookup_batch_direct`); `sad_batch32_warm` goes through the reader's `lookup_batch_warm`,
-//!   which also reads each hit's SA line.
+//!   `lookup_batch_direct`).
 //! * `vec_index`: `vec[spi & mask]`, no verification at all: the physical floor.
 //! * `vec_batch32`: the same with the two-pass (touch, then use) batching of `sad_batch32`.
 //! * `slab_get` (interleaved block only): the `slab` crate indexed by slot, `get(spi & mask)`
@@ -41,8 +40,8 @@
 //!
 //! `sad_hit_work` is the datapath's shape: look up, read the SA, then do ~50 ns of dependent
 //! per-packet work (`packet_work`) before the next packet; `work_only` is that work alone.
-//! Here single lookups can no longer overlap, and batching (all fingerprints first, and for
-//! `sad_batch32_warm` the SA lines warmed too) shows what it is for.
+//! Here single lookups can no longer overlap, and batching (all entries or fingerprints
+//! first) shows what it is for.
 //!
 //! After criterion, `interleaved()` runs the main cases alternately in one loop and prints
 //! best-of-rounds numbers and ratios to the bare index, which hold up better on this shared
@@ -52,6 +51,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
@@ -64,9 +64,20 @@ use rand::{Rng, SeedableRng};
 const SIZES: [usize; 4] = [1, 1 << 10, 1 << 16, 1 << 20];
 const WINDOW: usize = 1024;
 
-/// What the SAD stores per SA in this bench (only the `sad_hit_work` cases read it).
+/// What the SAD stores per SA in this bench (only the `sad_hit_work` cases read it): a
+/// 4-byte value with a niche, the shape of the node's index into its SA array, so an entry
+/// is 8 bytes (SPI and value) as in the node.
+#[derive(Clone, Copy)]
 struct BenchSa {
-    spi: u32,
+    spi: NonZeroU32,
+}
+
+impl BenchSa {
+    fn new(spi: u32) -> Self {
+        Self {
+            spi: NonZeroU32::new(spi).expect("SAD SPIs are never 0"),
+        }
+    }
 }
 
 /// Stand-in for per-packet processing between lookups (~160 dependent cycles): a chain of
@@ -97,7 +108,7 @@ fn fixture(n: usize, rng: &mut StdRng) -> Fixture {
         (0..n)
             .map(|_| {
                 let spi = t.reserve_spi().unwrap();
-                t.install(spi, BenchSa { spi }).unwrap();
+                t.install(spi, BenchSa::new(spi)).unwrap();
                 spi
             })
             .collect()
@@ -333,7 +344,7 @@ fn write_cases(c: &mut Criterion, n: usize, rng: &mut StdRng) {
         (0..n)
             .map(|_| {
                 let spi = t.reserve_spi().unwrap();
-                t.install(spi, BenchSa { spi }).unwrap();
+                t.install(spi, BenchSa::new(spi)).unwrap();
                 spi
             })
             .collect()
@@ -345,7 +356,7 @@ fn write_cases(c: &mut Criterion, n: usize, rng: &mut StdRng) {
         b.iter(|| {
             k = (k + 1) % n;
             let spi = spis[k];
-            sad.replace(spi, BenchSa { spi }).unwrap()
+            sad.replace(spi, BenchSa::new(spi)).unwrap()
         })
     });
     g.bench_function(BenchmarkId::new("rekey", n), |b| {
@@ -354,7 +365,7 @@ fn write_cases(c: &mut Criterion, n: usize, rng: &mut StdRng) {
             let old = spis[k];
             spis[k] = sad.update(|t| {
                 let new = t.reserve_spi().unwrap();
-                t.rekey(old, new, BenchSa { spi: new }, now).unwrap();
+                t.rekey(old, new, BenchSa::new(new), now).unwrap();
                 t.purge(now);
                 new
             });
@@ -401,7 +412,7 @@ fn bench_sad(c: &mut Criterion) {
             case(&mut g, "sad_reader", n, &mut hits, |w| {
                 let mut acc = 0;
                 for &spi in w {
-                    let word = reader.lookup(spi).hit().map_or(0, |sa| sa.spi);
+                    let word = reader.lookup(spi).hit().map_or(0, |sa| sa.spi.get());
                     acc = packet_work(acc, word);
                 }
                 black_box(acc);
@@ -412,18 +423,7 @@ fn bench_sad(c: &mut Criterion) {
                     let mut out = [Lookup::Unknown; BATCH];
                     reader.lookup_batch(spis, &mut out);
                     for l in &out {
-                        acc = packet_work(acc, l.hit().map_or(0, |sa| sa.spi));
-                    }
-                }
-                black_box(acc);
-            });
-            case(&mut g, "sad_batch32_warm", n, &mut hits, |w| {
-                let mut acc = 0;
-                for spis in w.chunks(BATCH) {
-                    let mut out = [Lookup::Unknown; BATCH];
-                    reader.lookup_batch_warm(spis, &mut out);
-                    for l in &out {
-                        acc = packet_work(acc, l.hit().map_or(0, |sa| sa.spi));
+                        acc = packet_work(acc, l.hit().map_or(0, |sa| sa.spi.get()));
                     }
                 }
                 black_box(acc);
@@ -445,7 +445,7 @@ fn bench_sad(c: &mut Criterion) {
         // The same misses with a few manually keyed (foreign) SAs present.
         fx.sad.update(|t| {
             for k in 0..64u32 {
-                let _ = t.insert_foreign(0x8000_0000 | (k * 0x0101_0101), BenchSa { spi: k });
+                let _ = t.insert_foreign(0x8000_0000 | (k * 0x0101_0101), BenchSa::new(k + 1));
             }
         });
         let mut g = c.benchmark_group("sad_miss_foreign");
@@ -520,7 +520,7 @@ fn interleaved() {
         let fast: hashbrown::HashMap<u32, usize, foldhash::fast::RandomState> =
             fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
         let (mut r1, mut r2, mut r3) = (fx.sad.reader(), fx.sad.reader(), fx.sad.reader());
-        let (mut r4, mut r5) = (fx.sad.reader(), fx.sad.reader());
+        let mut r5 = fx.sad.reader();
         let (mut r6, mut r7) = (fx.sad.reader(), fx.sad.reader());
         type Case<'a> = (&'static str, Box<dyn FnMut(&[u32]) + 'a>);
         /// The output-array shape of a batch of 32 for any `get`.
@@ -589,16 +589,6 @@ fn interleaved() {
                     for spis in w.chunks(BATCH) {
                         let mut out = [Lookup::Unknown; BATCH];
                         r3.lookup_batch(spis, &mut out);
-                        black_box(&out);
-                    }
-                }),
-            ),
-            (
-                "sad_batch32_warm",
-                Box::new(|w| {
-                    for spis in w.chunks(BATCH) {
-                        let mut out = [Lookup::Unknown; BATCH];
-                        r4.lookup_batch_warm(spis, &mut out);
                         black_box(&out);
                     }
                 }),

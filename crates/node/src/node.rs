@@ -17,6 +17,7 @@ use esplab_esp::{
 use esplab_sad::{Lookup, Sad, SadConfig, SadError, SadReader, TrafficSelector};
 use serde::Serialize;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,15 +121,37 @@ pub const TAILROOM: usize = 15 + 2 + 16;
 /// An SAD lookup result without the borrow of the snapshot (the slab index is `Copy`).
 #[derive(Clone, Copy)]
 enum Found {
+    /// Index into `Node::in_sas`.
     Hit(u32),
     Retired,
     Unknown,
 }
 
-impl From<Lookup<'_, u32>> for Found {
-    fn from(l: Lookup<'_, u32>) -> Self {
+/// What the SAD holds for an inbound SA: its index in `Node::in_sas`, plus one. The SAD
+/// stores values inline next to the SPI, and a 4-byte value with a niche (0 never occurs)
+/// keeps that entry at 8 bytes: a hit reads one word-sized slot, like a bare array index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SaIndex(NonZeroU32);
+
+impl SaIndex {
+    fn new(i: usize) -> Self {
+        let v = u32::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_add(1))
+            .and_then(NonZeroU32::new)
+            .expect("fewer than 2^32 - 1 inbound SAs");
+        Self(v)
+    }
+
+    fn get(self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
+
+impl From<Lookup<'_, SaIndex>> for Found {
+    fn from(l: Lookup<'_, SaIndex>) -> Self {
         match l {
-            Lookup::Hit(i) => Found::Hit(*i),
+            Lookup::Hit(i) => Found::Hit(i.0.get() - 1),
             Lookup::Retired => Found::Retired,
             Lookup::Unknown => Found::Unknown,
         }
@@ -288,8 +311,8 @@ pub struct SaInfo {
 /// A peer's datapath state.
 pub struct Node {
     cfg: NodeConfig,
-    sad: Sad<u32>,
-    reader: SadReader<u32>,
+    sad: Sad<SaIndex>,
+    reader: SadReader<SaIndex>,
     in_sas: Vec<Option<InSa>>,
     /// Policies and outbound SAs: the manual SA per peer and the outbound halves of
     /// negotiated CHILD SAs.
@@ -418,7 +441,7 @@ impl Node {
                 self.in_sas.len() - 1
             }
         };
-        self.sad.insert_foreign(params.spi, idx as u32)?;
+        self.sad.insert_foreign(params.spi, SaIndex::new(idx))?;
         self.sad_changed();
         self.in_sas[idx] = Some(InSa {
             sa,
@@ -462,7 +485,7 @@ impl Node {
     fn remove_spi_quietly(&mut self, spi: u32, now: Instant) -> (usize, usize) {
         let mut n = 0;
         if let Some(idx) = self.sad.remove(spi, now) {
-            self.in_sas[*idx as usize] = None;
+            self.in_sas[idx.get()] = None;
             n += 1;
         }
         self.sad_changed();
@@ -775,11 +798,8 @@ impl Node {
     fn relookup(&mut self, lk: &mut UdpLookup, from: usize) {
         let n = lk.n;
         let mut looked = [Lookup::Unknown; BATCH];
-        // Warm: every hit is decrypted next, so its SA's first line is fetched here, in
-        // parallel for the whole burst, instead of one miss at a time in decap. Misses (an
-        // invalid-SPI flood) touch no SA either way.
         self.reader
-            .lookup_batch_warm(&lk.spis[from..n], &mut looked[from..n]);
+            .lookup_batch(&lk.spis[from..n], &mut looked[from..n]);
         for (f, l) in lk.found[from..n].iter_mut().zip(&looked[from..n]) {
             *f = Found::from(*l);
         }
@@ -1320,7 +1340,7 @@ impl Node {
                 self.in_sas.len() - 1
             }
         };
-        self.sad.install(c.inbound.spi, idx as u32)?;
+        self.sad.install(c.inbound.spi, SaIndex::new(idx))?;
         self.sad_changed();
         self.in_sas[idx] = Some(InSa {
             sa: in_sa,
@@ -1446,7 +1466,7 @@ impl Node {
 
     fn retire_inbound(&mut self, spi: u32, now: Instant) {
         if let Some(idx) = self.sad.remove(spi, now) {
-            if let Some(slot) = self.in_sas.get_mut(*idx as usize) {
+            if let Some(slot) = self.in_sas.get_mut(idx.get()) {
                 *slot = None;
             }
         }

@@ -9,7 +9,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crate::Lookup;
@@ -17,15 +16,15 @@ use crate::Lookup;
 /// One foreign entry.
 pub(crate) enum Foreign<V> {
     /// A live SA.
-    Live(Arc<V>),
+    Live(V),
     /// Removed less than the grace period ago; `until` is when it may be purged.
     Retired { until: Option<Instant> },
 }
 
-impl<V> Clone for Foreign<V> {
+impl<V: Clone> Clone for Foreign<V> {
     fn clone(&self) -> Self {
         match self {
-            Foreign::Live(v) => Foreign::Live(Arc::clone(v)),
+            Foreign::Live(v) => Foreign::Live(v.clone()),
             Foreign::Retired { until } => Foreign::Retired { until: *until },
         }
     }
@@ -49,7 +48,7 @@ pub(crate) struct ForeignTable<V> {
     shift: u32,
 }
 
-impl<V> Clone for ForeignTable<V> {
+impl<V: Clone> Clone for ForeignTable<V> {
     fn clone(&self) -> Self {
         Self {
             map: self.map.clone(),

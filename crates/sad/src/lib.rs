@@ -9,6 +9,9 @@
 //!   per-thread [`SadReader`] caches the current one.
 //! * Removed or rekeyed SPIs stay [`Lookup::Retired`] for a grace period, so late packets are
 //!   told apart from unknown SPIs.
+//! * Values are stored inline, next to their SPI (`V: Clone`: a write copies the 1024-slot
+//!   chunk it touches). Keep them small: the datapath stores an index into its own SA array
+//!   as a `NonZeroU32`, which makes a slot 8 bytes, SPI included; an `Arc` makes it 16.
 //!
 //! No I/O and no clock: time comes in as `Instant` arguments. See `docs/sad.md` for the
 //! design and measured costs.

@@ -75,18 +75,7 @@ impl<V, O> SadReader<V, O> {
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch<'a>(&'a mut self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        let hits = self.cache.load().batch::<false>(spis, out, self.direct);
-        self.direct = hits * 4 >= spis.len() * DIRECT_HITS && !spis.is_empty();
-    }
-
-    /// [`Self::lookup_batch`] that also brings every hit's SA into the cache; see
-    /// [`SadView::lookup_batch_warm`].
-    ///
-    /// # Panics
-    /// If `out` is shorter than `spis`.
-    #[inline]
-    pub fn lookup_batch_warm<'a>(&'a mut self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        let hits = self.cache.load().batch::<true>(spis, out, self.direct);
+        let hits = self.cache.load().batch(spis, out, self.direct);
         self.direct = hits * 4 >= spis.len() * DIRECT_HITS && !spis.is_empty();
     }
 

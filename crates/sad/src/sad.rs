@@ -44,7 +44,7 @@ fn slots_for(capacity: usize) -> usize {
         .clamp(CHUNK, 1 << MAX_SLOT_BITS)
 }
 
-impl<V, O> Sad<V, O> {
+impl<V: Clone, O> Sad<V, O> {
     /// An empty SAD.
     pub fn new(config: SadConfig) -> Self {
         let rng = match config.rng_seed {
@@ -84,7 +84,7 @@ impl<V, O> Sad<V, O> {
     }
 
     /// The live inbound SA with this SPI (control plane; the datapath uses [`SadReader`]).
-    pub fn get(&self, spi: u32) -> Option<Arc<V>> {
+    pub fn get(&self, spi: u32) -> Option<V> {
         self.current.load().get(spi).cloned()
     }
 
@@ -176,23 +176,17 @@ impl<V, O> Sad<V, O> {
     }
 
     /// Swap the SA of a live SPI, returning the previous one.
-    pub fn replace(&self, spi: u32, sa: V) -> Result<Arc<V>, SadError> {
+    pub fn replace(&self, spi: u32, sa: V) -> Result<V, SadError> {
         self.update(|t| t.replace(spi, sa))
     }
 
     /// Retire an SPI for the grace period; see [`SadTxn::remove`].
-    pub fn remove(&self, spi: u32, now: Instant) -> Option<Arc<V>> {
+    pub fn remove(&self, spi: u32, now: Instant) -> Option<V> {
         self.update(|t| t.remove(spi, now))
     }
 
     /// Install `sa` under reserved `new_spi` and retire `old_spi` in one snapshot.
-    pub fn rekey(
-        &self,
-        old_spi: u32,
-        new_spi: u32,
-        sa: V,
-        now: Instant,
-    ) -> Result<Arc<V>, SadError> {
+    pub fn rekey(&self, old_spi: u32, new_spi: u32, sa: V, now: Instant) -> Result<V, SadError> {
         self.update(|t| t.rekey(old_spi, new_spi, sa, now))
     }
 
@@ -213,13 +207,13 @@ impl<V, O> Sad<V, O> {
     }
 }
 
-impl<V, O> Default for Sad<V, O> {
+impl<V: Clone, O> Default for Sad<V, O> {
     fn default() -> Self {
         Self::new(SadConfig::default())
     }
 }
 
-impl<V, O> std::fmt::Debug for Sad<V, O> {
+impl<V: Clone, O> std::fmt::Debug for Sad<V, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sad")
             .field("stats", &self.stats())

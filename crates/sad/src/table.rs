@@ -9,7 +9,8 @@
 //! fingerprints, one per slot, shared by every snapshot of the same table size and updated in
 //! place (see [`Fingerprints`]): a miss-tuned lookup reads 1 byte out of that dense array
 //! (2 MiB at 1Mi SAs, well within the data TLB's reach and a small share of the L3 on this
-//! machine) and touches the 16-byte entries (32 MiB there) only for SPIs whose fingerprint
+//! machine) and touches the entries (16 MiB there with the node's 8-byte entries) only for
+//! SPIs whose fingerprint
 //! matches, about 1 in 256 unknown SPIs. A hit-tuned lookup reads the entry directly.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -17,7 +18,8 @@ use std::sync::Arc;
 
 /// log2 of the slots per chunk.
 pub(crate) const CHUNK_BITS: u32 = 10;
-/// Slots per chunk: 16 KiB of entries (SPI + SA pointer), 128 bytes of retired bits.
+/// Slots per chunk: 8 KiB of entries with 8-byte entries (SPI + an index), 128 bytes of
+/// retired bits.
 pub(crate) const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// State of one slot, owned (what writers put in and take out).
@@ -27,7 +29,7 @@ pub(crate) enum Slot<V> {
     /// SPI handed out (e.g. in an IKE SA payload) but no keys installed yet.
     Reserved,
     /// A live SA.
-    Live(Arc<V>),
+    Live(V),
     /// Removed or rekeyed less than the grace period ago; the value is already dropped. The
     /// deadline is kept by the writer (see `txn`), so a slot stays one pointer wide.
     Retired,
@@ -37,18 +39,20 @@ pub(crate) enum Slot<V> {
 pub(crate) enum SlotRef<'a, V> {
     Empty,
     Reserved,
-    Live(&'a Arc<V>),
+    Live(&'a V),
     Retired,
 }
 
-/// One slot: the full SPI and the SA pointer side by side (16 bytes), so a hit reads one
-/// cache line and the tag compare that proves it is free.
+/// One slot: the full SPI and the value side by side, so a hit reads one cache line and
+/// the tag compare that proves it is free. The value is stored inline: with a 4-byte value
+/// that has a niche (`NonZeroU32`, an index into the caller's SA array, as the node uses)
+/// an entry is 8 bytes, the size of the bare index's word; with an `Arc` it is 16.
 #[repr(C)]
 pub(crate) struct Entry<V> {
     /// Full SPI of an occupied slot, 0 when empty (0 is never a valid SPI, RFC 4303 §2.1).
     tag: u32,
     /// The SA of a live slot.
-    value: Option<Arc<V>>,
+    value: Option<V>,
 }
 
 impl<V> Entry<V> {
@@ -60,13 +64,12 @@ impl<V> Entry<V> {
 
     /// The SA, when live.
     #[inline(always)]
-    pub(crate) fn value(&self) -> &Option<Arc<V>> {
-        &self.value
+    pub(crate) fn value(&self) -> Option<&V> {
+        self.value.as_ref()
     }
 }
 
-impl<V> Clone for Entry<V> {
-    /// Clones the `Arc`, never a `V`.
+impl<V: Clone> Clone for Entry<V> {
     fn clone(&self) -> Self {
         Self {
             tag: self.tag,
@@ -77,7 +80,8 @@ impl<V> Clone for Entry<V> {
 
 /// `CHUNK` consecutive slots: an array of [`Entry`]s and one retired bit per slot.
 ///
-/// A slot's state is encoded, not stored as an enum (which would make an entry 24 bytes):
+/// A slot's state is encoded, not stored as an enum (which would add a tag word to every
+/// entry):
 ///
 /// | state    | tag | value  | retired bit |
 /// |----------|-----|--------|-------------|
@@ -90,8 +94,10 @@ impl<V> Clone for Entry<V> {
 /// so that a miss read only a dense 4-byte tag; a hit then read two random lines (tag, then
 /// pointer) against the bare index's one. Since large tables answer misses from the
 /// fingerprint array ([`Fingerprints`]) and never touch the chunks for them, the chunk is
-/// laid out for hits: one line holds both. Small tables (at most 32Ki slots, 512 KiB of
-/// entries) stay cache-resident either way.
+/// laid out for hits: one line holds both. Small tables (at most 32Ki slots, 256 KiB of
+/// 8-byte entries) stay cache-resident either way. Until round 9 the value was an `Arc<V>`
+/// (16-byte entries, and for the node one more dependent read, of the `Arc`'s `u32`, per
+/// hit); values are now stored inline.
 #[repr(C, align(64))]
 pub(crate) struct Chunk<V> {
     entries: [Entry<V>; CHUNK],
@@ -116,17 +122,16 @@ impl<V> Chunk<V> {
         self.entries[i].tag
     }
 
-    /// The SA pointer of slot `i`.
+    /// The value of slot `i`, when live.
     #[inline(always)]
-    pub(crate) fn value(&self, i: usize) -> &Option<Arc<V>> {
-        &self.entries[i].value
+    pub(crate) fn value(&self, i: usize) -> Option<&V> {
+        self.entries[i].value.as_ref()
     }
 
     /// Slot `i` as a whole (one bounds check for the tag and the value).
     #[inline(always)]
-    pub(crate) fn entry(&self, i: usize) -> (u32, &Option<Arc<V>>) {
-        let e = &self.entries[i];
-        (e.tag, &e.value)
+    pub(crate) fn entry(&self, i: usize) -> &Entry<V> {
+        &self.entries[i]
     }
 
     #[inline(always)]
@@ -168,8 +173,9 @@ impl<V> Chunk<V> {
     }
 }
 
-impl<V> Clone for Chunk<V> {
-    /// Clones `Arc`s, never a `V`.
+impl<V: Clone> Clone for Chunk<V> {
+    /// Clones every live value: cheap for the small `Copy` values the datapath stores (an
+    /// index), a reference count for an `Arc`.
     fn clone(&self) -> Self {
         Self {
             entries: self.entries.clone(),
@@ -310,6 +316,18 @@ impl<V> SlotTable<V> {
         (c.tag(i) == spi && spi != 0).then(|| c.state(i))
     }
 
+    /// Every occupied slot as `(spi, state)`, in slot order.
+    pub(crate) fn occupied(&self) -> impl Iterator<Item = (u32, SlotRef<'_, V>)> + '_ {
+        self.chunks.iter().flat_map(|c| {
+            (0..CHUNK)
+                .filter(|&i| c.tag(i) != 0)
+                .map(|i| (c.tag(i), c.state(i)))
+        })
+    }
+}
+
+/// The writer's side: changing a slot may copy its chunk, and growth copies every value.
+impl<V: Clone> SlotTable<V> {
     /// Set slot `idx`, returning its previous state; clones the chunk first if a published
     /// snapshot shares it.
     ///
@@ -348,7 +366,7 @@ impl<V> SlotTable<V> {
             let i = idx & (CHUNK - 1);
             debug_assert_eq!(c.tag(i), 0, "growth collision");
             let slot = match state {
-                SlotRef::Live(v) => Slot::Live(Arc::clone(v)),
+                SlotRef::Live(v) => Slot::Live(v.clone()),
                 SlotRef::Retired => Slot::Retired,
                 SlotRef::Reserved | SlotRef::Empty => Slot::Reserved,
             };
@@ -365,13 +383,20 @@ impl<V> SlotTable<V> {
             chunks: chunks.into_iter().map(Arc::new).collect(),
         }
     }
+}
 
-    /// Every occupied slot as `(spi, state)`, in slot order.
-    pub(crate) fn occupied(&self) -> impl Iterator<Item = (u32, SlotRef<'_, V>)> + '_ {
-        self.chunks.iter().flat_map(|c| {
-            (0..CHUNK)
-                .filter(|&i| c.tag(i) != 0)
-                .map(|i| (c.tag(i), c.state(i)))
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+    use std::num::NonZeroU32;
+
+    /// The layout the datapath's numbers depend on: a 4-byte value with a niche makes an
+    /// 8-byte entry (SPI and value on one word, like the bare index's), a pointer 16.
+    #[test]
+    fn entry_sizes() {
+        assert_eq!(size_of::<Entry<NonZeroU32>>(), 8);
+        assert_eq!(size_of::<Entry<Arc<u64>>>(), 16);
+        assert_eq!(size_of::<Entry<u32>>(), 12);
     }
 }

@@ -135,7 +135,7 @@ pub struct SadTxn<'w, V, O = V> {
     max_slots: usize,
 }
 
-impl<'w, V, O> SadTxn<'w, V, O> {
+impl<'w, V: Clone, O> SadTxn<'w, V, O> {
     pub(crate) fn new(
         base: Arc<SadView<V, O>>,
         rng: &'w mut StdRng,
@@ -195,7 +195,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
     }
 
     /// The live inbound SA with this SPI.
-    pub fn get(&self, spi: u32) -> Option<&Arc<V>> {
+    pub fn get(&self, spi: u32) -> Option<&V> {
         self.view().get(spi)
     }
 
@@ -275,7 +275,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         }
         let work = self.work();
         let idx = work.table.index(spi);
-        work.table.replace(idx, spi, Slot::Live(Arc::new(sa)));
+        work.table.replace(idx, spi, Slot::Live(sa));
         work.counts.reserved -= 1;
         work.counts.live += 1;
         Ok(())
@@ -310,13 +310,13 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         let table = work
             .foreign
             .get_or_insert_with(|| Arc::new(ForeignTable::new(key)));
-        Arc::make_mut(table).put(spi, Foreign::Live(Arc::new(sa)));
+        Arc::make_mut(table).put(spi, Foreign::Live(sa));
         self.foreign_dirty = true;
         Ok(())
     }
 
     /// Swap the SA of a live SPI (allocated or foreign), returning the previous one.
-    pub fn replace(&mut self, spi: u32, sa: V) -> Result<Arc<V>, SadError> {
+    pub fn replace(&mut self, spi: u32, sa: V) -> Result<V, SadError> {
         let view = self.view();
         if let Some(slot) = view.table.get(spi) {
             if !matches!(slot, SlotRef::Live(_)) {
@@ -324,7 +324,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
             }
             let work = self.work();
             let idx = work.table.index(spi);
-            match work.table.replace(idx, spi, Slot::Live(Arc::new(sa))) {
+            match work.table.replace(idx, spi, Slot::Live(sa)) {
                 Slot::Live(old) => return Ok(old),
                 _ => unreachable!("checked live above"),
             }
@@ -336,7 +336,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
             return Err(SadError::NotFound(spi));
         }
         let table = self.work().foreign.as_mut().expect("checked above");
-        match Arc::make_mut(table).put(spi, Foreign::Live(Arc::new(sa))) {
+        match Arc::make_mut(table).put(spi, Foreign::Live(sa)) {
             Some(Foreign::Live(old)) => Ok(old),
             _ => unreachable!("checked live above"),
         }
@@ -345,7 +345,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
     /// Retire an SPI: a live SA is dropped from the table (and returned), a reserved SPI is
     /// abandoned. Either way the SPI is classified [`Lookup::Retired`] and withheld from
     /// reallocation until `now + grace period`, when [`Self::purge`] frees it.
-    pub fn remove(&mut self, spi: u32, now: Instant) -> Option<Arc<V>> {
+    pub fn remove(&mut self, spi: u32, now: Instant) -> Option<V> {
         // Deadline overflow means "longer than representable": never purge.
         let until = now.checked_add(self.grace);
         let view = self.view();
@@ -400,7 +400,7 @@ impl<'w, V, O> SadTxn<'w, V, O> {
         new_spi: u32,
         sa: V,
         now: Instant,
-    ) -> Result<Arc<V>, SadError> {
+    ) -> Result<V, SadError> {
         if self.get(old_spi).is_none() {
             return Err(SadError::NotFound(old_spi));
         }

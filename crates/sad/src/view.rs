@@ -48,7 +48,7 @@ pub enum EntryState<'a, V> {
     /// SPI handed out, SA not installed yet.
     Reserved,
     /// Live SA.
-    Live(&'a Arc<V>),
+    Live(&'a V),
     /// Removed or rekeyed, inside its grace period.
     Retired,
 }
@@ -164,17 +164,20 @@ impl<V, O> SadView<V, O> {
         self.lookup_direct(spi)
     }
 
-    /// Classify an inbound SPI reading its slot's entry (SPI and SA pointer, one cache line)
+    /// Classify an inbound SPI reading its slot's entry (SPI and value, one cache line)
     /// without the fingerprint: tuned for hits. On large tables a miss costs a random line of
-    /// the entry table (16 bytes per slot) instead of the fingerprint array's 1 byte, so use
-    /// it where SPIs are expected to be known; [`crate::SadReader`]'s batches choose between
-    /// the two from the hit rate they see.
+    /// the entry table (8 bytes per slot with a 4-byte value) instead of the fingerprint
+    /// array's 1 byte, so use it where SPIs are expected to be known; [`crate::SadReader`]'s
+    /// batches choose between the two from the hit rate they see.
     #[inline(always)]
     pub fn lookup_direct(&self, spi: u32) -> Lookup<'_, V> {
         let (chunk, i) = self.table.locate(spi);
-        let (tag, value) = chunk.entry(i);
-        if tag == spi {
-            match value {
+        let e = chunk.entry(i);
+        // The tag first, the value only on a match: whether a slot is occupied is as
+        // random as the SPIs of a flood, and testing it first (it is a 0 test of the inline
+        // value) cost a mispredicted branch per miss: 2.3 -> 8.1 ns at 64Ki.
+        if e.tag() == spi {
+            match e.value() {
                 Some(v) => Lookup::Hit(v),
                 None if chunk.is_retired(i) => Lookup::Retired,
                 // Reserved (no keys yet), or the empty slot's 0 matched the invalid SPI 0:
@@ -195,56 +198,51 @@ impl<V, O> SadView<V, O> {
     }
 
     /// Classify `spis[k]` into `out[k]` for every `k` (a receive burst), tuned for misses:
-    /// the answers of [`Self::lookup`], one after the other.
+    /// the answers of [`Self::lookup`], one after the other. Returns the number of hits.
     ///
     /// The lookups run back to back, with no packet work between them, so their
     /// independent cache misses overlap instead of each waiting behind the work that
-    /// separates single lookups. It does not touch the SAs themselves: see
-    /// [`Self::lookup_batch_warm`] for a caller that is about to use every hit's SA, and
-    /// [`Self::lookup_batch_direct`] for bursts of mostly known SPIs.
+    /// separates single lookups. A hit's value is stored in its entry, so the line that
+    /// proves the hit also brings the value. See [`Self::lookup_batch_direct`] for bursts of
+    /// mostly known SPIs.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
     #[inline]
-    pub fn lookup_batch<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        self.batch::<false>(spis, out, false);
+    pub fn lookup_batch<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
+        self.batch(spis, out, false)
     }
 
-    /// [`Self::lookup_batch`] tuned for hits: every SPI's entry (SPI and SA pointer) is read
+    /// [`Self::lookup_batch`] tuned for hits: every SPI's entry (SPI and value) is read
     /// directly, one random line per lookup whether it hits or not. Large tables (more than
     /// `TWO_PASS_SLOTS`) work in rounds of [`BATCH`]: a first pass reads the round's
-    /// entries, a second classifies from them.
+    /// entries, a second classifies from them. Returns the number of hits.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
     #[inline]
-    pub fn lookup_batch_direct<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        self.batch::<false>(spis, out, true);
+    pub fn lookup_batch_direct<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
+        self.batch(spis, out, true)
     }
 
-    /// [`Self::lookup_batch`] (or, with `direct`, [`Self::lookup_batch_direct`]) that also
-    /// reads the first cache line of every hit's SA (the `Arc` reference count, just before
-    /// the value) so the caller's next step does not miss on it. Costs one more random line
-    /// per hit in a loop that only looks up; pays off when real per-packet work separates
-    /// the lookups (see `sad_hit_work` in `docs/sad.md`). Returns the number of hits
-    /// (foreign SPIs included).
+    /// [`Self::lookup_batch_direct`] when `direct`, else [`Self::lookup_batch`].
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
     #[inline]
-    pub fn lookup_batch_warm<'a>(
+    pub fn lookup_batch_with<'a>(
         &'a self,
         spis: &[u32],
         out: &mut [Lookup<'a, V>],
         direct: bool,
     ) -> usize {
-        self.batch::<true>(spis, out, direct)
+        self.batch(spis, out, direct)
     }
 
     /// The batch loop; returns the number of hits. `direct` picks hit-tuned reads (entries)
     /// over miss-tuned ones (fingerprints first, on fingerprinted tables).
     #[inline(always)]
-    pub(crate) fn batch<'a, const WARM: bool>(
+    pub(crate) fn batch<'a>(
         &'a self,
         spis: &[u32],
         out: &mut [Lookup<'a, V>],
@@ -259,12 +257,12 @@ impl<V, O> SadView<V, O> {
         // from a separate first pass (keeping the entries it read: at 1Mi SAs ~1.25x faster
         // than computing each hit's address twice).
         match (self.table.fingerprinted, direct) {
-            (false, _) => self.single_pass::<WARM, false>(spis, out),
-            (true, false) => self.single_pass::<WARM, true>(spis, out),
+            (false, _) => self.single_pass::<false>(spis, out),
+            (true, false) => self.single_pass::<true>(spis, out),
             (true, true) if self.table.slots() <= TWO_PASS_SLOTS => {
-                self.single_pass::<WARM, false>(spis, out)
+                self.single_pass::<false>(spis, out)
             }
-            (true, true) => self.two_pass::<WARM>(spis, out),
+            (true, true) => self.two_pass(spis, out),
         }
     }
 
@@ -274,14 +272,9 @@ impl<V, O> SadView<V, O> {
     /// to DRAM faster than that window drains (hit-tuned reads of large tables, see
     /// [`TWO_PASS_SLOTS`]). Same answers as [`Self::lookup`] / [`Self::lookup_direct`].
     #[inline(always)]
-    fn single_pass<'a, const WARM: bool, const FP: bool>(
-        &'a self,
-        spis: &[u32],
-        out: &mut [Lookup<'a, V>],
-    ) -> usize {
+    fn single_pass<'a, const FP: bool>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
         let t = &self.table;
         let mut hits = 0;
-        let mut warm = 0usize;
         for (o, &spi) in out.iter_mut().zip(spis) {
             *o = if FP && t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
                 // No fingerprint match: not an SA of this table (see `table::Fingerprints`).
@@ -292,13 +285,7 @@ impl<V, O> SadView<V, O> {
                 // or a flood of misses), while whether a slot is occupied is not.
                 if e.tag() == spi {
                     match e.value() {
-                        Some(a) => {
-                            if WARM {
-                                // See `two_pass`: the `Arc` header precedes the value.
-                                warm = warm.wrapping_add(Arc::strong_count(a));
-                            }
-                            Lookup::Hit(a)
-                        }
+                        Some(a) => Lookup::Hit(a),
                         // Retired or reserved.
                         None => self.lookup_direct(spi),
                     }
@@ -308,15 +295,12 @@ impl<V, O> SadView<V, O> {
             };
             hits += usize::from(o.is_hit());
         }
-        if WARM {
-            std::hint::black_box(warm);
-        }
         hits
     }
 
     /// Hit-tuned rounds of [`BATCH`] in two passes: read every entry, then classify.
     #[inline(always)]
-    fn two_pass<'a, const WARM: bool>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
+    fn two_pass<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
         let t = &self.table;
         let mut hits = 0;
         for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
@@ -333,18 +317,10 @@ impl<V, O> SadView<V, O> {
                 *m = e.tag() == spi;
             }
             // Pass 2: classify.
-            let mut warm = 0usize;
             for (((o, &spi), e), &m) in out.iter_mut().zip(spis).zip(&ents).zip(&matched) {
                 *o = if m {
                     match e.value() {
-                        Some(a) => {
-                            if WARM {
-                                // The `Arc` header sits just before the value: reading its
-                                // count brings the SA's first line in.
-                                warm = warm.wrapping_add(Arc::strong_count(a));
-                            }
-                            Lookup::Hit(a)
-                        }
+                        Some(a) => Lookup::Hit(a),
                         // Retired or reserved.
                         None => self.lookup_direct(spi),
                     }
@@ -353,16 +329,12 @@ impl<V, O> SadView<V, O> {
                 };
                 hits += usize::from(o.is_hit());
             }
-            if WARM {
-                // Keeps the warming loads from being optimised away; one register store.
-                std::hint::black_box(warm);
-            }
         }
         hits
     }
 
     /// The live inbound SA with this SPI.
-    pub fn get(&self, spi: u32) -> Option<&Arc<V>> {
+    pub fn get(&self, spi: u32) -> Option<&V> {
         match self.table.get(spi) {
             Some(SlotRef::Live(v)) => Some(v),
             Some(_) => None,
@@ -402,7 +374,7 @@ impl<V, O> SadView<V, O> {
 
     /// Live inbound SAs as `(spi, sa)`: allocated ones in slot order, then foreign ones in
     /// map order. O(slots); meant for the control plane (`show sa`).
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &Arc<V>)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &V)> + '_ {
         self.entries().filter_map(|e| match e.state {
             EntryState::Live(v) => Some((e.spi, v)),
             _ => None,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use esplab_sad::{Lookup, Sad, SadConfig};
 
 /// An SA that knows its own SPI and its pair's.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Sa {
     spi: u32,
     partner: u32,
@@ -284,7 +284,11 @@ fn fingerprinted_table_under_churn_and_growth() {
                     })
                     .collect()
             });
-            sad.update(|t| bulk.iter().for_each(|&s| drop(t.remove(s, now))));
+            sad.update(|t| {
+                bulk.iter().for_each(|&s| {
+                    t.remove(s, now);
+                })
+            });
         }
     }
     stop.store(true, Ordering::Relaxed);

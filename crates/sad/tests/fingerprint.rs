@@ -27,7 +27,11 @@ fn freed_slots_wait_for_old_snapshots() {
     let old_spis: Vec<u32> = sad.update(|t| (0..2000).map(|i| t.allocate(i).unwrap()).collect());
     // A reader that keeps a snapshot with these SAs live past their grace period.
     let old = sad.snapshot();
-    sad.update(|t| old_spis.iter().for_each(|&s| drop(t.remove(s, t0))));
+    sad.update(|t| {
+        old_spis.iter().for_each(|&s| {
+            t.remove(s, t0);
+        })
+    });
     assert_eq!(sad.purge(t0 + Duration::from_secs(2)), 2000);
     let old_slots: HashSet<u32> = old_spis.iter().map(|s| s & MASK).collect();
     // Refill to just under the load limit: none of the freed slots may be reused while `old`
@@ -66,7 +70,11 @@ fn quarantine_counts_toward_the_load_factor_and_growth_clears_it() {
     let t0 = Instant::now();
     let a: Vec<u32> = sad.update(|t| (0..30_000).map(|i| t.allocate(i).unwrap()).collect());
     let old = sad.snapshot();
-    sad.update(|t| a.iter().for_each(|&s| drop(t.remove(s, t0))));
+    sad.update(|t| {
+        a.iter().for_each(|&s| {
+            t.remove(s, t0);
+        })
+    });
     sad.purge(t0 + Duration::from_secs(2));
     assert_eq!(sad.len(), 0);
     // 30 000 slots are free but quarantined: 3 000 more allocations exceed half of 64Ki.
@@ -111,7 +119,7 @@ fn stale_fingerprint_is_never_a_wrong_answer() {
     view.lookup_batch_direct(&[s, neighbour], &mut out);
     assert_eq!(out, [Lookup::Hit(&9), Lookup::Unknown]);
     for direct in [false, true] {
-        assert_eq!(view.lookup_batch_warm(&[neighbour, s], &mut out, direct), 1);
+        assert_eq!(view.lookup_batch_with(&[neighbour, s], &mut out, direct), 1);
         assert_eq!(out, [Lookup::Unknown, Lookup::Hit(&9)]);
     }
     assert_eq!(view.lookup_direct(s), Lookup::Hit(&9));
@@ -137,7 +145,11 @@ fn growth_into_and_within_fingerprinted_tables_keeps_every_spi() {
     }
     assert_eq!(sad.stats().slots, 1 << 18);
     let retired: Vec<u32> = spis.iter().step_by(3).map(|&(s, _)| s).collect();
-    sad.update(|t| retired.iter().for_each(|&s| drop(t.remove(s, t0))));
+    sad.update(|t| {
+        retired.iter().for_each(|&s| {
+            t.remove(s, t0);
+        })
+    });
     let gone: HashSet<u32> = retired.iter().copied().collect();
     let values: Vec<u32> = spis.iter().map(|&(_, v)| v).collect();
     let spis: Vec<u32> = spis.iter().map(|&(s, _)| s).collect();
@@ -163,7 +175,7 @@ fn growth_into_and_within_fingerprinted_tables_keeps_every_spi() {
     view.lookup_batch_direct(&batch_in, &mut out);
     assert!(out == batch_want);
     for direct in [false, true] {
-        view.lookup_batch_warm(&batch_in, &mut out, direct);
+        view.lookup_batch_with(&batch_in, &mut out, direct);
         assert!(out == batch_want);
     }
     for (&s, want) in batch_in.iter().zip(&batch_want) {
@@ -184,32 +196,28 @@ fn reader_batches_follow_the_hit_rate() {
     let unknown: Vec<u32> = spis.iter().map(|s| s ^ 0x8000_0000).collect();
     let mut r = sad.reader();
     // One batch; what it answered as `Some(value)` for hits, `None` otherwise.
-    fn run(r: &mut SadReader<u32>, spis: &[u32], warm: bool) -> Vec<Option<u32>> {
+    fn run(r: &mut SadReader<u32>, spis: &[u32]) -> Vec<Option<u32>> {
         let mut out = vec![Lookup::Unknown; spis.len()];
-        if warm {
-            r.lookup_batch_warm(spis, &mut out);
-        } else {
-            r.lookup_batch(spis, &mut out);
-        }
+        r.lookup_batch(spis, &mut out);
         out.iter().map(|l| l.hit().copied()).collect()
     }
     assert!(!r.batch_direct(), "a new reader starts miss-tuned");
-    let got = run(&mut r, &spis, false);
+    let got = run(&mut r, &spis);
     assert_eq!(got, (0..64).map(Some).collect::<Vec<_>>());
     assert!(r.batch_direct(), "all hits: next batch reads entries");
-    assert!(run(&mut r, &unknown, true).iter().all(Option::is_none));
+    assert!(run(&mut r, &unknown).iter().all(Option::is_none));
     assert!(!r.batch_direct(), "all misses: back to fingerprints");
     // Half and half stays on fingerprints (below three quarters).
     let mixed: Vec<u32> = spis[..32].iter().chain(&unknown[..32]).copied().collect();
-    run(&mut r, &mixed, false);
+    run(&mut r, &mixed);
     assert!(!r.batch_direct());
     let mostly: Vec<u32> = spis[..48].iter().chain(&unknown[..16]).copied().collect();
-    let got = run(&mut r, &mostly, false);
+    let got = run(&mut r, &mostly);
     assert!(r.batch_direct());
     assert_eq!(got[47], Some(47));
     assert_eq!(got[48], None);
     // And in direct mode, answers are still exact.
-    let got = run(&mut r, &mixed, true);
+    let got = run(&mut r, &mixed);
     assert_eq!(got[..32], (0..32).map(Some).collect::<Vec<_>>()[..]);
     assert!(got[32..].iter().all(Option::is_none));
 }

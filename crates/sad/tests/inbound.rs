@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use esplab_sad::{EntryState, Lookup, Sad, SadConfig, SadError, BATCH};
 
-fn sad<V>(seed: u64) -> Sad<V> {
+fn sad<V: Clone>(seed: u64) -> Sad<V> {
     Sad::new(SadConfig {
         initial_capacity: 1,
         rng_seed: Some(seed),
@@ -65,7 +65,7 @@ fn single_op_allocation_grows_too() {
     let mut r = sad.reader();
     for (i, &spi) in spis.iter().enumerate() {
         assert_eq!(r.lookup(spi).hit(), Some(&(i as u32)));
-        assert_eq!(sad.get(spi).as_deref(), Some(&(i as u32)));
+        assert_eq!(sad.get(spi).as_ref(), Some(&(i as u32)));
     }
 }
 
@@ -113,8 +113,8 @@ fn allocator_redraws_on_foreign_collision() {
     b.insert_foreign(predicted, 0).unwrap();
     let got = b.allocate(1).unwrap();
     assert_ne!(got, predicted);
-    assert_eq!(b.get(predicted).as_deref(), Some(&0));
-    assert_eq!(b.get(got).as_deref(), Some(&1));
+    assert_eq!(b.get(predicted).as_ref(), Some(&0));
+    assert_eq!(b.get(got).as_ref(), Some(&1));
 }
 
 #[test]
@@ -146,10 +146,10 @@ fn retired_vs_unknown_and_purge() {
     let b = sad.allocate(2).unwrap();
     sad.insert_foreign(0xdead_beef, 3).unwrap();
     let mut r = sad.reader();
-    assert_eq!(sad.remove(a, t0).as_deref(), Some(&1));
+    assert_eq!(sad.remove(a, t0).as_ref(), Some(&1));
     assert_eq!(
         sad.remove(0xdead_beef, t0 + Duration::from_secs(1))
-            .as_deref(),
+            .as_ref(),
         Some(&3)
     );
     assert_eq!(sad.remove(a, t0), None, "already retired");
@@ -262,18 +262,18 @@ fn rekey_and_replace() {
         Err(SadError::NotReserved(0x9999_9999))
     );
     assert_eq!(
-        sad.get(old).as_deref(),
+        sad.get(old).as_ref(),
         Some(&1),
         "failed rekey changed nothing"
     );
-    assert_eq!(sad.rekey(old, new, 2, t0).as_deref(), Ok(&1));
+    assert_eq!(sad.rekey(old, new, 2, t0).as_ref(), Ok(&1));
     let mut r = sad.reader();
     assert_eq!(r.lookup(old), Lookup::Retired);
     assert_eq!(r.lookup(new), Lookup::Hit(&2));
-    assert_eq!(sad.replace(new, 3).as_deref(), Ok(&2));
+    assert_eq!(sad.replace(new, 3).as_ref(), Ok(&2));
     assert_eq!(r.lookup(new), Lookup::Hit(&3));
     sad.insert_foreign(0x4000_0000, 4).unwrap();
-    assert_eq!(sad.replace(0x4000_0000, 5).as_deref(), Ok(&4));
+    assert_eq!(sad.replace(0x4000_0000, 5).as_ref(), Ok(&4));
     assert_eq!(r.lookup(0x4000_0000), Lookup::Hit(&5));
     assert_eq!(
         sad.replace(0x4000_0001, 5),
@@ -340,11 +340,11 @@ fn txn_is_atomic_and_panic_publishes_nothing() {
     }));
     assert!(result.is_err());
     assert_eq!(sad.len(), 1);
-    assert_eq!(sad.get(a).as_deref(), Some(&1));
+    assert_eq!(sad.get(a).as_ref(), Some(&1));
     // The SAD still works after the panic.
     let b = sad.allocate(3).unwrap();
     assert_eq!(sad.len(), 2);
-    assert_eq!(sad.get(b).as_deref(), Some(&3));
+    assert_eq!(sad.get(b).as_ref(), Some(&3));
 }
 
 #[test]
@@ -357,7 +357,7 @@ fn listing_and_stats() {
     sad.remove(c, t0);
     sad.insert_foreign(0x6000_0000, 4).unwrap();
     let snap = sad.snapshot();
-    let mut live: Vec<(u32, u32)> = snap.iter().map(|(s, v)| (s, **v)).collect();
+    let mut live: Vec<(u32, u32)> = snap.iter().map(|(s, v)| (s, *v)).collect();
     live.sort();
     let mut expect = vec![(a, 1), (0x6000_0000, 4)];
     expect.sort();

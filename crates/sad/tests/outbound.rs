@@ -112,7 +112,7 @@ fn outbound_does_not_touch_inbound() {
     let spi = sad.allocate(1).unwrap();
     let any = SelectorPair::new(TrafficSelector::any_ipv4(), TrafficSelector::any_ipv4());
     sad.insert_outbound(ip("192.0.2.1"), any, 2);
-    assert_eq!(sad.get(spi).as_deref(), Some(&1));
+    assert_eq!(sad.get(spi).as_ref(), Some(&1));
     assert_eq!(sad.len(), 1);
     let mut r = sad.reader();
     assert_eq!(
