@@ -121,8 +121,7 @@ pub const TAILROOM: usize = 15 + 2 + 16;
 /// An SAD lookup result without the borrow of the snapshot (the slab index is `Copy`).
 #[derive(Clone, Copy)]
 enum Found {
-    /// Index into `Node::in_sas`.
-    Hit(u32),
+    Hit(SaIndex),
     Retired,
     Unknown,
 }
@@ -151,7 +150,7 @@ impl SaIndex {
 impl From<Lookup<'_, SaIndex>> for Found {
     fn from(l: Lookup<'_, SaIndex>) -> Self {
         match l {
-            Lookup::Hit(i) => Found::Hit(i.0.get() - 1),
+            Lookup::Hit(&i) => Found::Hit(i),
             Lookup::Retired => Found::Retired,
             Lookup::Unknown => Found::Unknown,
         }
@@ -924,7 +923,7 @@ impl Node {
         let fam = family_of(src);
         let pkt = &mut buf[esp.clone()];
         let idx = match found {
-            Found::Hit(i) => i as usize,
+            Found::Hit(i) => i.get(),
             Found::Retired => return self.drop_in(DropReason::RetiredSpi, fam),
             Found::Unknown => return self.unknown_spi(now, spi, pkt, &src, &dst, encap),
         };

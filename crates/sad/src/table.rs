@@ -9,16 +9,16 @@
 //! fingerprints, one per slot, shared by every snapshot of the same table size and updated in
 //! place (see [`Fingerprints`]): a miss-tuned lookup reads 1 byte out of that dense array
 //! (2 MiB at 1Mi SAs, well within the data TLB's reach and a small share of the L3 on this
-//! machine) and touches the entries (16 MiB there with the node's 8-byte entries) only for
-//! SPIs whose fingerprint
-//! matches, about 1 in 256 unknown SPIs. A hit-tuned lookup reads the entry directly.
+//! machine) and touches the entries (16 MiB there with the node's 8-byte entries) only
+//! for SPIs whose fingerprint matches, about 1 in 256 unknown SPIs. A hit-tuned lookup
+//! reads the entry directly.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// log2 of the slots per chunk.
 pub(crate) const CHUNK_BITS: u32 = 10;
-/// Slots per chunk: 8 KiB of entries with 8-byte entries (SPI + an index), 128 bytes of
+/// Slots per chunk: 8 KiB of 8-byte entries (SPI and the node's SA index), 128 bytes of
 /// retired bits.
 pub(crate) const CHUNK: usize = 1 << CHUNK_BITS;
 
