@@ -451,6 +451,15 @@ impl IoCounters {
     }
 }
 
+/// What a receive call on an ESP socket gave ([`Datapath::received`]).
+enum Received<T> {
+    Data(T),
+    /// Interrupted by a signal: call again.
+    Again,
+    /// Nothing queued, or an error (counted and logged): stop reading for now.
+    Done,
+}
+
 enum Wake {
     Tun(io::Result<()>),
     Udp(io::Result<()>),
@@ -813,6 +822,25 @@ impl Datapath {
         }
     }
 
+    /// Counts one receive call on an ESP socket (`on`: which) and sorts its result: data,
+    /// interrupted (try again), or nothing more for now (drained, or an error, counted and
+    /// logged).
+    fn received<T>(&mut self, r: io::Result<T>, on: &str) -> Received<T> {
+        match r {
+            Ok(x) => {
+                self.io.underlay_rx_calls += 1;
+                Received::Data(x)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Received::Again,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Received::Done,
+            Err(e) => {
+                self.io.underlay_rx_errors += 1;
+                self.io_error(format_args!("receiving on the {on}"), &e);
+                Received::Done
+            }
+        }
+    }
+
     /// Inner packets from the kernel: encrypted and sent (tx.rs), when this task has the
     /// TUN → ESP direction.
     fn tun_to_net(&mut self) -> Result<(), DaemonError> {
@@ -959,20 +987,13 @@ impl Datapath {
                 break;
             };
             let fd = udp.as_raw_fd();
-            let got = match udp.try_io(Interest::READABLE, || {
+            let r = udp.try_io(Interest::READABLE, || {
                 batch::recv_batch(fd, &mut rx.slots, &mut rx.meta)
-            }) {
-                Ok(n) => {
-                    self.io.underlay_rx_calls += 1;
-                    n
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.io.underlay_rx_errors += 1;
-                    self.io_error(format_args!("receiving on the UDP socket"), &e);
-                    break;
-                }
+            });
+            let got = match self.received(r, "UDP socket") {
+                Received::Data(n) => n,
+                Received::Again => continue,
+                Received::Done => break,
             };
             let now = Instant::now();
             if self.knobs.sad_batch {
@@ -1122,25 +1143,19 @@ impl Datapath {
         };
         // Batched: one `recvmmsg` into the UDP path's receive slots (free between its
         // bursts, which run on this task too; lent out as there), each packet in a slot of
-        // its own; with `tun_writev` they stay there until the gathered write at the end. Otherwise one `read` per packet into
-        // one buffer, the decrypted packets copied into tun-rs's writer.
+        // its own; with `tun_writev` they stay there until the gathered write at the end.
+        // Otherwise one `read` per packet into one buffer, the decrypted packets copied into
+        // tun-rs's writer.
         let mut rx = std::mem::replace(&mut self.udp_rx, UdpRx::none());
         if rx.slots.len() > 1 {
             let fd = raw.as_raw_fd();
-            let got = match raw.try_io(Interest::READABLE, |_| {
+            let r = raw.try_io(Interest::READABLE, |_| {
                 batch::recv_batch(fd, &mut rx.slots, &mut rx.meta)
-            }) {
-                Ok(n) => {
-                    self.io.underlay_rx_calls += 1;
-                    n
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => {
-                    self.io.underlay_rx_errors += 1;
-                    self.io_error(format_args!("receiving on the raw ESP socket"), &e);
-                    0
-                }
+            });
+            // Interrupted: the readiness stays set and the loop comes back here.
+            let got = match self.received(r, "raw ESP socket") {
+                Received::Data(n) => n,
+                Received::Again | Received::Done => 0,
             };
             let now = Instant::now();
             let v6 = self.underlay.local.is_ipv6();
@@ -1154,18 +1169,11 @@ impl Datapath {
         } else {
             let mut one = std::mem::take(&mut self.to_tun);
             for _ in 0..BATCH {
-                let (n, src) = match self.underlay.try_recv_raw(&mut one) {
-                    Ok(x) => {
-                        self.io.underlay_rx_calls += 1;
-                        x
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.io.underlay_rx_errors += 1;
-                        self.io_error(format_args!("receiving on the raw ESP socket"), &e);
-                        break;
-                    }
+                let r = self.underlay.try_recv_raw(&mut one);
+                let (n, src) = match self.received(r, "raw ESP socket") {
+                    Received::Data(x) => x,
+                    Received::Again => continue,
+                    Received::Done => break,
                 };
                 self.raw_packet(Instant::now(), &mut one, n, src, None);
             }
