@@ -13,9 +13,15 @@
 //! * `sad_batch32`: `SadReader::lookup_batch` on 32 SPIs at a time (it picks fingerprint-first
 //!   or direct reads from the previous batch's hit rate); `sad_batch32_fp` and
 //!   `sad_batch32_direct` force one of the two (`SadView::lookup_batch`,
-//!   `lookup_batch_direct`).
+//!   `lookup_batch_direct`). `sad_batch32_map` (interleaved block only):
+//!   `SadReader::lookup_batch_map`, the answers written as the caller's own 8-byte form
+//!   (the node's shape) instead of 16-byte `Lookup`s.
 //! * `vec_index`: `vec[spi & mask]`, no verification at all: the physical floor.
 //! * `vec_batch32`: the same with the two-pass (touch, then use) batching of `sad_batch32`.
+//! * `word_verified` (interleaved block only): a flat array of one `u64` per slot, SPI and
+//!   value packed, the SPI compared without a branch: the least any lookup that checks the
+//!   SPI does, on the bare index's memory (8 bytes per slot). `word_batch32`: the same into
+//!   an output array of 32.
 //! * `slab_get` (interleaved block only): the `slab` crate indexed by slot, `get(spi & mask)`
 //!   returning `Option<&usize>`: a bare slab, occupancy checked but not the SPI (the
 //!   structure of #7's reference numbers, "bare slab lookup ≈ 1.3 ns at 1k SAs").
@@ -76,6 +82,28 @@ impl BenchSa {
     fn new(spi: u32) -> Self {
         Self {
             spi: NonZeroU32::new(spi).expect("SAD SPIs are never 0"),
+        }
+    }
+}
+
+/// A caller's own 8-byte form of an answer (the node's has this shape: its SA index by
+/// value), which `lookup_batch_map` writes directly.
+// The hit's value is only read through `black_box`.
+#[allow(dead_code)]
+#[derive(Clone, Copy)]
+enum Found {
+    Hit(NonZeroU32),
+    Retired,
+    Unknown,
+}
+
+impl From<Lookup<'_, BenchSa>> for Found {
+    #[inline(always)]
+    fn from(l: Lookup<'_, BenchSa>) -> Self {
+        match l {
+            Lookup::Hit(sa) => Found::Hit(sa.spi),
+            Lookup::Retired => Found::Retired,
+            Lookup::Unknown => Found::Unknown,
         }
     }
 }
@@ -480,9 +508,17 @@ fn interleaved() {
         let misses = Order::new(len, || rng.gen()).spis;
         let mask = fx.slots - 1;
         let mut vec = vec![usize::MAX; fx.slots];
+        // The verified word: SPI and value packed in one u64 per slot, flat.
+        let mut words = vec![0u64; fx.slots];
         for (i, &spi) in fx.spis.iter().enumerate() {
             vec[spi as usize & mask] = i;
+            words[spi as usize & mask] = u64::from(spi) << 32 | u64::from(spi);
         }
+        let word = |s: u32| {
+            let x = words[s as usize & mask];
+            // Branch-free: the value if the slot's SPI is this one.
+            NonZeroU32::new(x as u32).filter(|_| (x >> 32) as u32 == s)
+        };
         // A slab whose keys are the slots: fill every slot, then free those without an SA.
         let slab_of = |val: &dyn Fn(usize) -> (u32, usize)| {
             let mut s = slab::Slab::with_capacity(fx.slots);
@@ -521,7 +557,7 @@ fn interleaved() {
             fx.spis.iter().enumerate().map(|(i, &s)| (s, i)).collect();
         let (mut r1, mut r2, mut r3) = (fx.sad.reader(), fx.sad.reader(), fx.sad.reader());
         let mut r5 = fx.sad.reader();
-        let (mut r6, mut r7) = (fx.sad.reader(), fx.sad.reader());
+        let (mut r6, mut r7, mut r8) = (fx.sad.reader(), fx.sad.reader(), fx.sad.reader());
         type Case<'a> = (&'static str, Box<dyn FnMut(&[u32]) + 'a>);
         /// The output-array shape of a batch of 32 for any `get`.
         fn batch<T: Copy + Default>(w: &[u32], get: impl Fn(u32) -> T) {
@@ -566,6 +602,15 @@ fn interleaved() {
                     })
                 }),
             ),
+            (
+                "word_verified",
+                Box::new(|w| {
+                    w.iter().for_each(|&s| {
+                        black_box(word(s));
+                    })
+                }),
+            ),
+            ("word_batch32", Box::new(|w| batch(w, word))),
             (
                 "sad_view",
                 Box::new(|w| {
@@ -625,6 +670,16 @@ fn interleaved() {
                 }),
             ),
             (
+                "sad_batch32_map",
+                Box::new(|w| {
+                    for spis in w.chunks(BATCH) {
+                        let mut out = [Found::Unknown; BATCH];
+                        r8.lookup_batch_map(spis, &mut out, Found::from);
+                        black_box(&out);
+                    }
+                }),
+            ),
+            (
                 "std_hashmap",
                 Box::new(|w| {
                     w.iter().for_each(|s| {
@@ -676,7 +731,7 @@ fn interleaved() {
         };
         println!("N = {n}");
         println!(
-            "{:>18} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>10} {:>10}",
+            "{:>18} {:>7} {:>7} {:>7} {:>8} {:>9} {:>10} {:>10} {:>10} {:>10}",
             "case",
             "hit",
             "zipf",
@@ -685,11 +740,13 @@ fn interleaved() {
             "hit/vec~",
             "miss/vec~",
             "hit/slab~",
-            "zipf/slab~"
+            "zipf/slab~",
+            "hit/word~"
         );
-        // Indexes in `cases` of the two floors.
+        // Indexes in `cases` of the floors.
         const VEC: usize = 0;
         const SLAB: usize = 2;
+        const WORD: usize = 4;
         for (k, (name, _)) in cases.iter().enumerate() {
             // Median over rounds of the ratio to a floor measured in the same round.
             let ratio = |base: usize, m: usize| {
@@ -700,7 +757,7 @@ fn interleaved() {
                 median(r)
             };
             println!(
-                "{:>18} {:>7.2} {:>7.2} {:>7.2} {:>7.2}x {:>8.2}x {:>9.2}x {:>9.2}x {:>9.2}x",
+                "{:>18} {:>7.2} {:>7.2} {:>7.2} {:>7.2}x {:>8.2}x {:>9.2}x {:>9.2}x {:>9.2}x {:>9.2}x",
                 name,
                 best(&ns[k][0]),
                 best(&ns[k][1]),
@@ -710,10 +767,14 @@ fn interleaved() {
                 ratio(VEC, 2),
                 ratio(SLAB, 0),
                 ratio(SLAB, 1),
+                ratio(WORD, 0),
             );
         }
     }
-    println!("(hit/vec: ratio of best rounds; ~: median of per-round ratios; slab: `slab_get`)");
+    println!(
+        "(hit/vec: ratio of best rounds; ~: median of per-round ratios; slab: `slab_get`; \
+         word: `word_verified`)"
+    );
 }
 
 fn main() {

@@ -148,6 +148,7 @@ impl SaIndex {
 }
 
 impl From<Lookup<'_, SaIndex>> for Found {
+    #[inline(always)]
     fn from(l: Lookup<'_, SaIndex>) -> Self {
         match l {
             Lookup::Hit(&i) => Found::Hit(i),
@@ -796,12 +797,9 @@ impl Node {
     /// Looks up `lk.spis[from..lk.n]` again, against the current snapshot.
     fn relookup(&mut self, lk: &mut UdpLookup, from: usize) {
         let n = lk.n;
-        let mut looked = [Lookup::Unknown; BATCH];
+        // Straight into the node's 8-byte answers: no 16-byte `Lookup`s to convert after.
         self.reader
-            .lookup_batch(&lk.spis[from..n], &mut looked[from..n]);
-        for (f, l) in lk.found[from..n].iter_mut().zip(&looked[from..n]) {
-            *f = Found::from(*l);
-        }
+            .lookup_batch_map(&lk.spis[from..n], &mut lk.found[from..n], Found::from);
         lk.sad_gen = self.sad_gen;
     }
 

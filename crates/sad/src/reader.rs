@@ -75,7 +75,23 @@ impl<V, O> SadReader<V, O> {
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch<'a>(&'a mut self, spis: &[u32], out: &mut [Lookup<'a, V>]) {
-        let hits = self.cache.load().batch(spis, out, self.direct);
+        self.lookup_batch_map(spis, out, |l| l);
+    }
+
+    /// [`Self::lookup_batch`], each answer stored as `map(answer)`: see
+    /// [`SadView::lookup_batch_map`].
+    ///
+    /// # Panics
+    /// If `out` is shorter than `spis`.
+    #[inline]
+    pub fn lookup_batch_map<'a, T>(
+        &'a mut self,
+        spis: &[u32],
+        out: &mut [T],
+        map: impl Fn(Lookup<'a, V>) -> T,
+    ) {
+        let direct = self.direct;
+        let hits = self.cache.load().batch(spis, out, direct, map);
         self.direct = hits * 4 >= spis.len() * DIRECT_HITS && !spis.is_empty();
     }
 

@@ -210,7 +210,7 @@ impl<V, O> SadView<V, O> {
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
-        self.batch(spis, out, false)
+        self.batch(spis, out, false, |l| l)
     }
 
     /// [`Self::lookup_batch`] tuned for hits: every SPI's entry (SPI and value) is read
@@ -222,7 +222,7 @@ impl<V, O> SadView<V, O> {
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch_direct<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
-        self.batch(spis, out, true)
+        self.batch(spis, out, true, |l| l)
     }
 
     /// [`Self::lookup_batch_direct`] when `direct`, else [`Self::lookup_batch`].
@@ -236,17 +236,37 @@ impl<V, O> SadView<V, O> {
         out: &mut [Lookup<'a, V>],
         direct: bool,
     ) -> usize {
-        self.batch(spis, out, direct)
+        self.batch(spis, out, direct, |l| l)
+    }
+
+    /// [`Self::lookup_batch_with`], each answer stored as `map(answer)`: for a caller that
+    /// keeps its own form of the answer (the node's is 8 bytes, the SA index by value), so
+    /// the batch writes that directly instead of a 16-byte [`Lookup`] to convert in a second
+    /// loop. `map` is inlined into the batch loop; keep it a cheap `match`.
+    ///
+    /// # Panics
+    /// If `out` is shorter than `spis`.
+    #[inline]
+    pub fn lookup_batch_map<'a, T>(
+        &'a self,
+        spis: &[u32],
+        out: &mut [T],
+        direct: bool,
+        map: impl Fn(Lookup<'a, V>) -> T,
+    ) -> usize {
+        self.batch(spis, out, direct, map)
     }
 
     /// The batch loop; returns the number of hits. `direct` picks hit-tuned reads (entries)
-    /// over miss-tuned ones (fingerprints first, on fingerprinted tables).
+    /// over miss-tuned ones (fingerprints first, on fingerprinted tables); `map` turns each
+    /// answer into what `out` holds.
     #[inline(always)]
-    pub(crate) fn batch<'a>(
+    pub(crate) fn batch<'a, T>(
         &'a self,
         spis: &[u32],
-        out: &mut [Lookup<'a, V>],
+        out: &mut [T],
         direct: bool,
+        map: impl Fn(Lookup<'a, V>) -> T,
     ) -> usize {
         assert!(
             out.len() >= spis.len(),
@@ -257,12 +277,12 @@ impl<V, O> SadView<V, O> {
         // from a separate first pass (keeping the entries it read: at 1Mi SAs ~1.25x faster
         // than computing each hit's address twice).
         match (self.table.fingerprinted, direct) {
-            (false, _) => self.single_pass::<false>(spis, out),
-            (true, false) => self.single_pass::<true>(spis, out),
+            (false, _) => self.single_pass::<false, T>(spis, out, map),
+            (true, false) => self.single_pass::<true, T>(spis, out, map),
             (true, true) if self.table.slots() <= TWO_PASS_SLOTS => {
-                self.single_pass::<false>(spis, out)
+                self.single_pass::<false, T>(spis, out, map)
             }
-            (true, true) => self.two_pass(spis, out),
+            (true, true) => self.two_pass(spis, out, map),
         }
     }
 
@@ -272,11 +292,16 @@ impl<V, O> SadView<V, O> {
     /// to DRAM faster than that window drains (hit-tuned reads of large tables, see
     /// [`TWO_PASS_SLOTS`]). Same answers as [`Self::lookup`] / [`Self::lookup_direct`].
     #[inline(always)]
-    fn single_pass<'a, const FP: bool>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
+    fn single_pass<'a, const FP: bool, T>(
+        &'a self,
+        spis: &[u32],
+        out: &mut [T],
+        map: impl Fn(Lookup<'a, V>) -> T,
+    ) -> usize {
         let t = &self.table;
         let mut hits = 0;
         for (o, &spi) in out.iter_mut().zip(spis) {
-            *o = if FP && t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
+            let l = if FP && t.fps[t.index(spi)].load(Ordering::Relaxed) != t.fingerprint(spi) {
                 // No fingerprint match: not an SA of this table (see `table::Fingerprints`).
                 self.lookup_foreign(spi)
             } else {
@@ -293,14 +318,20 @@ impl<V, O> SadView<V, O> {
                     self.lookup_foreign(spi)
                 }
             };
-            hits += usize::from(o.is_hit());
+            hits += usize::from(l.is_hit());
+            *o = map(l);
         }
         hits
     }
 
     /// Hit-tuned rounds of [`BATCH`] in two passes: read every entry, then classify.
     #[inline(always)]
-    fn two_pass<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
+    fn two_pass<'a, T>(
+        &'a self,
+        spis: &[u32],
+        out: &mut [T],
+        map: impl Fn(Lookup<'a, V>) -> T,
+    ) -> usize {
         let t = &self.table;
         let mut hits = 0;
         for (spis, out) in spis.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
@@ -318,7 +349,7 @@ impl<V, O> SadView<V, O> {
             }
             // Pass 2: classify.
             for (((o, &spi), e), &m) in out.iter_mut().zip(spis).zip(&ents).zip(&matched) {
-                *o = if m {
+                let l = if m {
                     match e.value() {
                         Some(a) => Lookup::Hit(a),
                         // Retired or reserved.
@@ -327,7 +358,8 @@ impl<V, O> SadView<V, O> {
                 } else {
                     self.lookup_foreign(spi)
                 };
-                hits += usize::from(o.is_hit());
+                hits += usize::from(l.is_hit());
+                *o = map(l);
             }
         }
         hits

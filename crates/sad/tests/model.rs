@@ -366,11 +366,22 @@ fn run_model(initial_capacity: usize, seed: u64, groups: &[Vec<Op>]) -> Result<(
             want.iter().filter(|w| matches!(w, Some(Some(_)))).count()
         );
     }
+    // The mapped forms store `map(answer)` in the same loop: the same answers and counts.
+    let hit_count = want.iter().filter(|w| matches!(w, Some(Some(_)))).count();
+    for direct in [false, true] {
+        let mut mapped = vec![None; qs.len()];
+        let hits = view.lookup_batch_map(&qs, &mut mapped, direct, classify);
+        prop_assert_eq!(&mapped, &want, "lookup_batch_map direct={}", direct);
+        prop_assert_eq!(hits, hit_count);
+    }
     // The reader's batches switch reads by the hit rate they see; the answers stay.
     for _ in 0..2 {
         let mut out = vec![Lookup::Unknown; qs.len()];
         reader.lookup_batch(&qs, &mut out);
         check(&out, "reader lookup_batch")?;
+        let mut mapped = vec![None; qs.len()];
+        reader.lookup_batch_map(&qs, &mut mapped, classify);
+        prop_assert_eq!(&mapped, &want, "reader lookup_batch_map");
     }
     Ok(())
 }
