@@ -21,7 +21,10 @@
 //! * `word_verified` (interleaved block only): a flat array of one `u64` per slot, SPI and
 //!   value packed, the SPI compared without a branch: the least any lookup that checks the
 //!   SPI does, on the bare index's memory (8 bytes per slot). `word_batch32`: the same into
-//!   an output array of 32.
+//!   an output array of 32. `flat_found`: the same array with the SAD's answer shape (the
+//!   node's 8-byte three-way answer, the hit count, non-hits through an out-of-line call
+//!   where a SAD reads the retired bit and the foreign map): what a flat table written in
+//!   place, without chunks, would cost.
 //! * `slab_get` (interleaved block only): the `slab` crate indexed by slot, `get(spi & mask)`
 //!   returning `Option<&usize>`: a bare slab, occupancy checked but not the SPI (the
 //!   structure of #7's reference numbers, "bare slab lookup ≈ 1.3 ns at 1k SAs").
@@ -106,6 +109,15 @@ impl From<Lookup<'_, BenchSa>> for Found {
             Lookup::Unknown => Found::Unknown,
         }
     }
+}
+
+/// `flat_found`'s answer for a non-hit: out of line, where a SAD would read the retired bit
+/// and the foreign map.
+#[cold]
+#[inline(never)]
+fn not_hit(spi: u32) -> Found {
+    black_box(spi);
+    Found::Unknown
 }
 
 /// Stand-in for per-packet processing between lookups (~160 dependent cycles): a chain of
@@ -611,6 +623,26 @@ fn interleaved() {
                 }),
             ),
             ("word_batch32", Box::new(|w| batch(w, word))),
+            (
+                "flat_found",
+                Box::new(|w| {
+                    for spis in w.chunks(BATCH) {
+                        let mut out = [Found::Unknown; BATCH];
+                        let mut hits = 0;
+                        for (o, &s) in out.iter_mut().zip(spis) {
+                            let x = words[s as usize & mask];
+                            *o = match NonZeroU32::new(x as u32) {
+                                Some(v) if (x >> 32) as u32 == s => {
+                                    hits += 1;
+                                    Found::Hit(v)
+                                }
+                                _ => not_hit(s),
+                            };
+                        }
+                        black_box((&out, hits));
+                    }
+                }),
+            ),
             (
                 "sad_view",
                 Box::new(|w| {

@@ -90,8 +90,7 @@ impl<V, O> SadReader<V, O> {
         out: &mut [T],
         map: impl Fn(Lookup<'a, V>) -> T,
     ) {
-        let direct = self.direct;
-        let hits = self.cache.load().batch(spis, out, direct, map);
+        let hits = self.cache.load().batch(spis, out, self.direct, map);
         self.direct = hits * 4 >= spis.len() * DIRECT_HITS && !spis.is_empty();
     }
 
