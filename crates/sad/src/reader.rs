@@ -90,7 +90,10 @@ impl<V, O> SadReader<V, O> {
         out: &mut [T],
         map: impl Fn(Lookup<'a, V>) -> T,
     ) {
-        let hits = self.cache.load().batch(spis, out, self.direct, map);
+        let hits = self
+            .cache
+            .load()
+            .lookup_batch_map(spis, out, self.direct, map);
         self.direct = hits * 4 >= spis.len() * DIRECT_HITS && !spis.is_empty();
     }
 

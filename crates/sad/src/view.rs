@@ -210,7 +210,7 @@ impl<V, O> SadView<V, O> {
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
-        self.batch(spis, out, false, |l| l)
+        self.lookup_batch_map(spis, out, false, |l| l)
     }
 
     /// [`Self::lookup_batch`] tuned for hits: every SPI's entry (SPI and value) is read
@@ -222,7 +222,7 @@ impl<V, O> SadView<V, O> {
     /// If `out` is shorter than `spis`.
     #[inline]
     pub fn lookup_batch_direct<'a>(&'a self, spis: &[u32], out: &mut [Lookup<'a, V>]) -> usize {
-        self.batch(spis, out, true, |l| l)
+        self.lookup_batch_map(spis, out, true, |l| l)
     }
 
     /// [`Self::lookup_batch_direct`] when `direct`, else [`Self::lookup_batch`].
@@ -236,32 +236,19 @@ impl<V, O> SadView<V, O> {
         out: &mut [Lookup<'a, V>],
         direct: bool,
     ) -> usize {
-        self.batch(spis, out, direct, |l| l)
+        self.lookup_batch_map(spis, out, direct, |l| l)
     }
 
     /// [`Self::lookup_batch_with`], each answer stored as `map(answer)`: for a caller that
     /// keeps its own form of the answer (the node's is 8 bytes, the SA index by value), so
     /// the batch writes that directly instead of a 16-byte [`Lookup`] to convert in a second
-    /// loop. `map` is inlined into the batch loop; keep it a cheap `match`.
+    /// loop. `map` is inlined into the batch loop; keep it a cheap `match`. This is the batch
+    /// loop every other batch form runs with the identity map; it returns the number of hits.
     ///
     /// # Panics
     /// If `out` is shorter than `spis`.
-    #[inline]
-    pub fn lookup_batch_map<'a, T>(
-        &'a self,
-        spis: &[u32],
-        out: &mut [T],
-        direct: bool,
-        map: impl Fn(Lookup<'a, V>) -> T,
-    ) -> usize {
-        self.batch(spis, out, direct, map)
-    }
-
-    /// The batch loop; returns the number of hits. `direct` picks hit-tuned reads (entries)
-    /// over miss-tuned ones (fingerprints first, on fingerprinted tables); `map` turns each
-    /// answer into what `out` holds.
     #[inline(always)]
-    pub(crate) fn batch<'a, T>(
+    pub fn lookup_batch_map<'a, T>(
         &'a self,
         spis: &[u32],
         out: &mut [T],
