@@ -48,7 +48,7 @@ bench-icount:
     n=20000
     printf '%-26s %14s\n' path instructions/op
     for p in lookup-hit lookup-miss lookup-batch-hit lookup-batch-miss \
-             floor-vec floor-word floor-flat sad-batch-map \
+             floor-vec floor-min floor-word floor-flat sad-batch-map \
              drop-unknown-spi drop-unknown-spi-batch drop-one-flow \
              drop-unknown-spi-drained agent-unknown-spi-peer agent-unknown-spi-stranger \
              decap-gcm128-64 decap-gcm128-1400 encap-node-gcm128-64 encap-tx-gcm128-64; do

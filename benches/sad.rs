@@ -19,12 +19,14 @@
 //! * `vec_index`: `vec[spi & mask]`, no verification at all: the physical floor.
 //! * `vec_batch32`: the same with the two-pass (touch, then use) batching of `sad_batch32`.
 //! * `word_verified` (interleaved block only): a flat array of one `u64` per slot, SPI and
-//!   value packed, the SPI compared without a branch: the least any lookup that checks the
-//!   SPI does, on the bare index's memory (8 bytes per slot). `word_batch32`: the same into
-//!   an output array of 32. `flat_found`: the same array with the SAD's answer shape (the
-//!   node's 8-byte three-way answer, the hit count, non-hits through an out-of-line call
-//!   where a SAD reads the retired bit and the foreign map): what a flat table written in
-//!   place, without chunks, would cost.
+//!   value packed, the SPI (high half) compared through an `Option` filter, on the bare
+//!   index's memory (8 bytes per slot). `word_batch32`: the same into an output array of 32.
+//!   `word_min`: the least a lookup that checks the SPI does, batched the same way: the SPI
+//!   in the low half, one 32-bit compare, misses out of line, the word itself as the answer.
+//!   `flat_found`: `word_verified`'s array with the SAD's answer shape (the node's 8-byte
+//!   three-way answer, the hit count, non-hits through an out-of-line call where a SAD reads
+//!   the retired bit and the foreign map): what a flat table written in place, without
+//!   chunks, would cost.
 //! * `slab_get` (interleaved block only): the `slab` crate indexed by slot, `get(spi & mask)`
 //!   returning `Option<&usize>`: a bare slab, occupancy checked but not the SPI (the
 //!   structure of #7's reference numbers, "bare slab lookup ≈ 1.3 ns at 1k SAs").
@@ -118,6 +120,14 @@ impl From<Lookup<'_, BenchSa>> for Found {
 fn not_hit(spi: u32) -> Found {
     black_box(spi);
     Found::Unknown
+}
+
+/// `word_min`'s answer for an SPI its slot does not hold: out of line.
+#[cold]
+#[inline(never)]
+fn miss_word(spi: u32) -> u64 {
+    black_box(spi);
+    0
 }
 
 /// Stand-in for per-packet processing between lookups (~160 dependent cycles): a chain of
@@ -526,6 +536,11 @@ fn interleaved() {
             vec[spi as usize & mask] = i;
             words[spi as usize & mask] = u64::from(spi) << 32 | u64::from(spi);
         }
+        // `word_min`'s layout: the SPI in the low half, so the check is one 32-bit compare.
+        let mut mins = vec![0u64; fx.slots];
+        for (i, &spi) in fx.spis.iter().enumerate() {
+            mins[spi as usize & mask] = (i as u64 + 1) << 32 | u64::from(spi);
+        }
         let word = |s: u32| {
             let x = words[s as usize & mask];
             // Branch-free: the value if the slot's SPI is this one.
@@ -623,6 +638,19 @@ fn interleaved() {
                 }),
             ),
             ("word_batch32", Box::new(|w| batch(w, word))),
+            (
+                "word_min",
+                Box::new(|w| {
+                    batch(w, |s| {
+                        let x = mins[s as usize & mask];
+                        if x as u32 == s {
+                            x
+                        } else {
+                            miss_word(s)
+                        }
+                    })
+                }),
+            ),
             (
                 "flat_found",
                 Box::new(|w| {

@@ -55,6 +55,14 @@ fn not_hit(spi: u32) -> Found {
     Found::Unknown
 }
 
+/// `floor-min`'s answer for an SPI its slot does not hold: out of line.
+#[cold]
+#[inline(never)]
+fn miss_word(spi: u32) -> u64 {
+    black_box(spi);
+    0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).map(String::as_str).unwrap_or("lookup-hit");
@@ -111,14 +119,16 @@ fn main() {
             }
             black_box(hits);
         }
-        "floor-vec" | "floor-word" | "floor-flat" | "sad-batch-map" => {
+        "floor-vec" | "floor-word" | "floor-min" | "floor-flat" | "sad-batch-map" => {
             // #7's SAD-hit target against its floors, in instructions (what bounds an
             // L1-resident loop's time): the same precomputed order of hits on the same 1Ki-SA
             // table (the node's 4-byte values), 32 per round, each answer stored into an
             // array of 32 (the output shape of the SAD's batch). `floor-vec`: the bare index,
             // `vec[spi & mask]`, nothing verified (benches/sad.rs `vec_batch32`);
-            // `floor-word`: SPI and value packed in one `u64` per slot, the SPI compared
-            // (`word_batch32`, the least a lookup that checks the SPI does); `floor-flat`:
+            // `floor-word`: SPI and value packed in one `u64` per slot, the SPI (high half)
+            // compared through an `Option` filter (`word_batch32`); `floor-min`: the SPI in the
+            // low half, one compare, misses out of line, the word as the answer (`word_min`,
+            // the least a lookup that checks the SPI does); `floor-flat`:
             // that word with the node's three-way answer and hit count (`flat_found`);
             // `sad-batch-map`: the SAD as the node calls it (`SadReader::lookup_batch_map`, the
             // snapshot checked once per round).
@@ -134,9 +144,11 @@ fn main() {
             let mask = sad.stats().slots - 1;
             let mut vec = vec![0u64; mask + 1];
             let mut words = vec![0u64; mask + 1];
+            let mut mins = vec![0u64; mask + 1];
             for (i, &s) in spis.iter().enumerate() {
                 vec[s as usize & mask] = i as u64;
                 words[s as usize & mask] = u64::from(s) << 32 | (i as u64 + 1);
+                mins[s as usize & mask] = (i as u64 + 1) << 32 | u64::from(s);
             }
             let mut x = 7u64;
             let order: Vec<u32> = (0..4096)
@@ -145,7 +157,7 @@ fn main() {
             let mut r = sad.reader();
             let mut hits = 0usize;
             // Which case, decided once: a string compare per round would be counted too.
-            let case = ["floor-vec", "floor-word", "floor-flat"]
+            let case = ["floor-vec", "floor-word", "floor-min", "floor-flat"]
                 .iter()
                 .position(|&p| p == path);
             for b in 0..n / 32 {
@@ -163,6 +175,14 @@ fn main() {
                         for (o, &s) in out.iter_mut().zip(burst) {
                             let w = words[s as usize & mask];
                             *o = NonZeroU32::new(w as u32).filter(|_| (w >> 32) as u32 == s);
+                        }
+                        black_box(&out);
+                    }
+                    Some(2) => {
+                        let mut out = [0u64; 32];
+                        for (o, &s) in out.iter_mut().zip(burst) {
+                            let w = mins[s as usize & mask];
+                            *o = if w as u32 == s { w } else { miss_word(s) };
                         }
                         black_box(&out);
                     }
