@@ -398,7 +398,7 @@ fn main() {
             }
         }
         other => {
-            eprintln!("icount: unknown path {other:?} (lookup-hit, lookup-miss, lookup-batch-hit, lookup-batch-miss, floor-vec, floor-word, floor-flat, sad-batch-map, decap-gcm128-64, decap-gcm128-1400, encap-node-gcm128-64, encap-tx-gcm128-64, drop-unknown-spi, drop-unknown-spi-batch, drop-one-flow, drop-unknown-spi-drained, agent-unknown-spi-peer, agent-unknown-spi-stranger)");
+            eprintln!("icount: unknown path {other:?} (lookup-hit, lookup-miss, lookup-batch-hit, lookup-batch-miss, floor-vec, floor-min, floor-word, floor-flat, sad-batch-map, decap-gcm128-64, decap-gcm128-1400, encap-node-gcm128-64, encap-tx-gcm128-64, drop-unknown-spi, drop-unknown-spi-batch, drop-one-flow, drop-unknown-spi-drained, agent-unknown-spi-peer, agent-unknown-spi-stranger)");
             std::process::exit(2);
         }
     }
