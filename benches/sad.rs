@@ -72,6 +72,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+#[path = "support/floors.rs"]
+mod floors;
+use floors::{miss_word, not_hit, Found};
+
 const SIZES: [usize; 4] = [1, 1 << 10, 1 << 16, 1 << 20];
 const WINDOW: usize = 1024;
 
@@ -91,43 +95,11 @@ impl BenchSa {
     }
 }
 
-/// A caller's own 8-byte form of an answer (the node's has this shape: its SA index by
-/// value), which `lookup_batch_map` writes directly.
-// The hit's value is only read through `black_box`.
-#[allow(dead_code)]
-#[derive(Clone, Copy)]
-enum Found {
-    Hit(NonZeroU32),
-    Retired,
-    Unknown,
-}
-
-impl From<Lookup<'_, BenchSa>> for Found {
+impl From<BenchSa> for NonZeroU32 {
     #[inline(always)]
-    fn from(l: Lookup<'_, BenchSa>) -> Self {
-        match l {
-            Lookup::Hit(sa) => Found::Hit(sa.spi),
-            Lookup::Retired => Found::Retired,
-            Lookup::Unknown => Found::Unknown,
-        }
+    fn from(sa: BenchSa) -> Self {
+        sa.spi
     }
-}
-
-/// `flat_found`'s answer for a non-hit: out of line, where a SAD would read the retired bit
-/// and the foreign map.
-#[cold]
-#[inline(never)]
-fn not_hit(spi: u32) -> Found {
-    black_box(spi);
-    Found::Unknown
-}
-
-/// `word_min`'s answer for an SPI its slot does not hold: out of line.
-#[cold]
-#[inline(never)]
-fn miss_word(spi: u32) -> u64 {
-    black_box(spi);
-    0
 }
 
 /// Stand-in for per-packet processing between lookups (~160 dependent cycles): a chain of

@@ -24,44 +24,9 @@ fn lcg(x: &mut u64) -> u32 {
     (*x >> 32) as u32
 }
 
-/// The node's 8-byte form of a lookup's answer (its SA index by value), as `floor-flat` and
-/// `sad-batch-map` write it.
-// The hit's value is only read through `black_box`.
-#[allow(dead_code)]
-#[derive(Clone, Copy)]
-enum Found {
-    Hit(NonZeroU32),
-    Retired,
-    Unknown,
-}
-
-impl From<Lookup<'_, NonZeroU32>> for Found {
-    #[inline(always)]
-    fn from(l: Lookup<'_, NonZeroU32>) -> Self {
-        match l {
-            Lookup::Hit(v) => Found::Hit(*v),
-            Lookup::Retired => Found::Retired,
-            Lookup::Unknown => Found::Unknown,
-        }
-    }
-}
-
-/// `floor-flat`'s answer for a non-hit: out of line, where a SAD reads the retired bit and
-/// the foreign map.
-#[cold]
-#[inline(never)]
-fn not_hit(spi: u32) -> Found {
-    black_box(spi);
-    Found::Unknown
-}
-
-/// `floor-min`'s answer for an SPI its slot does not hold: out of line.
-#[cold]
-#[inline(never)]
-fn miss_word(spi: u32) -> u64 {
-    black_box(spi);
-    0
-}
+#[path = "../benches/support/floors.rs"]
+mod floors;
+use floors::{miss_word, not_hit, Found};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
